@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine (Python 3.11 + pip):
+#   make demo   installs what is missing, then runs the main job on the embedded default data
+#   make test   installs what is missing, then runs the test suite
+# Everything is installed into .venv inside the project folder (ignored by git).
+# Installing is idempotent: a stamp file records a finished install, pip skips what is present.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.mdnas-installed
+# Pinned: torch must be installed before fairseq-fixed, which is built against it.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+FAIRSEQ_PIN := fairseq-fixed==0.12.3.1
+FAIRSEQ_NEEDS := cffi cython hydra-core==1.3.2 omegaconf==2.3.0 regex sacrebleu tqdm bitarray \
+	scikit-learn packaging numpy scipy
+
+.PHONY: install demo test bench clean-venv
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.py
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install $(TORCH_PINS)
+	$(PIP) install $(FAIRSEQ_NEEDS)
+	$(PY) -c "import fairseq" 2>/dev/null || $(PIP) install --no-build-isolation --no-deps $(FAIRSEQ_PIN)
+	$(PIP) install --no-build-isolation -e ".[all]"
+	$(PY) -c "import fairseq, torch, mdnas_fairseq; print('installed: torch', torch.__version__, 'fairseq', fairseq.__version__)"
+	touch $(STAMP)
+
+demo: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh
+
+test: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q tests
+
+bench: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/lm_search_speed.py
+
+clean-venv:
+	rm -rf $(VENV)

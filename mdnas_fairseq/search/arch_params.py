@@ -1,0 +1,122 @@
+"""Per-domain architecture parameters and the mixed operation.
+
+One tensor ``alpha`` of shape (D, E, K) holds every domain's structure vector. The mixed
+operation on edge ``e`` for domain ``d`` weights the K candidate outputs by
+``softmax(alpha[d, e])`` (or a Gumbel-softmax sample of it). Different samples of one batch may
+belong to different domains: :meth:`ArchitectureParameters.mixing_weights` then returns one
+weight matrix per sample.
+
+``alpha`` is an ``nn.Parameter`` (so it is saved in the model's state dict and moved with the
+model) whose ``requires_grad`` is False except inside :meth:`ArchitectureParameters.trainable`.
+Optimizers built from ``filter(lambda p: p.requires_grad, model.parameters())`` (fairseq's
+trainer does exactly this) therefore never see it; the architecture optimizer owns it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterable, Iterator, List, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+DomainSelector = Union[None, int, Tensor]
+
+
+class ArchitectureParameters(nn.Module):
+    """Architecture parameters ``alpha`` (D, E, K) of one cell type."""
+
+    def __init__(self, num_domains: int, num_edges: int, num_ops: int, init_scale: float = 1e-3):
+        super().__init__()
+        if min(num_domains, num_edges, num_ops) < 1:
+            raise ValueError(f"need D, E, K >= 1, got D={num_domains} E={num_edges} K={num_ops}")
+        self.alpha = nn.Parameter(init_scale * torch.randn(num_domains, num_edges, num_ops), requires_grad=False)
+
+    @property
+    def num_domains(self) -> int:
+        return self.alpha.shape[0]
+
+    @contextlib.contextmanager
+    def trainable(self) -> Iterator[Tensor]:
+        """Let gradients reach ``alpha`` inside the block (the architecture step)."""
+        before = self.alpha.requires_grad
+        self.alpha.requires_grad_(True)
+        try:
+            yield self.alpha
+        finally:
+            self.alpha.requires_grad_(before)
+
+    def mixing_weights(
+        self,
+        domains: DomainSelector = None,
+        temperature: float = 1.0,
+        gumbel: bool = False,
+        hard: bool = False,
+    ) -> Tensor:
+        """Candidate weights for the mixed operation.
+
+        Args:
+            domains: None for all domains (D, E, K); an int for one domain (E, K); a LongTensor
+                of shape (B,) with one domain per sample (B, E, K).
+            temperature: softmax temperature (Gumbel-softmax temperature when ``gumbel``).
+            gumbel: sample relaxed one-hot weights instead of the plain softmax (training only).
+            hard: with ``gumbel``, straight-through one-hot weights.
+        """
+        alpha = self.alpha
+        if domains is not None:
+            if isinstance(domains, int):
+                if not 0 <= domains < self.num_domains:
+                    raise IndexError(f"domain {domains} out of range for {self.num_domains} domains")
+            alpha = alpha[domains]
+        if gumbel and self.training:
+            return F.gumbel_softmax(alpha, tau=temperature, hard=hard, dim=-1)
+        return F.softmax(alpha / temperature, dim=-1)
+
+
+def mix(candidates: Tensor, weights: Tensor) -> Tensor:
+    """Weighted sum of candidate outputs: the mixed operation.
+
+    Args:
+        candidates: (K, B, ...) outputs of the K candidate operations for a batch of B samples.
+        weights: (K,) one weight vector for the batch, or (B, K) one per sample.
+
+    Returns:
+        (B, ...) ``sum_k weights[.., k] * candidates[k]``.
+    """
+    if weights.dim() == 1:
+        return torch.tensordot(weights, candidates, dims=([0], [0]))
+    if weights.dim() != 2 or weights.shape[0] != candidates.shape[1] or weights.shape[1] != candidates.shape[0]:
+        raise ValueError(f"weights {tuple(weights.shape)} do not fit candidates {tuple(candidates.shape)}")
+    extra = candidates.dim() - 2
+    return (weights.t().reshape(*weights.t().shape, *([1] * extra)) * candidates).sum(0)
+
+
+def annealed_temperature(step: int, total_steps: int, start: float = 1.0, end: float = 0.1) -> float:
+    """Exponential annealing of the (Gumbel-)softmax temperature from ``start`` to ``end``."""
+    if total_steps <= 0:
+        return end
+    frac = min(max(step / total_steps, 0.0), 1.0)
+    return float(start * math.exp(frac * math.log(end / start)))
+
+
+def architecture_parameters(module: nn.Module) -> List[nn.Parameter]:
+    """All ``alpha`` tensors of the :class:`ArchitectureParameters` inside ``module``, found by kind."""
+    return [m.alpha for m in module.modules() if isinstance(m, ArchitectureParameters)]
+
+
+def weight_parameters(module: nn.Module) -> List[nn.Parameter]:
+    """The parameters of ``module`` that are not architecture parameters."""
+    arch = {id(p) for p in architecture_parameters(module)}
+    return [p for p in module.parameters() if id(p) not in arch]
+
+
+@contextlib.contextmanager
+def alphas_trainable(module: nn.Module) -> Iterator[List[Tensor]]:
+    """Enable gradients for every architecture parameter of ``module`` inside the block."""
+    with contextlib.ExitStack() as stack:
+        alphas = [
+            stack.enter_context(m.trainable()) for m in module.modules() if isinstance(m, ArchitectureParameters)
+        ]
+        yield alphas

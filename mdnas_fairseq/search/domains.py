@@ -1,0 +1,72 @@
+"""Domain distribution p: fixed (uniform or given) or the robust min-max update (METHOD.md section 2).
+
+Robust variant: keep an estimate ``L_hat[d]`` of every domain's validation loss (an
+exponential moving average of the architecture-batch losses of that domain) and, after a
+weight step, set ``p = softmax(eta_p * L_hat)``, so domains that do worse are sampled more.
+``eta_p = 0`` keeps p as it was given.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+
+
+class DomainSampler:
+    """Draws the domain of each batch from Categorical(p) and updates p."""
+
+    def __init__(self, num_domains: int, probs: Optional[Sequence[float]] = None, eta_p: float = 0.0,
+                 loss_ema: float = 0.9):
+        if num_domains < 1:
+            raise ValueError(f"need at least one domain, got {num_domains}")
+        if probs is None:
+            p = torch.full((num_domains,), 1.0 / num_domains, dtype=torch.float64)
+        else:
+            p = torch.tensor(list(probs), dtype=torch.float64)
+            if p.shape != (num_domains,):
+                raise ValueError(f"domain probabilities: got {p.numel()} values for {num_domains} domains")
+            if (p < 0).any() or float(p.sum()) <= 0:
+                raise ValueError(f"domain probabilities must be non-negative with a positive sum, got {list(probs)}")
+            p = p / p.sum()
+        if eta_p < 0:
+            raise ValueError(f"eta_p must be >= 0, got {eta_p}")
+        if not 0.0 <= loss_ema < 1.0:
+            raise ValueError(f"loss_ema must be in [0, 1), got {loss_ema}")
+        self.probs = p
+        self.eta_p = float(eta_p)
+        self.loss_ema = float(loss_ema)
+        self.loss_estimates = torch.full((num_domains,), float("nan"), dtype=torch.float64)
+
+    @property
+    def num_domains(self) -> int:
+        return self.probs.numel()
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> int:
+        """One domain index drawn from Categorical(p)."""
+        return int(torch.multinomial(self.probs, 1, generator=generator))
+
+    def observe(self, domain: int, loss: float) -> None:
+        """Record a validation-loss value of ``domain`` (moving average)."""
+        old = self.loss_estimates[domain]
+        if torch.isnan(old):
+            self.loss_estimates[domain] = float(loss)
+        else:
+            self.loss_estimates[domain] = self.loss_ema * old + (1.0 - self.loss_ema) * float(loss)
+
+    def update(self) -> torch.Tensor:
+        """Robust update ``p = softmax(eta_p * L_hat)``; no change while eta_p = 0 or a domain is unseen."""
+        if self.eta_p > 0 and not torch.isnan(self.loss_estimates).any():
+            self.probs = torch.softmax(self.eta_p * self.loss_estimates, dim=0)
+        return self.probs
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"probs": self.probs.clone(), "loss_estimates": self.loss_estimates.clone(), "eta_p": self.eta_p}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        probs = torch.as_tensor(state["probs"], dtype=torch.float64)
+        if probs.shape != self.probs.shape:
+            raise ValueError(
+                f"saved domain probabilities are for {probs.numel()} domains, this run has {self.num_domains}"
+            )
+        self.probs = probs.clone()
+        self.loss_estimates = torch.as_tensor(state["loss_estimates"], dtype=torch.float64).clone()

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mdnas_fairseq",
+    version="0.1.0",
+    description="Concordant multi-domain differentiable architecture search as a fairseq plugin",
+    packages=find_packages(include=["mdnas_fairseq", "mdnas_fairseq.*"]),
+    package_data={"mdnas_fairseq": ["data/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    # torch and fairseq-fixed are installed by the Makefile in a fixed order (fairseq-fixed is
+    # compiled against the installed torch with --no-build-isolation), so they are not listed here.
+    install_requires=["numpy", "scipy", "sentencepiece", "sacrebleu"],
+    extras_require={
+        "vision": ["mlxtend", "matplotlib"],
+        "viz": ["graphviz", "matplotlib", "tensorboardX"],
+        "test": ["pytest"],
+        "all": ["mlxtend", "matplotlib", "graphviz", "tensorboardX", "pytest"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mdnas-draw=mdnas_fairseq.viz.draw:main",
+            "mdnas-report=mdnas_fairseq.viz.report:main",
+        ]
+    },
+)
