@@ -13,7 +13,9 @@ STAMP := $(VENV)/.mdnas-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FAIRSEQ_PIN := fairseq-fixed==0.12.3.1
 FAIRSEQ_NEEDS := cffi cython hydra-core==1.3.2 omegaconf==2.3.0 regex sacrebleu tqdm bitarray \
-	scikit-learn packaging numpy scipy
+	scikit-learn packaging "numpy<2" scipy
+# numpy<2: fairseq 0.12 uses numpy.compat; mlxtend 0.23.4 / pandas<3 are the releases that accept numpy 1.x
+COMPAT_PINS := "numpy<2" "pandas<3" mlxtend==0.23.4
 
 .PHONY: install demo test bench clean-venv
 
@@ -27,7 +29,7 @@ $(STAMP): $(PY) setup.py
 	$(PIP) install $(TORCH_PINS)
 	$(PIP) install $(FAIRSEQ_NEEDS)
 	$(PY) -c "import fairseq" 2>/dev/null || $(PIP) install --no-build-isolation --no-deps $(FAIRSEQ_PIN)
-	$(PIP) install --no-build-isolation -e ".[all]"
+	$(PIP) install --no-build-isolation -e ".[all]" $(COMPAT_PINS)
 	$(PY) -c "import fairseq, torch, mdnas_fairseq; print('installed: torch', torch.__version__, 'fairseq', fairseq.__version__)"
 	touch $(STAMP)
 

@@ -10,12 +10,12 @@ setup(
     python_requires=">=3.10",
     # torch and fairseq-fixed are installed by the Makefile in a fixed order (fairseq-fixed is
     # compiled against the installed torch with --no-build-isolation), so they are not listed here.
-    install_requires=["numpy", "scipy", "sentencepiece", "sacrebleu"],
+    install_requires=["numpy<2", "scipy", "sentencepiece", "sacrebleu"],
     extras_require={
-        "vision": ["mlxtend", "matplotlib"],
+        "vision": ["mlxtend==0.23.4", "pandas<3", "matplotlib"],
         "viz": ["graphviz", "matplotlib", "tensorboardX"],
         "test": ["pytest"],
-        "all": ["mlxtend", "matplotlib", "graphviz", "tensorboardX", "pytest"],
+        "all": ["mlxtend==0.23.4", "pandas<3", "matplotlib", "graphviz", "tensorboardX", "pytest"],
     },
     entry_points={
         "console_scripts": [

@@ -152,7 +152,15 @@ class BilevelArchitect:
         Returns ``{"arch_loss": value}``, the validation loss the gradient was taken of.
         """
         result = self.alpha_gradients(train_loss_fn, val_loss_fn, weight_lr, **virtual_step)
-        grads = result["grads"]
+        self.apply_gradients(result["grads"])
+        return {"arch_loss": float(result["val_loss"])}
+
+    def apply_gradients(self, grads: List[Tensor]) -> None:
+        """Synchronise ``grads`` (``grad_sync``) and take one architecture optimizer step with them.
+
+        A data-parallel worker without a batch (fairseq's dummy batch) calls this with zeros so
+        that it still joins the all-reduce and applies the same update as the others.
+        """
         if self.grad_sync is not None:
             self.grad_sync(grads)
         self.optimizer.zero_grad(set_to_none=True)
@@ -162,7 +170,6 @@ class BilevelArchitect:
             self.optimizer.step()
         for alpha in self.alphas:
             alpha.grad = None
-        return {"arch_loss": float(result["val_loss"])}
 
     def state_dict(self) -> Dict[str, object]:
         return {"order": self.order, "optimizer": self.optimizer.state_dict()}

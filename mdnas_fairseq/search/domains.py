@@ -7,6 +7,7 @@ weight step, set ``p = softmax(eta_p * L_hat)``, so domains that do worse are sa
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -25,8 +26,8 @@ class DomainSampler:
             p = torch.tensor(list(probs), dtype=torch.float64)
             if p.shape != (num_domains,):
                 raise ValueError(f"domain probabilities: got {p.numel()} values for {num_domains} domains")
-            if (p < 0).any() or float(p.sum()) <= 0:
-                raise ValueError(f"domain probabilities must be non-negative with a positive sum, got {list(probs)}")
+            if not torch.isfinite(p).all() or (p < 0).any() or float(p.sum()) <= 0:
+                raise ValueError(f"domain probabilities must be finite and non-negative with a positive sum, got {list(probs)}")
             p = p / p.sum()
         if eta_p < 0:
             raise ValueError(f"eta_p must be >= 0, got {eta_p}")
@@ -46,7 +47,13 @@ class DomainSampler:
         return int(torch.multinomial(self.probs, 1, generator=generator))
 
     def observe(self, domain: int, loss: float) -> None:
-        """Record a validation-loss value of ``domain`` (moving average)."""
+        """Record a validation-loss value of ``domain`` (moving average).
+
+        A non-finite loss (e.g. an fp16 overflow) is ignored: one inf would otherwise make
+        ``softmax(eta_p * L_hat)`` NaN and every later draw fail.
+        """
+        if not math.isfinite(float(loss)):
+            return
         old = self.loss_estimates[domain]
         if torch.isnan(old):
             self.loss_estimates[domain] = float(loss)

@@ -1,0 +1,1 @@
+"""Searchable cells (pure PyTorch): the DARTS recurrent cell and the DARTS conv cell."""

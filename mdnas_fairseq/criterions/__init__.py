@@ -1,0 +1,1 @@
+from .multidomain_nas_loss import MultiDomainNASLoss, MultiDomainNASLossConfig  # noqa: F401

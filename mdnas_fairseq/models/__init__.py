@@ -1,0 +1,1 @@
+from .mdnas_rnn import MDNASRNNModel  # noqa: F401

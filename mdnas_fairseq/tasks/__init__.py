@@ -1,0 +1,1 @@
+from .multidomain_nas import MultiDomainNASTask  # noqa: F401

@@ -1,0 +1,194 @@
+"""Task ``multidomain_nas``: multi-domain architecture search for language models.
+
+Data: one shared ``dict.txt`` and one fairseq dataset per domain and split, named
+``{split}.{domain}`` (``train.en``, ``arch.en``, ``valid.de``, ...), as written by
+``scripts/prepare_parallel.py``. ``arch`` (``--arch-subset``) is the held-out part of the
+training data that the architecture step uses. Every sample is one sentence ending in <eos>.
+
+Subsets: ``train``/``valid``/``test`` load every domain; ``test.de`` (any ``{split}.{domain}``)
+or ``--eval-domain de`` loads one, e.g. for ``fairseq-eval-lm --gen-subset test --eval-domain de``.
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+from fairseq import utils
+from fairseq.data.indexed_dataset import dataset_exists
+from fairseq.tasks import TASK_REGISTRY, register_task
+from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
+
+from ..data import MultiDomainDataset
+from .bilevel import BilevelSearchConfig, BilevelSearchMixin, parse_domains
+
+logger = logging.getLogger(__name__)
+
+DATA_METADATA = "mdnas_data.json"
+
+
+@dataclass
+class MultiDomainNASConfig(BilevelSearchConfig, LanguageModelingConfig):
+    eval_domain: str = field(
+        default="", metadata={"help": "load only this domain for evaluation subsets (fairseq-eval-lm)"}
+    )
+
+
+def read_data_metadata(data_dir: str):
+    path = os.path.join(data_dir, DATA_METADATA)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON: {e}") from None
+
+
+class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
+    """Multi-domain language modelling with per-domain architectures (see the module docstring)."""
+
+    def __init__(self, args, dictionary, output_dictionary=None, targets=None):
+        super().__init__(args, dictionary, output_dictionary, targets)
+        self.cfg = args
+        self.domains_from_metadata = not args.domains
+        if args.domains:
+            domains = parse_domains(args.domains)
+        else:
+            meta = read_data_metadata(utils.split_paths(args.data)[0]) if args.data else None
+            if not meta or not meta.get("langs"):
+                raise ValueError(
+                    f"--domains is required (no {DATA_METADATA} with 'langs' in {args.data}): "
+                    "give the domains as a comma-separated list, e.g. --domains en,de"
+                )
+            domains = list(meta["langs"])
+        self.init_search_state(domains)
+        if args.eval_domain and args.eval_domain not in self.domain_names:
+            raise ValueError(f"--eval-domain {args.eval_domain!r} is not one of --domains {self.domain_names}")
+
+    @classmethod
+    def setup_task(cls, args, **kwargs):
+        if not args.data:
+            raise ValueError("multidomain_nas needs a data directory (the first positional argument)")
+        data_dir = utils.split_paths(args.data)[0]
+        if not os.path.isfile(os.path.join(data_dir, "dict.txt")):
+            raise FileNotFoundError(
+                f"{data_dir}: no dict.txt; prepare the data with scripts/prepare_parallel.py "
+                "(one shared dictionary, subsets named {split}.{domain})"
+            )
+        if args.sample_break_mode != "eos":
+            raise ValueError("multidomain_nas works on sentences: use --sample-break-mode eos")
+        return super().setup_task(args, **kwargs)
+
+    # ------------------------------------------------------------------ domains of a subset
+    def train_subset_name(self) -> str:
+        return "train"
+
+    def load_state_dict(self, state):
+        # fairseq-eval-lm without --domains: adopt the domains the checkpoint was trained on
+        saved = (state or {}).get("domain_names")
+        if saved is not None and self.domains_from_metadata and list(saved) != self.domain_names:
+            self.domain_names = list(saved)
+            self.init_search_state(self.domain_names)
+        super().load_state_dict(state)
+
+    def subset_domains(self, split: str) -> Tuple[str, List[int]]:
+        """(file prefix, domain indices) of a subset name such as ``valid``, ``test.de``."""
+        base, _, suffix = split.rpartition(".")
+        if base and suffix in self.domain_names:
+            return base, [self.domain_names.index(suffix)]
+        if base and suffix and split.split(".")[0] in ("train", "valid", "test", self.cfg.arch_subset):
+            raise ValueError(f"subset {split!r}: domain {suffix!r} is not one of --domains {self.domain_names}")
+        if self.cfg.eval_domain and split not in ("train", self.cfg.arch_subset):
+            return split, [self.domain_names.index(self.cfg.eval_domain)]
+        return split, list(range(len(self.domain_names)))
+
+    def load_dataset(self, split: str, epoch=1, combine=False, **kwargs):
+        base, indices = self.subset_domains(split)
+        data_path = utils.split_paths(self.args.data)[(epoch - 1) % len(utils.split_paths(self.args.data))]
+        per_domain = []
+        for d in indices:
+            name = f"{base}.{self.domain_names[d]}"
+            path = os.path.join(data_path, name)
+            if not dataset_exists(path, impl=self.args.dataset_impl or "mmap"):
+                available = sorted(f[:-4] for f in os.listdir(data_path) if f.endswith(".idx"))
+                raise FileNotFoundError(
+                    f"domain {self.domain_names[d]!r}: subset {name!r} not found in {data_path} "
+                    f"(expected {name}.bin/.idx; found {available})"
+                )
+            super(BilevelSearchMixin, self).load_dataset(name, epoch=epoch, combine=combine, **kwargs)
+            per_domain.append(self.datasets.pop(name))
+        self.datasets[split] = MultiDomainDataset(per_domain, indices, [self.domain_names[d] for d in indices])
+        logger.info(
+            f"{split}: " + ", ".join(f"{self.domain_names[d]} {len(ds)} sentences" for d, ds in zip(indices, per_domain))
+        )
+        return self.datasets[split]
+
+    def require_parallel(self, split: str) -> None:
+        """The contrastive term pairs line i of one domain with line i of another."""
+        ds = self.datasets[split]
+        lengths = {name: len(d) for name, d in zip(ds.domain_names, ds.datasets)}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"--contrastive-coef needs parallel data (line i of every domain a translation of the others), "
+                f"but subset {split!r} has {lengths} sentences"
+            )
+
+    def triplet_labels(self, sample):
+        """Parallel text: a sentence and its translation share a label, their line index."""
+        return sample["id"]
+
+    # ------------------------------------------------------------------ fairseq hooks
+    def build_model(self, args, from_checkpoint=False):
+        model = super().build_model(args, from_checkpoint)
+        self.setup_architect(model)
+        return model
+
+    def build_criterion(self, cfg, *args, **kwargs):
+        criterion = super().build_criterion(cfg, *args, **kwargs)
+        self.criterion_settings = {
+            k: getattr(criterion, k) for k in ("struct_coef", "contrastive_coef", "triplet_margin") if hasattr(criterion, k)
+        }
+        return criterion
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
+                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
+                           shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
+                           skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
+        if dataset is self.datasets.get(self.train_subset_name()):
+            if dataset in self.dataset_to_epoch_iter and not update_epoch_batch_itr:
+                return self.dataset_to_epoch_iter[dataset]
+            itr = self.search_batch_iterator(
+                dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs,
+                required_batch_size_multiple, seed, num_shards, shard_id, num_workers, epoch,
+                data_buffer_size, skip_remainder_batch, grouped_shuffling,
+            )
+            self.dataset_to_epoch_iter[dataset] = itr
+            return itr
+        return super().get_batch_iterator(
+            dataset, max_tokens=max_tokens, max_sentences=max_sentences, max_positions=max_positions,
+            ignore_invalid_inputs=ignore_invalid_inputs, required_batch_size_multiple=required_batch_size_multiple,
+            seed=seed, num_shards=num_shards, shard_id=shard_id, num_workers=num_workers, epoch=epoch,
+            data_buffer_size=data_buffer_size, disable_iterator_cache=disable_iterator_cache,
+            skip_remainder_batch=skip_remainder_batch, grouped_shuffling=grouped_shuffling,
+            update_epoch_batch_itr=update_epoch_batch_itr,
+        )
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if getattr(criterion, "contrastive_coef", 0) > 0 and len(self.domain_names) > 1 and not getattr(
+            self, "_parallel_checked", False
+        ):
+            self.require_parallel(self.train_subset_name())
+            if self.architect is not None:
+                self.require_parallel(self.arch_dataset_name())
+            self._parallel_checked = True
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def arch_dataset_name(self) -> str:
+        self.arch_dataset()
+        return self.cfg.arch_subset
+
+
+if "multidomain_nas" not in TASK_REGISTRY:
+    register_task("multidomain_nas", dataclass=MultiDomainNASConfig)(MultiDomainNASTask)
