@@ -1,0 +1,360 @@
+"""Tests of ``BilevelArchitect`` (METHOD.md section 2: first order and DARTS second order).
+
+The reference for the second-order step is the EXACT hypergradient
+``d/d alpha  L_val(w - xi * grad_w L_train(w, alpha), alpha)`` computed by torch autograd through
+the unrolled step (double backward, ``create_graph=True``) on a functional copy of the model
+written independently of ``mix`` / ``ArchitectureParameters``.
+"""
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mdnas_fairseq.search import (
+    ArchitectureParameters,
+    BilevelArchitect,
+    architecture_parameters,
+    mix,
+    weight_parameters,
+)
+
+# Smooth candidate operations (no kinks, so finite differences are well behaved).
+OPS = [
+    lambda z: torch.zeros_like(z),  # none
+    torch.tanh,
+    torch.sigmoid,
+    lambda z: z,  # identity
+    F.softplus,
+]
+K = len(OPS)
+NUM_DOMAINS = 2
+NUM_EDGES = 2
+
+
+class TinyNet(nn.Module):
+    """x -> mixed op (edge 0) -> linear -> mixed op (edge 1) -> linear; per-sample domains."""
+
+    def __init__(self, seed: int = 0, n_in: int = 3, hidden: int = 4):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.w1 = nn.Parameter(0.8 * torch.randn(n_in, hidden, generator=gen))
+        self.w2 = nn.Parameter(0.8 * torch.randn(hidden, hidden, generator=gen))
+        self.w3 = nn.Parameter(0.8 * torch.randn(hidden, 1, generator=gen))
+        self.arch = ArchitectureParameters(NUM_DOMAINS, NUM_EDGES, K)
+        with torch.no_grad():
+            self.arch.alpha.copy_(torch.randn(NUM_DOMAINS, NUM_EDGES, K, generator=gen))
+
+    def forward(self, x, domains):
+        weights = self.arch.mixing_weights(domains)  # (B, E, K)
+        z = x @ self.w1
+        h = mix(torch.stack([op(z) for op in OPS]), weights[:, 0])
+        z = h @ self.w2
+        h = mix(torch.stack([op(z) for op in OPS]), weights[:, 1])
+        return h @ self.w3
+
+
+def reference_forward(ws, alpha, x, domains):
+    """Same network, written with explicit softmax and einsum (an independent code path)."""
+    w1, w2, w3 = ws
+    probs = torch.softmax(alpha, dim=-1)[domains]  # (B, E, K)
+    z = x @ w1
+    h = torch.einsum("bk,kbh->bh", probs[:, 0], torch.stack([op(z) for op in OPS]))
+    z = h @ w2
+    h = torch.einsum("bk,kbh->bh", probs[:, 1], torch.stack([op(z) for op in OPS]))
+    return h @ w3
+
+
+def make_batch(seed, size=8):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(size, 3, generator=gen, dtype=torch.float64)
+    domains = torch.arange(size) % NUM_DOMAINS
+    y = torch.randn(size, 1, generator=gen, dtype=torch.float64)
+    return x, domains, y
+
+
+TRAIN = make_batch(101)
+VAL = make_batch(202)
+
+
+def make_model(seed=0):
+    return TinyNet(seed).double()
+
+
+def closures(model):
+    def train_loss():
+        x, d, y = TRAIN
+        return F.mse_loss(model(x, d), y)
+
+    def val_loss():
+        x, d, y = VAL
+        return F.mse_loss(model(x, d), y)
+
+    return train_loss, val_loss
+
+
+def ref_loss(ws, alpha, batch):
+    x, d, y = batch
+    return F.mse_loss(reference_forward(ws, alpha, x, d), y)
+
+
+def make_architect(model, **kw):
+    # as a fairseq task does it: the weights are what the trainer optimizes
+    weights = [p for p in model.parameters() if p.requires_grad]
+    return BilevelArchitect(weights, architecture_parameters(model), **kw)
+
+
+def exact_hypergradient(model, xi, weight_decay=0.0, momentum=0.0, buffers=None):
+    """d/d alpha L_val(w', alpha), w' = w - xi (grad_w L_train + wd w + momentum buf), by autograd."""
+    alpha = model.arch.alpha.detach().clone().requires_grad_(True)
+    ws = [model.w1, model.w2, model.w3]
+    ws = [w.detach().clone().requires_grad_(True) for w in ws]
+    grads = torch.autograd.grad(ref_loss(ws, alpha, TRAIN), ws, create_graph=True)
+    if buffers is None:
+        buffers = [torch.zeros_like(w) for w in ws]
+    w_virtual = [w - xi * (g + weight_decay * w + momentum * b) for w, g, b in zip(ws, grads, buffers)]
+    val = ref_loss(w_virtual, alpha, VAL)
+    (exact,) = torch.autograd.grad(val, alpha)
+    # the first-order gradient at the virtual weights, i.e. without the Hessian term
+    alpha2 = alpha.detach().clone().requires_grad_(True)
+    (at_virtual,) = torch.autograd.grad(ref_loss([w.detach() for w in w_virtual], alpha2, VAL), alpha2)
+    return exact, at_virtual, [w.detach() for w in w_virtual], float(val.detach())
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+# ------------------------------------------------------------------------ the reference itself
+def test_reference_network_equals_model():
+    model = make_model()
+    x, d, _ = VAL
+    ref = reference_forward([model.w1, model.w2, model.w3], model.arch.alpha, x, d)
+    torch.testing.assert_close(model(x, d), ref, rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("xi", [0.5, 1.0])
+def test_second_order_gradient_equals_exact_unrolled_gradient(xi):
+    model = make_model()
+    architect = make_architect(model, order=2)
+    train_loss, val_loss = closures(model)
+    got = architect.alpha_gradients(train_loss, val_loss, weight_lr=xi)["grads"]
+    assert len(got) == 1 and got[0].shape == (NUM_DOMAINS, NUM_EDGES, K)
+    exact, at_virtual, _, _ = exact_hypergradient(model, xi)
+    assert rel_err(got[0], exact) < 1e-3
+
+    # The Hessian term is far from negligible in this setup: dropping it, or doubling it (a
+    # finite difference divided by eps instead of 2 eps), misses by >> the 1e-3 tolerance.
+    hessian_term = exact - at_virtual
+    assert float(hessian_term.norm() / exact.norm()) > 0.1
+    assert rel_err(at_virtual + 2 * hessian_term, exact) > 0.1
+    # and it differs from the first-order gradient at w by much more than the tolerance
+    first = make_architect(model, order=1).alpha_gradients(train_loss, val_loss, weight_lr=xi)["grads"][0]
+    assert rel_err(first, exact) > 0.05
+
+
+def test_second_order_with_momentum_and_weight_decay_in_virtual_step():
+    # DARTS' virtual step uses the weight optimizer's momentum buffer and weight decay:
+    # w' = w - xi * (momentum * buf + grad_w L_train + wd * w).
+    model = make_model(seed=3)
+    architect = make_architect(model, order=2)
+    gen = torch.Generator().manual_seed(9)
+    weights = [p for p in model.parameters() if p.requires_grad]
+    buffers = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in weights]
+    xi, momentum, wd = 0.5, 0.9, 0.03
+    train_loss, val_loss = closures(model)
+    out = architect.alpha_gradients(
+        train_loss, val_loss, weight_lr=xi, weight_momentum=momentum, weight_decay=wd, momentum_buffers=buffers
+    )
+    exact, _, w_virtual, val_at_virtual = exact_hypergradient(model, xi, wd, momentum, buffers)
+    assert rel_err(out["grads"][0], exact) < 1e-3
+    assert float(out["val_loss"]) == pytest.approx(val_at_virtual, rel=1e-12)
+    # without the buffers the virtual point is different, and so is the loss
+    plain = architect.alpha_gradients(train_loss, val_loss, weight_lr=xi)
+    assert abs(float(plain["val_loss"]) - val_at_virtual) > 1e-4
+
+
+def test_virtual_step_really_moves_the_weights():
+    model = make_model()
+    architect = make_architect(model, order=2)
+    train_loss, val_loss = closures(model)
+    xi = 0.5
+    out = architect.alpha_gradients(train_loss, val_loss, weight_lr=xi)
+    # hand-computed virtual weights w' = w - xi * grad_w L_train(w, alpha)
+    ws = [model.w1.detach().clone().requires_grad_(True), model.w2.detach().clone().requires_grad_(True),
+          model.w3.detach().clone().requires_grad_(True)]
+    alpha = model.arch.alpha.detach()
+    grads = torch.autograd.grad(ref_loss(ws, alpha, TRAIN), ws)
+    w_virtual = [w.detach() - xi * g for w, g in zip(ws, grads)]
+    val_at_w = float(ref_loss([w.detach() for w in ws], alpha, VAL))
+    val_at_virtual = float(ref_loss(w_virtual, alpha, VAL))
+    assert abs(val_at_w - val_at_virtual) > 1e-3
+    assert float(out["val_loss"]) == pytest.approx(val_at_virtual, rel=1e-12)
+    # first order reports the loss at w
+    first = make_architect(model, order=1).alpha_gradients(train_loss, val_loss, weight_lr=xi)
+    assert float(first["val_loss"]) == pytest.approx(val_at_w, rel=1e-12)
+
+
+def test_first_order_gradient_equals_grad_of_val_loss():
+    model = make_model(seed=1)
+    architect = make_architect(model, order=1)
+    train_calls = []
+
+    def train_loss():
+        train_calls.append(1)
+        return closures(model)[0]()
+
+    out = architect.alpha_gradients(train_loss, closures(model)[1], weight_lr=0.5)
+    alpha = model.arch.alpha.detach().clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(ref_loss([model.w1, model.w2, model.w3], alpha, VAL), alpha)
+    torch.testing.assert_close(out["grads"][0], expected, rtol=1e-10, atol=1e-14)
+    assert float(out["val_loss"]) == pytest.approx(float(ref_loss([model.w1, model.w2, model.w3], alpha, VAL).detach()))
+    assert not train_calls  # first order never evaluates the training loss
+
+
+# ------------------------------------------------------------------------------ the update
+def test_step_restores_weights_bitwise_changes_alpha_and_is_adam():
+    model = make_model(seed=2)
+    architect = make_architect(model, order=2)
+    train_loss, val_loss = closures(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    xi = 0.5
+    grad = architect.alpha_gradients(train_loss, val_loss, weight_lr=xi)["grads"][0]
+    for p in weight_parameters(model):
+        assert p.grad is None
+
+    result = architect.step(train_loss, val_loss, weight_lr=xi)
+    assert set(result) == {"arch_loss"} and isinstance(result["arch_loss"], float)
+    for name, p in model.named_parameters():
+        if name == "arch.alpha":
+            assert not torch.equal(p, before[name])
+        else:
+            assert torch.equal(p, before[name]), name  # bitwise identical
+            assert p.grad is None  # the trainer's gradient accumulators are untouched
+    assert not model.arch.alpha.requires_grad
+    assert model.arch.alpha.grad is None
+
+    # The first Adam step by hand: g' = g + wd * alpha, m_hat = g', v_hat = g'^2,
+    # alpha <- alpha - lr * m_hat / (sqrt(v_hat) + 1e-8) = alpha - lr * g' / (|g'| + 1e-8).
+    lr, wd = 3e-4, 1e-3
+    g = grad + wd * before["arch.alpha"]
+    expected = before["arch.alpha"] - lr * g / (g.abs() + 1e-8)
+    torch.testing.assert_close(model.arch.alpha.detach(), expected, rtol=1e-10, atol=1e-13)
+
+
+def test_default_optimizer_is_adam_with_darts_settings():
+    model = make_model()
+    architect = make_architect(model)
+    opt = architect.optimizer
+    assert isinstance(opt, torch.optim.Adam)
+    group = opt.param_groups[0]
+    assert tuple(group["betas"]) == (0.5, 0.999)
+    assert group["weight_decay"] == pytest.approx(1e-3)
+    assert group["lr"] == pytest.approx(3e-4)
+    assert [id(p) for p in group["params"]] == [id(model.arch.alpha)]
+    assert architect.order == 1
+
+
+def test_state_dict_round_trip_gives_identical_steps():
+    def run_steps(model, architect, n):
+        train_loss, val_loss = closures(model)
+        for _ in range(n):
+            architect.step(train_loss, val_loss, weight_lr=0.5)
+
+    model_a = make_model(seed=4)
+    arch_a = make_architect(model_a, order=2, lr=0.05)
+    run_steps(model_a, arch_a, 3)
+    buf = io.BytesIO()
+    torch.save({"model": model_a.state_dict(), "architect": arch_a.state_dict()}, buf)
+    run_steps(model_a, arch_a, 3)
+
+    buf.seek(0)
+    saved = torch.load(buf)
+    model_b = make_model(seed=5)  # different initial weights and alpha, all overwritten
+    model_b.load_state_dict(saved["model"])
+    arch_b = make_architect(model_b, order=2, lr=0.05)
+    arch_b.load_state_dict(saved["architect"])
+    run_steps(model_b, arch_b, 3)
+    assert torch.equal(model_a.arch.alpha, model_b.arch.alpha)
+
+    # without the optimizer state (fresh Adam moments) the steps differ: the check can fail
+    model_c = make_model(seed=5)
+    model_c.load_state_dict(saved["model"])
+    arch_c = make_architect(model_c, order=2, lr=0.05)
+    run_steps(model_c, arch_c, 3)
+    assert not torch.allclose(model_a.arch.alpha, model_c.arch.alpha, rtol=0, atol=1e-6)
+
+
+def test_step_leaves_accumulated_weight_gradients_alone():
+    # fairseq may hold accumulated weight gradients while the architecture step runs.
+    model = make_model()
+    architect = make_architect(model, order=2)
+    gen = torch.Generator().manual_seed(4)
+    for p in weight_parameters(model):
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    grads_before = [p.grad.clone() for p in weight_parameters(model)]
+    architect.step(*closures(model), weight_lr=0.5)
+    for p, g in zip(weight_parameters(model), grads_before):
+        assert torch.equal(p.grad, g)
+
+
+def test_weights_restored_when_a_loss_raises():
+    model = make_model()
+    architect = make_architect(model, order=2)
+    train_loss, _ = closures(model)
+    before = [p.detach().clone() for p in weight_parameters(model)]
+
+    def failing_val_loss():
+        raise RuntimeError("out of memory (simulated)")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        architect.step(train_loss, failing_val_loss, weight_lr=0.5)
+    for p, b in zip(weight_parameters(model), before):
+        assert torch.equal(p, b)
+    assert not model.arch.alpha.requires_grad
+
+
+def test_grad_sync_sees_the_gradients_before_the_update():
+    model = make_model()
+    seen = []
+
+    def sync(grads):
+        seen.append([g.clone() for g in grads])
+        for g in grads:
+            g.zero_()  # e.g. an all-reduce that happens to give 0
+
+    architect = make_architect(model, order=1, weight_decay=0.0, grad_sync=sync)
+    train_loss, val_loss = closures(model)
+    expected = architect.alpha_gradients(train_loss, val_loss, weight_lr=0.5)["grads"][0]
+    before = model.arch.alpha.detach().clone()
+    architect.step(train_loss, val_loss, weight_lr=0.5)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0][0], expected, rtol=0, atol=0)
+    # the synced (zero) gradient is what Adam used: no decay, zero gradient -> no change
+    assert torch.equal(model.arch.alpha, before)
+
+
+# ------------------------------------------------------------------- parameter separation
+def test_alpha_is_hidden_from_weight_optimizers():
+    model = make_model()
+    trainable = list(filter(lambda p: p.requires_grad, model.parameters()))
+    assert all(p is not model.arch.alpha for p in trainable)
+    assert len(trainable) == 3
+    assert [id(p) for p in weight_parameters(model)] == [id(model.w1), id(model.w2), id(model.w3)]
+    assert [id(p) for p in architecture_parameters(model)] == [id(model.arch.alpha)]
+    # alpha is still a registered parameter: saved with the model
+    assert "arch.alpha" in model.state_dict()
+    assert not model.arch.alpha.requires_grad
+
+
+def test_constructor_rejects_bad_arguments():
+    model = make_model()
+    with pytest.raises(ValueError):
+        BilevelArchitect(list(model.parameters()), architecture_parameters(model))  # alpha among weights
+    with pytest.raises(ValueError):
+        BilevelArchitect(weight_parameters(model), architecture_parameters(model), order=3)
+    with pytest.raises(ValueError):
+        BilevelArchitect(weight_parameters(model), [])
