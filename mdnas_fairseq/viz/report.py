@@ -1,0 +1,360 @@
+"""A one-page Markdown report of a search directory (fairseq's ``--save-dir`` of a search).
+
+It reads ``genotype.json`` (required; the core genotype format plus the optional fields
+``epoch``, ``alpha``, ``param_counts``, ``metrics`` and ``settings`` that the search adds),
+``alpha_history.jsonl`` and ``genotypes/genotype_epoch{N}.json`` (both optional), draws what is
+missing or older than ``genotype.json`` into ``figures/`` (cell diagrams, softmax(alpha)
+heatmaps, the alpha history plot) and writes ``report.md`` with:
+
+settings, each domain's cell (node / input / op), the concordant union with the domains using
+each op, parameter counts per domain and of the multimodel (from ``param_counts``) beside the
+number of distinct (edge, op) modules, the share of edges on which the domains agree
+(:meth:`MultiDomainGenotype.agreement`), the final metrics, the same figures per saved epoch,
+and links to the pictures.
+
+A missing optional field or file, or a missing Graphviz ``dot``, is stated in the report instead
+of failing. Command line (console script ``mdnas-report``)::
+
+    mdnas-report SEARCH_DIR [--out report.md]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..search.atomic import atomic_write_text
+from ..search.genotype import GenotypeError, MultiDomainGenotype, genotype_from_dict, read_genotype_json
+from .draw import (
+    DEFAULT_FORMATS,
+    GraphvizNotInstalledError,
+    diagram_path_stems,
+    draw_genotype,
+    input_state_labels,
+    union_key,
+)
+from .heatmap import heatmap_paths, plot_alpha_history, save_alpha_heatmaps
+
+GENOTYPE_FILE = "genotype.json"
+HISTORY_FILE = "alpha_history.jsonl"
+EPOCH_GENOTYPES_GLOB = os.path.join("genotypes", "genotype_epoch*.json")
+FIGURES_DIR = "figures"
+REPORT_FILE = "report.md"
+MAX_EPOCH_ROWS = 25
+
+
+# ------------------------------------------------------------------------------ formatting
+def _cell(value: Any) -> str:
+    """Text for one Markdown table cell (pipes escaped, one line)."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def format_number(value: Any) -> str:
+    """Integers as they are, floats with 6 significant digits, anything else as text."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def format_setting(value: Any) -> str:
+    """A setting as written in the run's config: lists comma-joined, numbers and flags as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def format_percent(share: float) -> str:
+    return f"{100.0 * share:.1f}%"
+
+
+def _state_label(genotype: MultiDomainGenotype, state: int) -> str:
+    labels = input_state_labels(genotype.space)
+    if state < len(labels):
+        return f"{state} (`{labels[state]}`)"
+    return str(state)
+
+
+def _missing(field: str, source: str) -> str:
+    return f"_Not available: field `{field}` is missing from `{source}`._"
+
+
+# ------------------------------------------------------------------------------ numbers
+def agreement_counts(genotype: MultiDomainGenotype) -> Dict[str, int]:
+    """Union edges, edges where all domains chose the same op, and the (edge, op) module counts."""
+    union = genotype.union()
+    agreed = sum(1 for ops in union.values() if len(ops) == 1 and len(next(iter(ops.values()))) == genotype.num_domains)
+    modules = genotype.union_edges()
+    shared = sum(1 for ops in union.values() for users in ops.values() if len(users) > 1)
+    return {
+        "union_edges": len(union),
+        "agreed_edges": agreed,
+        "distinct_modules": len(modules),
+        "chosen_modules": sum(len(cell) for cell in genotype.cells.values()),
+        "shared_modules": shared,
+    }
+
+
+def _param_counts(data: Dict[str, Any], genotype: MultiDomainGenotype, source: str) -> List[str]:
+    """The parameter count section, or a line saying which part of ``param_counts`` is missing."""
+    counts = agreement_counts(genotype)
+    module_line = (
+        f"Cell operation modules: **{counts['distinct_modules']}** distinct (edge, op) modules in the "
+        f"multimodel, for {counts['chosen_modules']} (edge, op) choices over the {genotype.num_domains} "
+        f"domain(s); {counts['shared_modules']} module(s) shared by several domains."
+    )
+    if "param_counts" not in data:
+        return [_missing("param_counts", source), "", module_line, ""]
+    pc = data["param_counts"]
+    if not isinstance(pc, dict):
+        return [f"_Not available: field `param_counts` of `{source}` is not an object._", "", module_line, ""]
+    rows = []
+    notes = []
+    per_domain = pc.get("domains")
+    if isinstance(per_domain, dict):
+        for domain in genotype.domains:
+            if domain in per_domain:
+                rows.append([f"domain {domain} alone", format_number(per_domain[domain])])
+            else:
+                notes.append(f"_No count for domain {domain}: `param_counts.domains.{domain}` is missing._")
+        numbers = [per_domain[d] for d in genotype.domains if isinstance(per_domain.get(d), (int, float))]
+        if len(numbers) == genotype.num_domains and genotype.num_domains > 1:
+            rows.append([f"{genotype.num_domains} separate single-domain models (sum)", format_number(sum(numbers))])
+    else:
+        notes.append(_missing("param_counts.domains", source))
+    if "multimodel" in pc:
+        rows.append(["**concordant multimodel** (union of all domains)", f"**{format_number(pc['multimodel'])}**"])
+    else:
+        notes.append(_missing("param_counts.multimodel", source))
+    lines = _table(["model", "parameters"], rows) if rows else []
+    for note in notes:
+        lines += [note, ""]
+    return lines + [module_line, ""]
+
+
+# ------------------------------------------------------------------------------ figures
+def _fresh(paths: Sequence[str], source_mtime: float) -> bool:
+    """Every path exists and is not older than the source it was drawn from."""
+    return all(os.path.isfile(p) and os.path.getmtime(p) >= source_mtime for p in paths)
+
+
+def _link(path: str, report_dir: str) -> str:
+    return os.path.relpath(path, report_dir).replace(os.sep, "/")
+
+
+def _diagram_section(genotype, figures_dir, source_mtime, report_dir) -> List[str]:
+    stems = diagram_path_stems(genotype, figures_dir)
+    expected = {key: [f"{stem}.{fmt}" for fmt in DEFAULT_FORMATS] for key, stem in stems.items()}
+    if not _fresh([p for paths in expected.values() for p in paths], source_mtime):
+        try:
+            draw_genotype(genotype, figures_dir, formats=DEFAULT_FORMATS)
+        except GraphvizNotInstalledError as e:
+            return [f"_Cell diagrams not drawn: {e}._", ""]
+        except (RuntimeError, OSError) as e:
+            return [f"_Cell diagrams not drawn: {e}_", ""]
+    lines = []
+    ukey = union_key(genotype)
+    for key in [ukey] + list(genotype.domains):
+        png, svg = expected[key]
+        title = "concordant union" if key == ukey else f"domain {key}"
+        lines += [f"**{title}** ([svg]({_link(svg, report_dir)}))", "", f"![{title}]({_link(png, report_dir)})", ""]
+    return lines
+
+
+def _heatmap_section(data, genotype, figures_dir, source, source_mtime, report_dir) -> List[str]:
+    if "alpha" not in data:
+        return [_missing("alpha", source) + " No heatmaps.", ""]
+    paths = heatmap_paths(genotype.domains, figures_dir)
+    if not _fresh(list(paths.values()), source_mtime):
+        try:
+            save_alpha_heatmaps(data["alpha"], genotype.space, genotype.domains, figures_dir)
+        except (ValueError, ImportError, OSError) as e:
+            return [f"_Heatmaps not drawn: {e}_", ""]
+    lines = []
+    for domain, path in paths.items():
+        lines += [f"![softmax(alpha) of domain {domain}]({_link(path, report_dir)})", ""]
+    return lines
+
+
+def _history_section(search_dir, genotype, figures_dir, report_dir) -> List[str]:
+    history = os.path.join(search_dir, HISTORY_FILE)
+    if not os.path.isfile(history):
+        return [f"_Not available: `{HISTORY_FILE}` is missing from the search directory._", ""]
+    out_png = os.path.join(figures_dir, "alpha_history.png")
+    if not _fresh([out_png], os.path.getmtime(history)):
+        try:
+            plot_alpha_history(history, out_png, operations=genotype.space.operations)
+        except (ValueError, ImportError, OSError) as e:
+            return [f"_Alpha history not plotted: {e}_", ""]
+    return [f"![softmax(alpha) over epochs]({_link(out_png, report_dir)})", ""]
+
+
+# ------------------------------------------------------------------------------ epochs
+def _epoch_of(path: str) -> int:
+    match = re.search(r"genotype_epoch(\d+)\.json$", path)
+    return int(match.group(1)) if match else -1
+
+
+def _epochs_section(search_dir: str) -> List[str]:
+    paths = sorted(glob.glob(os.path.join(search_dir, EPOCH_GENOTYPES_GLOB)), key=_epoch_of)
+    paths = [p for p in paths if _epoch_of(p) >= 0]
+    if not paths:
+        return [f"_No per-epoch genotypes (`{EPOCH_GENOTYPES_GLOB}`) in the search directory._", ""]
+    shown = paths
+    note = []
+    if len(paths) > MAX_EPOCH_ROWS:
+        step = (len(paths) - 1) / (MAX_EPOCH_ROWS - 1)
+        shown = [paths[round(k * step)] for k in range(MAX_EPOCH_ROWS)]
+        note = [f"_{len(paths)} epochs saved; {MAX_EPOCH_ROWS} shown, evenly spaced._", ""]
+    rows = []
+    for path in shown:
+        rel = os.path.relpath(path, search_dir)
+        try:
+            data = read_genotype_json(path)
+            genotype = genotype_from_dict(data, source=rel)
+        except GenotypeError as e:
+            rows.append([_epoch_of(path), f"unreadable: {e}", "", ""])
+            continue
+        counts = agreement_counts(genotype)
+        pc = data.get("param_counts")
+        multimodel = pc.get("multimodel", "n/a") if isinstance(pc, dict) else "n/a"
+        rows.append([
+            _epoch_of(path),
+            f"{format_percent(genotype.agreement())} ({counts['agreed_edges']}/{counts['union_edges']})",
+            counts["distinct_modules"],
+            format_number(multimodel),
+        ])
+    return _table(["epoch", "agreement", "distinct (edge, op) modules", "multimodel parameters"], rows) + note
+
+
+# ------------------------------------------------------------------------------ report
+def write_report(search_dir: str, out: Optional[str] = None) -> str:
+    """Write the Markdown report of ``search_dir`` (default ``search_dir/report.md``); return its path.
+
+    Raises :class:`GenotypeError` naming the file if ``genotype.json`` is missing or unusable;
+    every other missing piece is stated in the report.
+    """
+    if not os.path.isdir(search_dir):
+        raise GenotypeError(f"{search_dir}: search directory not found")
+    source_path = os.path.join(search_dir, GENOTYPE_FILE)
+    data = read_genotype_json(source_path)
+    genotype = genotype_from_dict(data, source=source_path)
+    source = GENOTYPE_FILE
+    source_mtime = os.path.getmtime(source_path)
+    out = out or os.path.join(search_dir, REPORT_FILE)
+    report_dir = os.path.dirname(os.path.abspath(out))
+    figures_dir = os.path.join(search_dir, FIGURES_DIR)
+    space = genotype.space
+
+    lines = [f"# Search report: {os.path.basename(os.path.abspath(search_dir))}", ""]
+    epoch = f"epoch {data['epoch']}" if "epoch" in data else "unknown epoch (field `epoch` missing)"
+    lines += [
+        f"Genotype of {epoch}, from `{source}`. Domains: **{', '.join(genotype.domains)}**. "
+        f"Search space `{space.name}`: {space.num_input_nodes} input state(s), {space.num_nodes} nodes, "
+        f"{space.num_edges} candidate edges, {space.edges_per_node} kept per node, operations "
+        f"{', '.join('`' + op + '`' for op in space.operations)}.",
+        "",
+    ]
+
+    counts = agreement_counts(genotype)
+    lines += ["## Summary", ""]
+    lines += [
+        f"- Agreement: the domains chose the same single operation on **{counts['agreed_edges']} of "
+        f"{counts['union_edges']}** edges of the union (**{format_percent(genotype.agreement())}**).",
+        f"- Distinct (edge, op) modules in the multimodel: **{counts['distinct_modules']}** "
+        f"({counts['shared_modules']} shared by several domains).",
+    ]
+    pc = data.get("param_counts")
+    if isinstance(pc, dict) and "multimodel" in pc:
+        lines.append(f"- Multimodel parameters: **{format_number(pc['multimodel'])}**.")
+    lines.append("")
+
+    lines += ["## Settings", ""]
+    settings = data.get("settings")
+    if settings is None:
+        lines += [_missing("settings", source), ""]
+    elif not isinstance(settings, dict):
+        lines += [f"_Not available: field `settings` of `{source}` is not an object._", ""]
+    else:
+        lines += _table(["setting", "value"], [[k, format_setting(v)] for k, v in settings.items()])
+
+    lines += ["## Final metrics", ""]
+    metrics = data.get("metrics")
+    if metrics is None:
+        lines += [_missing("metrics", source), ""]
+    elif not isinstance(metrics, dict) or not metrics:
+        lines += [f"_Not available: field `metrics` of `{source}` is empty or not an object._", ""]
+    else:
+        lines += _table(["metric", "value"], [[k, format_number(v)] for k, v in metrics.items()])
+
+    lines += ["## Parameter counts", ""]
+    lines += _param_counts(data, genotype, source)
+
+    lines += ["## Genotype per domain", ""]
+    for domain in genotype.domains:
+        lines += [f"### Domain {domain}", ""]
+        lines += _table(
+            ["node", "input", "op"],
+            [[e.node, _state_label(genotype, e.input), f"`{e.op}`"] for e in genotype.cells[domain]],
+        )
+
+    lines += ["## Concordant union (the multimodel's cell)", ""]
+    rows = []
+    for (i, j), ops in genotype.union().items():
+        for op, users in ops.items():
+            kind = "shared" if len(users) > 1 else "domain-specific"
+            rows.append([j, _state_label(genotype, i), f"`{op}`", ", ".join(users), kind, i])
+    rows.sort(key=lambda row: (row[0], row[5], row[2]))  # by node, then input, then op
+    lines += _table(["node", "input", "op", "domains using it", "module"], [row[:5] for row in rows])
+
+    lines += ["## Over the epochs", ""]
+    lines += _epochs_section(search_dir)
+
+    lines += ["## Figures", "", "### Cells", ""]
+    lines += _diagram_section(genotype, figures_dir, source_mtime, report_dir)
+    lines += ["### softmax(alpha) of the final epoch", ""]
+    lines += _heatmap_section(data, genotype, figures_dir, source, source_mtime, report_dir)
+    lines += ["### softmax(alpha) over the search", ""]
+    lines += _history_section(search_dir, genotype, figures_dir, report_dir)
+
+    atomic_write_text(out, "\n".join(lines).rstrip("\n") + "\n")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mdnas-report SEARCH_DIR [--out PATH]``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="mdnas-report", description="Write a one-page Markdown report (report.md) of a search directory."
+    )
+    parser.add_argument("search_dir", help="the search's --save-dir, holding genotype.json")
+    parser.add_argument("--out", default=None, help="report path (default: SEARCH_DIR/report.md)")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.search_dir, args.out)
+    except (GenotypeError, OSError) as e:
+        print(f"mdnas-report: error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
