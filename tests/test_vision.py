@@ -255,6 +255,7 @@ def test_tiny_search_then_retrain_end_to_end(tmp_path):
     genotype = load_genotype(path, domains=["rot0", "rot90"], space=darts_cnn_space(2))
     raw = json.load(open(path))
     assert raw["epoch"] == 2 and raw["settings"]["contrastive_coef"] == 0.1
+    assert raw["settings"]["mnist_source"] and raw["settings"]["rotations"] == [0.0, 90.0]
     assert raw["param_counts"]["multimodel"] > 0
     assert open(os.path.join(save, "mnist_source.txt")).read().strip()
     # retrain the derived multimodel from that genotype; its size is the genotype's count
@@ -268,6 +269,18 @@ def test_tiny_search_then_retrain_end_to_end(tmp_path):
     assert not model.is_search
     assert sum(p.numel() for p in model.parameters()) == raw["param_counts"]["multimodel"] == \
         model.genotype_param_count(genotype)
+    # one domain of the full test set, scored through the task's valid_step / reduce_metrics
+    from fairseq import metrics
+
+    ds = task.load_dataset("test.rot90")
+    assert ds.domain_indices == [1] and len(ds) == (10000 if task.mnist_source.startswith("torchvision") else 2000)
+    itr = task.get_batch_iterator(dataset=ds, max_sentences=500, seed=1).next_epoch_itr(shuffle=False)
+    logs = [task.valid_step(next(itr), model, task.build_criterion(_cfg.criterion))[2] for _ in range(2)]
+    with metrics.aggregate() as agg:
+        task.reduce_metrics(logs, task.build_criterion(_cfg.criterion))
+        values = agg.get_smoothed_values()
+    assert "acc_rot90" in values and "acc_rot0" not in values and values["acc"] == values["acc_rot90"]
+    assert 0 <= values["acc"] <= 100
 
 
 def test_struct_coefficient_makes_domains_agree(tmp_path):

@@ -189,6 +189,13 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
             update_epoch_batch_itr=update_epoch_batch_itr,
         )
 
+    def search_settings(self, core):
+        settings = super().search_settings(core)
+        settings.update({"rotations": list(self.angles), "mnist_source": self.mnist_source,
+                         "train_images_per_domain": self.cfg.train_images_per_domain,
+                         "augment_shift": self.cfg.augment_shift})
+        return settings
+
     # ------------------------------------------------------------------ accuracy
     @staticmethod
     def count_correct(model, sample) -> Dict[int, Tuple[int, int]]:
