@@ -137,6 +137,15 @@ class BilevelSearchMixin:
     # ------------------------------------------------------------------ setup
     def init_search_state(self, domain_names: List[str]) -> None:
         self.domain_names = list(domain_names)
+        self.architect: Optional[BilevelArchitect] = None
+        self.epoch_domain_probs: Dict[int, List[float]] = {}
+        self._arch_iterators: Dict[int, iterators.EpochBatchIterator] = {}
+        self._arch_current: Dict[int, object] = {}
+        self._pending_state: Dict[str, object] = {}
+        self._resume_checked = False
+        self.domain_sampler = None
+        if not self.domain_names:
+            return
         probs = None
         if self.cfg.domain_probs:
             try:
@@ -144,12 +153,6 @@ class BilevelSearchMixin:
             except ValueError:
                 raise ValueError(f"--domain-probs must be comma-separated numbers, got {self.cfg.domain_probs!r}")
         self.domain_sampler = DomainSampler(len(self.domain_names), probs, self.cfg.eta_p)
-        self.architect: Optional[BilevelArchitect] = None
-        self.epoch_domain_probs: Dict[int, List[float]] = {}
-        self._arch_iterators: Dict[int, iterators.EpochBatchIterator] = {}
-        self._arch_current: Dict[int, object] = {}
-        self._pending_state: Dict[str, object] = {}
-        self._resume_checked = False
 
     def setup_architect(self, model) -> None:
         """Create the architecture optimizer for a search model (called from build_model)."""
@@ -292,30 +295,36 @@ class BilevelSearchMixin:
         return self.datasets[name]
 
     def next_arch_batch(self, domain: int):
-        """Next batch of ``domain`` from the architecture split; an exhausted iterator restarts."""
-        ds = self.arch_dataset()
-        if domain not in self._arch_iterators:
-            entry = ds.entry_for_domain(domain)
-            single = MultiDomainDataset([ds.datasets[entry]], [domain], [self.domain_names[domain]])
-            it = self.get_batch_iterator(
-                dataset=single,
-                max_tokens=self.cfg.max_tokens,
-                max_sentences=self.cfg.batch_size,
-                seed=self.cfg.seed + 1 + domain,
-                num_shards=data_parallel_world_size(),
-                shard_id=data_parallel_rank(),
-                disable_iterator_cache=True,
-            )
-            saved = self._pending_state.get("arch_iterators", {}).pop(domain, None)
-            if saved is not None:
-                it.load_state_dict(saved)
-            self._arch_iterators[domain] = it
-        it = self._arch_iterators[domain]
-        current = self._arch_current.get(domain)
-        if current is None or not current.has_next():
-            current = it.next_epoch_itr(shuffle=True)
-            self._arch_current[domain] = current
-        return next(current)
+        """Next batch of ``domain`` from the architecture split; an exhausted iterator restarts.
+
+        Creating a DataLoader iterator draws a seed from torch's global RNG; that RNG (which
+        fairseq reseeds every update, for dropout) is kept untouched so that a resumed run,
+        which creates its iterators at other times, draws the same dropout masks.
+        """
+        with torch.random.fork_rng(devices=[]):
+            ds = self.arch_dataset()
+            if domain not in self._arch_iterators:
+                entry = ds.entry_for_domain(domain)
+                single = MultiDomainDataset([ds.datasets[entry]], [domain], [self.domain_names[domain]])
+                it = self.get_batch_iterator(
+                    dataset=single,
+                    max_tokens=self.cfg.max_tokens,
+                    max_sentences=self.cfg.batch_size,
+                    seed=self.cfg.seed + 1 + domain,
+                    num_shards=data_parallel_world_size(),
+                    shard_id=data_parallel_rank(),
+                    disable_iterator_cache=True,
+                )
+                saved = self._pending_state.get("arch_iterators", {}).pop(domain, None)
+                if saved is not None:
+                    it.load_state_dict(saved)
+                self._arch_iterators[domain] = it
+            it = self._arch_iterators[domain]
+            current = self._arch_current.get(domain)
+            if current is None or not current.has_next():
+                current = it.next_epoch_itr(shuffle=True)
+                self._arch_current[domain] = current
+            return next(current)
 
     # ------------------------------------------------------------------ contrastive partners
     def partner_domain(self, domain: int, update_num: int, salt: int = 0) -> Optional[int]:

@@ -56,16 +56,19 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         if args.domains:
             domains = parse_domains(args.domains)
         else:
+            # without --domains: the data's mdnas_data.json, or (fairseq-eval-lm) the checkpoint's task state
             meta = read_data_metadata(utils.split_paths(args.data)[0]) if args.data else None
-            if not meta or not meta.get("langs"):
-                raise ValueError(
-                    f"--domains is required (no {DATA_METADATA} with 'langs' in {args.data}): "
-                    "give the domains as a comma-separated list, e.g. --domains en,de"
-                )
-            domains = list(meta["langs"])
+            domains = list(meta["langs"]) if meta and meta.get("langs") else []
         self.init_search_state(domains)
-        if args.eval_domain and args.eval_domain not in self.domain_names:
+        if args.eval_domain and domains and args.eval_domain not in self.domain_names:
             raise ValueError(f"--eval-domain {args.eval_domain!r} is not one of --domains {self.domain_names}")
+
+    def require_domains(self) -> None:
+        if not self.domain_names:
+            raise ValueError(
+                f"--domains is required (no {DATA_METADATA} with 'langs' in {self.args.data} and no checkpoint "
+                "task state to take them from): give the domains as a comma-separated list, e.g. --domains en,de"
+            )
 
     @classmethod
     def setup_task(cls, args, **kwargs):
@@ -89,8 +92,11 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         # fairseq-eval-lm without --domains: adopt the domains the checkpoint was trained on
         saved = (state or {}).get("domain_names")
         if saved is not None and self.domains_from_metadata and list(saved) != self.domain_names:
-            self.domain_names = list(saved)
-            self.init_search_state(self.domain_names)
+            self.init_search_state(list(saved))
+            if self.cfg.eval_domain and self.cfg.eval_domain not in self.domain_names:
+                raise ValueError(
+                    f"--eval-domain {self.cfg.eval_domain!r} is not one of the checkpoint's domains {self.domain_names}"
+                )
         super().load_state_dict(state)
 
     def subset_domains(self, split: str) -> Tuple[str, List[int]]:
@@ -105,6 +111,7 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         return split, list(range(len(self.domain_names)))
 
     def load_dataset(self, split: str, epoch=1, combine=False, **kwargs):
+        self.require_domains()
         base, indices = self.subset_domains(split)
         data_path = utils.split_paths(self.args.data)[(epoch - 1) % len(utils.split_paths(self.args.data))]
         per_domain = []
@@ -141,6 +148,7 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
 
     # ------------------------------------------------------------------ fairseq hooks
     def build_model(self, args, from_checkpoint=False):
+        self.require_domains()
         model = super().build_model(args, from_checkpoint)
         self.setup_architect(model)
         return model
