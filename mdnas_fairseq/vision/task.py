@@ -23,7 +23,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq import metrics
-from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import TASK_REGISTRY, FairseqTask, register_task
 from omegaconf import II
 
