@@ -18,7 +18,9 @@ later code), so a derived multimodel holds one matrix per distinct (node, operat
 domain chose: its size depends on how much the domains agree.
 
 * Search mode: node ``j`` mixes every (input ``i``, operation ``k``) with softmax(alpha_d)
-  weights; all candidates of a node are computed with one batched matrix product.
+  weights; all candidates of a node are computed with one batched matrix product; as in DARTS'
+  search cell, the first state and each node's sum are normalised (LayerNorm without affine
+  parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``).
 * Derived mode: a :class:`MultiDomainGenotype` fixes for every domain one (input, operation)
   per node; a domain's forward pass only touches its own operations' matrices.
 """
@@ -98,6 +100,14 @@ class DartsRNNCell(nn.Module):
             self.node_weights = nn.ParameterList(
                 [nn.Parameter(_init_uniform(torch.empty(k, hidden_size, 2 * hidden_size))) for _ in self.space.node_ids]
             )
+            # A search node sums the mixed operations of all its incoming edges, so without
+            # normalisation the state grows with every node and time step. DARTS' search cell
+            # batch-normalises (no affine parameters); here every sentence starts from the same
+            # state (<eos>, h = 0), which makes batch statistics degenerate (zero variance, huge
+            # gradients) at the first step, so each state is layer-normalised per sample instead.
+            self.node_norms = nn.ModuleList(
+                [nn.LayerNorm(hidden_size, elementwise_affine=False) for _ in range(self.space.num_states)]
+            )
         else:
             if genotype.space != self.space:
                 raise ValueError("genotype search space differs from the cell's search space")
@@ -138,7 +148,7 @@ class DartsRNNCell(nn.Module):
 
     def _search_step(self, x: Tensor, h: Tensor, weights: Tensor, mask_x, mask_h) -> Tensor:
         """One time step of the mixed cell. ``weights``: (E, K) or (B, E, K)."""
-        states = [self._first_state(x, h, mask_x, mask_h)]
+        states = [self.node_norms[0](self._first_state(x, h, mask_x, mask_h))]
         hidden = self.hidden_size
         for n, j in enumerate(self.space.node_ids):
             s = torch.stack(states, dim=0)  # (j, B, H)
@@ -151,9 +161,10 @@ class DartsRNNCell(nn.Module):
             out = s_ + c * (acts - s_)  # (j, K', B, H)
             w = weights[..., self.space.node_edge_slice(j), :][..., self.weighted_op_index]
             if w.dim() == 2:  # one architecture for the whole batch: (j, K')
-                states.append(torch.einsum("ikbh,ik->bh", out, w))
+                mixed = torch.einsum("ikbh,ik->bh", out, w)
             else:  # one per sample: (B, j, K')
-                states.append(torch.einsum("ikbh,bik->bh", out, w))
+                mixed = torch.einsum("ikbh,bik->bh", out, w)
+            states.append(self.node_norms[j](mixed))
         return torch.stack(states[1:], dim=0).mean(dim=0)
 
     def _derived_step(self, x: Tensor, h: Tensor, cell: str, mask_x, mask_h) -> Tensor:

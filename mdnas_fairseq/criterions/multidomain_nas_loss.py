@@ -108,7 +108,7 @@ class MultiDomainNASLoss(FairseqCriterion):
         if self._use_contrastive(sample):
             trip = self.triplet(model, net_output, sample)
             loss = loss + self.contrastive_coef * trip * sample_size
-            logging_output[STAT + "triplet"] = float(trip)
+            logging_output[STAT + "triplet"] = float(trip.detach())
             logging_output[STAT_COUNT] = 1
         return loss, sample_size, logging_output
 
@@ -147,7 +147,7 @@ class MultiDomainNASLoss(FairseqCriterion):
             sizes = torch.ones_like(sizes)
         for d in domains.unique().tolist():
             mask = domains == d
-            logging_output[DOMAIN_LOSS + names[d]] = float(per_sample[mask].sum())
+            logging_output[DOMAIN_LOSS + names[d]] = float(per_sample[mask].detach().sum())
             logging_output[DOMAIN_SIZE + names[d]] = int(sizes[mask].sum())
 
     # ------------------------------------------------------------------ metrics

@@ -320,11 +320,22 @@ class BilevelSearchMixin:
                     it.load_state_dict(saved)
                 self._arch_iterators[domain] = it
             it = self._arch_iterators[domain]
-            current = self._arch_current.get(domain)
-            if current is None or not current.has_next():
-                current = it.next_epoch_itr(shuffle=True)
-                self._arch_current[domain] = current
-            return next(current)
+            restarts = 0
+            while True:
+                current = self._arch_current.get(domain)
+                if current is None or not current.has_next():
+                    if restarts == 2:
+                        raise ValueError(
+                            f"domain {self.domain_names[domain]!r}: subset {self.cfg.arch_subset}."
+                            f"{self.domain_names[domain]} gives worker {data_parallel_rank()} no batch"
+                        )
+                    current = it.next_epoch_itr(shuffle=True)
+                    self._arch_current[domain] = current
+                    restarts += 1
+                batch = next(current)
+                # fairseq pads the shards of data-parallel workers with empty batches: skip them
+                if batch:
+                    return batch
 
     # ------------------------------------------------------------------ contrastive partners
     def partner_domain(self, domain: int, update_num: int, salt: int = 0) -> Optional[int]:
