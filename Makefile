@@ -25,6 +25,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) setup.py
+	@# graphviz's `dot` draws genotypes (mdnas-draw, mdnas-report); Debian package, needs root
+	command -v dot >/dev/null || { apt-get update -qq && apt-get install -y -qq graphviz; } || \
+		echo "WARNING: could not install graphviz (dot); install it to draw genotypes: apt-get install graphviz"
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install $(TORCH_PINS)
 	$(PIP) install $(FAIRSEQ_NEEDS)
@@ -34,10 +37,10 @@ $(STAMP): $(PY) setup.py
 	touch $(STAMP)
 
 demo: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 bash scripts/demo.sh
 
 test: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q tests
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 bench: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/lm_search_speed.py

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -118,6 +119,8 @@ def evaluate(args, checkpoint, domain, log_path):
 def run_model(name, domains_all, args):
     domains, extra = model_settings(name, domains_all, args)
     base = os.path.join(args.out, name)
+    if os.path.isdir(base):  # fairseq-train would resume from an old checkpoint_last.pt
+        shutil.rmtree(base)
     search_dir, retrain_dir = os.path.join(base, "search"), os.path.join(base, "retrain")
     train = fairseq_cmd("fairseq-train")
     _, t_search = run([train] + train_flags(args, domains, search_dir, args.search_epochs)
