@@ -72,7 +72,7 @@ def get_args(argv=None):
     p.add_argument("--train-images-per-domain", type=int, default=128)
     p.add_argument("--arch-images-per-domain", type=int, default=128)
     p.add_argument("--search-epochs", type=int, default=5)
-    p.add_argument("--retrain-epochs", type=int, default=100)
+    p.add_argument("--retrain-epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate of search and retraining weights")
     p.add_argument("--weight-decay", type=float, default=5e-4)
