@@ -22,7 +22,6 @@ Example (the demo): ``python scripts/lm_pipeline.py --data build/demo-data/data-
 """
 import argparse
 import json
-import math
 import os
 import re
 import shutil

@@ -10,5 +10,5 @@ python scripts/prepare_parallel.py --tsv examples/data/en_de_small.tsv --langs e
     --out "$OUT/data" --vocab-size 4000 --seed 1 --force --quiet
 python scripts/lm_pipeline.py --data "$OUT/data/data-bin" --out "$OUT/run" \
     --models single_en,single_de,union,multi_struct,multi_contr --arch mdnas_rnn_tiny --batch-size 64 \
-    --search-epochs 4 --retrain-epochs 8 --struct-coef 0.1 --contrastive-coef 0.1 --seed "$SEED" \
-    "$@" -- --embed-dim 64 --hidden-dim 64
+    --search-epochs 3 --retrain-epochs 6 --struct-coef 0.1 --contrastive-coef 0.1 --seed "$SEED" \
+    "$@" -- --embed-dim 48 --hidden-dim 48

@@ -11,7 +11,7 @@ a fresh random order whenever they run out.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import torch

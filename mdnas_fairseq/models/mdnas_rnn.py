@@ -10,7 +10,6 @@ Named sizes: ``mdnas_rnn_tiny`` (tests, demo), ``mdnas_rnn_small``, ``mdnas_rnn_
 """
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -28,7 +27,8 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 
 from ..cells.rnn import DartsRNNLanguageModel
-from ..search import GenotypeError, annealed_temperature, check_compatible, darts_rnn_space, genotype_from_dict, load_genotype
+from ..search import annealed_temperature, darts_rnn_space
+from .genotype_config import genotype_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -98,24 +98,7 @@ class MDNASRNNModel(FairseqLanguageModel):
     @classmethod
     def build_model(cls, cfg, task):
         domains = list(task.domain_names)
-        genotype = None
-        if cfg.genotype or cfg.genotype_data:
-            space = darts_rnn_space(cfg.num_nodes)
-            expected = ["+".join(domains)] if cfg.shared_architecture else domains
-            if cfg.genotype_data:
-                source = f"genotype stored in the checkpoint (from {cfg.genotype})"
-                genotype = genotype_from_dict(json.loads(cfg.genotype_data), source=source)
-            else:
-                source = cfg.genotype
-                genotype = load_genotype(cfg.genotype)
-                cfg.genotype_data = json.dumps(genotype.to_dict())
-            check_compatible(genotype, source, space=space)
-            if list(genotype.domains) != expected:
-                raise GenotypeError(
-                    f"{source}: genotype is for {genotype.num_domains} domain(s) {list(genotype.domains)}, "
-                    f"this run needs {len(expected)}: {expected}"
-                    + (" (--shared-architecture)" if cfg.shared_architecture else "")
-                )
+        genotype = genotype_for_model(cfg, domains, darts_rnn_space(cfg.num_nodes))
         dictionary = task.source_dictionary
         lm = DartsRNNLanguageModel(
             vocab_size=len(dictionary),

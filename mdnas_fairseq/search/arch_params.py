@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable, Iterator, List, Optional, Union
+from typing import Iterator, List, Union
 
 import torch
 import torch.nn as nn

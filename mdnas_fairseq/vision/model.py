@@ -11,7 +11,6 @@ Named sizes: ``mdnas_conv`` (seed: one 4-node cell, 16 channels; stem stride 2 a
 so the cell runs at 7x7), ``mdnas_conv_tiny`` (tests).
 """
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -22,7 +21,8 @@ from fairseq.models import ARCH_MODEL_REGISTRY, BaseFairseqModel, register_model
 from fairseq.utils import safe_getattr
 
 from ..cells.conv import DartsConvClassifier
-from ..search import GenotypeError, check_compatible, darts_cnn_space, genotype_from_dict, load_genotype
+from ..models.genotype_config import genotype_for_model
+from ..search import darts_cnn_space
 
 logger = logging.getLogger(__name__)
 
@@ -58,24 +58,7 @@ class MDNASConvModel(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg, task):
         domains = list(task.domain_names)
-        genotype = None
-        if cfg.genotype or cfg.genotype_data:
-            space = darts_cnn_space(cfg.num_nodes)
-            expected = ["+".join(domains)] if cfg.shared_architecture else domains
-            if cfg.genotype_data:
-                source = f"genotype stored in the checkpoint (from {cfg.genotype})"
-                genotype = genotype_from_dict(json.loads(cfg.genotype_data), source=source)
-            else:
-                source = cfg.genotype
-                genotype = load_genotype(cfg.genotype)
-                cfg.genotype_data = json.dumps(genotype.to_dict())
-            check_compatible(genotype, source, space=space)
-            if list(genotype.domains) != expected:
-                raise GenotypeError(
-                    f"{source}: genotype is for {genotype.num_domains} domain(s) {list(genotype.domains)}, "
-                    f"this run needs {len(expected)}: {expected}"
-                    + (" (--shared-architecture)" if cfg.shared_architecture else "")
-                )
+        genotype = genotype_for_model(cfg, domains, darts_cnn_space(cfg.num_nodes))
         net = DartsConvClassifier(
             domains,
             channels=cfg.channels,

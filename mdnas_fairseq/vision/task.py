@@ -152,42 +152,6 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
         """Images: a sample's triplet label is its digit class."""
         return sample["target"]
 
-    # ------------------------------------------------------------------ fairseq hooks
-    def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
-        self.setup_architect(model)
-        return model
-
-    def build_criterion(self, cfg, *args, **kwargs):
-        criterion = super().build_criterion(cfg, *args, **kwargs)
-        self.criterion_settings = {
-            k: getattr(criterion, k) for k in ("struct_coef", "contrastive_coef", "triplet_margin") if hasattr(criterion, k)
-        }
-        return criterion
-
-    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
-                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
-                           shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
-                           skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
-        if dataset is self.datasets.get(self.train_subset_name()):
-            if dataset in self.dataset_to_epoch_iter and not update_epoch_batch_itr:
-                return self.dataset_to_epoch_iter[dataset]
-            itr = self.search_batch_iterator(
-                dataset, max_tokens, max_sentences, max_positions, ignore_invalid_inputs,
-                required_batch_size_multiple, seed, num_shards, shard_id, num_workers, epoch,
-                data_buffer_size, skip_remainder_batch, grouped_shuffling,
-            )
-            self.dataset_to_epoch_iter[dataset] = itr
-            return itr
-        return super().get_batch_iterator(
-            dataset, max_tokens=max_tokens, max_sentences=max_sentences, max_positions=max_positions,
-            ignore_invalid_inputs=ignore_invalid_inputs, required_batch_size_multiple=required_batch_size_multiple,
-            seed=seed, num_shards=num_shards, shard_id=shard_id, num_workers=num_workers, epoch=epoch,
-            data_buffer_size=data_buffer_size, disable_iterator_cache=disable_iterator_cache,
-            skip_remainder_batch=skip_remainder_batch, grouped_shuffling=grouped_shuffling,
-            update_epoch_batch_itr=update_epoch_batch_itr,
-        )
-
     def search_settings(self, core):
         settings = super().search_settings(core)
         settings.update({"rotations": list(self.angles), "mnist_source": self.mnist_source,

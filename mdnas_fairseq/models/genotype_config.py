@@ -1,0 +1,33 @@
+"""Glue shared by the fairseq models: the genotype a derived model is built from."""
+import json
+from typing import List, Optional
+
+from ..search import GenotypeError, MultiDomainGenotype, SearchSpace, check_compatible, genotype_from_dict, load_genotype
+
+
+def genotype_for_model(cfg, domains: List[str], space: SearchSpace) -> Optional[MultiDomainGenotype]:
+    """The genotype of a derived model, or None for a search model.
+
+    Read from ``cfg.genotype`` (a file) the first time, then kept in ``cfg.genotype_data``, which
+    fairseq saves with the checkpoint, so evaluation does not need the file. The genotype must be
+    for ``space`` and have one cell per domain (one cell named ``"+".join(domains)`` with
+    ``cfg.shared_architecture``).
+    """
+    if not (cfg.genotype or cfg.genotype_data):
+        return None
+    expected = ["+".join(domains)] if cfg.shared_architecture else list(domains)
+    if cfg.genotype_data:
+        source = f"genotype stored in the checkpoint (from {cfg.genotype})"
+        genotype = genotype_from_dict(json.loads(cfg.genotype_data), source=source)
+    else:
+        source = cfg.genotype
+        genotype = load_genotype(cfg.genotype)
+        cfg.genotype_data = json.dumps(genotype.to_dict())
+    check_compatible(genotype, source, space=space)
+    if list(genotype.domains) != expected:
+        raise GenotypeError(
+            f"{source}: genotype is for {genotype.num_domains} domain(s) {list(genotype.domains)}, "
+            f"this run needs {len(expected)}: {expected}"
+            + (" (--shared-architecture)" if cfg.shared_architecture else "")
+        )
+    return genotype
