@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..search import (
-    ArchitectureParameters,
+    CNN_OPERATIONS,
+    search_architecture,
     GenotypeEdge,
     MultiDomainGenotype,
     SearchSpace,
@@ -41,16 +42,7 @@ from ..search import (
     multimodel_param_count,
 )
 
-CONV_OPERATIONS = (
-    "none",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-)
+CONV_OPERATIONS = CNN_OPERATIONS  # the DARTS conv candidates, defined with the search space
 
 
 class Zero(nn.Module):
@@ -275,21 +267,7 @@ class DartsConvClassifier(nn.Module):
         )
         if stem_pool > 1:
             self.stem.add_module("pool", nn.MaxPool2d(stem_pool))
-        if genotype is not None:
-            if set(genotype.domains) != set(self.architecture_names):
-                raise ValueError(
-                    f"genotype has cells for {list(genotype.domains)} but this model needs "
-                    f"{self.architecture_names}" + (" (shared architecture)" if shared_architecture else "")
-                )
-            if genotype.space != self.space:
-                raise ValueError(
-                    f"genotype search space {genotype.space.to_dict()} differs from this model's {self.space.to_dict()}"
-                )
-            self.arch = None
-        else:
-            self.arch = ArchitectureParameters(
-                len(self.architecture_names), self.space.num_edges, self.space.num_ops, alpha_init_scale
-            )
+        self.arch = search_architecture(genotype, self.space, self.architecture_names, alpha_init_scale)
         self.cell = DartsConvCell(channels, self.space, genotype)
         self.classifier = nn.Linear(self.cell.out_channels, num_classes)
         rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))

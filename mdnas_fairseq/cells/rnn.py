@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..search import (
-    ArchitectureParameters,
+    search_architecture,
     GenotypeEdge,
     MultiDomainGenotype,
     SearchSpace,
@@ -272,21 +272,7 @@ class DartsRNNLanguageModel(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         self.dropout, self.dropout_emb = dropout, dropout_emb
         self.temperature, self.gumbel = 1.0, False
-        if genotype is not None:
-            if list(genotype.cells) and set(genotype.domains) != set(self.architecture_names):
-                raise ValueError(
-                    f"genotype has cells for {list(genotype.domains)} but this model needs "
-                    f"{self.architecture_names}" + (" (shared architecture)" if shared_architecture else "")
-                )
-            if genotype.space != self.space:
-                raise ValueError(
-                    f"genotype search space {genotype.space.to_dict()} differs from this model's {self.space.to_dict()}"
-                )
-            self.arch = None
-        else:
-            self.arch = ArchitectureParameters(
-                len(self.architecture_names), self.space.num_edges, self.space.num_ops, alpha_init_scale
-            )
+        self.arch = search_architecture(genotype, self.space, self.architecture_names, alpha_init_scale)
         self.cell = DartsRNNCell(embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h)
         rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
         self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)

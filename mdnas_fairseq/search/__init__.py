@@ -15,6 +15,7 @@ from .arch_params import (
     annealed_temperature,
     architecture_parameters,
     mix,
+    search_architecture,
     weight_parameters,
 )
 from .architect import BilevelArchitect

@@ -75,6 +75,18 @@ class ArchitectureParameters(nn.Module):
         return F.softmax(alpha / temperature, dim=-1)
 
 
+def search_architecture(genotype, space, architecture_names: List[str], init_scale: float = 1e-3):
+    """Alpha of a model: new :class:`ArchitectureParameters` for a search model (``genotype`` None),
+    or None for a derived model, after checking its genotype has the model's cells and space."""
+    if genotype is None:
+        return ArchitectureParameters(len(architecture_names), space.num_edges, space.num_ops, init_scale)
+    if set(genotype.domains) != set(architecture_names):
+        raise ValueError(f"genotype has cells for {list(genotype.domains)} but this model needs {list(architecture_names)}")
+    if genotype.space != space:
+        raise ValueError(f"genotype search space {genotype.space.to_dict()} differs from this model's {space.to_dict()}")
+    return None
+
+
 def mix(candidates: Tensor, weights: Tensor) -> Tensor:
     """Weighted sum of candidate outputs: the mixed operation.
 
