@@ -10,5 +10,6 @@ python scripts/prepare_parallel.py --tsv examples/data/en_de_small.tsv --langs e
 python scripts/lm_pipeline.py --data "$OUT/data/data-bin" --out "$OUT/run" \
     --models single_en,union,multi_struct --arch mdnas_rnn_tiny --batch-size 64 \
     --search-epochs "${DEMO_SEARCH_EPOCHS:-3}" --retrain-epochs "${DEMO_RETRAIN_EPOCHS:-4}" --seed 1
-python -m mdnas_fairseq.viz.report "$OUT/run/multi_struct/search" >/dev/null && \
-    echo "search report: $OUT/run/multi_struct/search/report.md"
+python -m mdnas_fairseq.viz.report "$OUT/run/multi_struct/search" >"$OUT/report.log" 2>&1 || {
+    cat "$OUT/report.log"; exit 1; }
+echo "search report: $OUT/run/multi_struct/search/report.md (drawings in its figures/)"
