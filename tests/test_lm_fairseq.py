@@ -30,7 +30,8 @@ def search_dir(data_bin, tmp_path_factory):
     """A 2-epoch second-order search with both regularizers (heatmaps on)."""
     save = str(tmp_path_factory.mktemp("search"))
     cmd = train_args(data_bin, save, extra=["--max-epoch", "2", "--struct-coef", "0.5", "--contrastive-coef", "0.1",
-                                            "--arch-order", "2", "--arch-lr", "0.01", "--eta-p", "0.5"])
+                                            "--arch-order", "2", "--arch-lr", "0.01", "--eta-p", "0.5",
+                                            "--tensorboard-logdir", os.path.join(save, "tb"), "--log-interval", "5"])
     cmd.remove("--no-alpha-heatmaps")
     proc = run(cmd)
     assert "contrastive" not in proc.stderr.lower() or "error" not in proc.stderr.lower()
@@ -62,6 +63,18 @@ def test_search_writes_valid_genotypes(search_dir):
             assert g.space.operations[int(row.argmax())] == e.op
         assert torch.allclose(torch.tensor(raw["alpha"][d], dtype=torch.float64), probs[k])
     assert raw["settings"]["struct_coef"] == 0.5 and raw["settings"]["arch_order"] == 2
+
+
+def test_tensorboard_gets_the_search_scalars(search_dir):
+    """fairseq's --tensorboard-logdir writes our per-domain and search metrics (tensorboardX)."""
+    tb = os.path.join(search_dir, "tb")
+    for split, tags in (("train", ["ppl_en", "ppl_de", "js", "triplet", "p_en", "alpha_entropy_de", "arch_loss"]),
+                        ("valid", ["ppl_en", "ppl_de", "loss_de"])):
+        files = [os.path.join(tb, split, f) for f in os.listdir(os.path.join(tb, split)) if "tfevents" in f]
+        assert files, split
+        raw = b"".join(open(f, "rb").read() for f in files)
+        for tag in tags:
+            assert tag.encode() in raw, (split, tag)
 
 
 def test_alpha_trained_by_architect_only(search_dir, data_bin):
