@@ -93,8 +93,8 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
                     os.makedirs(self.cfg.save_dir, exist_ok=True)
                     with open(os.path.join(self.cfg.save_dir, "mnist_source.txt"), "w", encoding="utf-8") as f:
                         f.write(self._mnist.source + "\n")
-                except OSError:
-                    pass
+                except OSError as e:  # the source is logged above and kept in genotype.json too
+                    logger.warning(f"could not write {self.cfg.save_dir}/mnist_source.txt: {e}")
         return self._mnist
 
     @property
