@@ -394,16 +394,19 @@ class BilevelSearchMixin:
         return sample
 
     # ------------------------------------------------------------------ the bilevel step
+    def uses_contrastive(self, criterion) -> bool:
+        return getattr(criterion, "contrastive_coef", 0) > 0 and len(self.domain_names) > 1
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         model.train()
         model.set_num_updates(update_num)
         core = unwrap_model(model)
-        contrastive = getattr(criterion, "contrastive_coef", 0) > 0 and len(self.domain_names) > 1
+        contrastive = self.uses_contrastive(criterion)
+        if contrastive and not ignore_grad:  # the same partner batch serves both steps
+            self.attach_partner(sample, self.datasets[self.train_subset_name()], update_num)
         logging_extra: Dict[str, float] = {}
         if self.architect is not None and update_num >= self.cfg.arch_start_update:
             logging_extra = self.architecture_step(sample, core, criterion, optimizer, update_num, ignore_grad)
-        if contrastive and not ignore_grad:
-            self.attach_partner(sample, self.datasets[self.train_subset_name()], update_num)
         loss, sample_size, logging_output = criterion(model, sample)
         if ignore_grad:
             loss *= 0
@@ -424,14 +427,12 @@ class BilevelSearchMixin:
         else:
             domain = sample["domain"]
             arch_sample = _move_like(self.next_arch_batch(domain), sample)
-            train_sample = dict(sample)
-            if getattr(criterion, "contrastive_coef", 0) > 0 and len(self.domain_names) > 1:
-                train_sample = self.attach_partner(train_sample, self.datasets[self.train_subset_name()], update_num)
+            if self.uses_contrastive(criterion):
                 arch_sample = self.attach_partner(arch_sample, self.arch_dataset(), update_num, salt=1)
             weight_lr = optimizer.get_lr()
             momentum, buffers = self._momentum(optimizer)
             stats = self.architect.step(
-                lambda: criterion.weight_objective(core, train_sample),
+                lambda: criterion.weight_objective(core, sample),
                 lambda: criterion.architecture_loss(core, arch_sample),
                 weight_lr=weight_lr,
                 weight_momentum=momentum,

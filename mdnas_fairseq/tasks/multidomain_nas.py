@@ -152,9 +152,7 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         return super().build_model(args, from_checkpoint)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        if getattr(criterion, "contrastive_coef", 0) > 0 and len(self.domain_names) > 1 and not getattr(
-            self, "_parallel_checked", False
-        ):
+        if self.uses_contrastive(criterion) and not getattr(self, "_parallel_checked", False):
             self.require_parallel(self.train_subset_name())
             if self.architect is not None:
                 self.require_parallel(self.arch_dataset_name())
