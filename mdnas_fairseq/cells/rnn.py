@@ -20,7 +20,8 @@ domain chose: its size depends on how much the domains agree.
 * Search mode: node ``j`` mixes every (input ``i``, operation ``k``) with softmax(alpha_d)
   weights; all candidates of a node are computed with one batched matrix product; as in DARTS'
   search cell, the first state and each node's sum are normalised (LayerNorm without affine
-  parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``).
+  parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``); the derived cell keeps
+  the same parameter-free normalisation.
 * Derived mode: a :class:`MultiDomainGenotype` fixes for every domain one (input, operation)
   per node; a domain's forward pass only touches its own operations' matrices.
 """
@@ -95,18 +96,20 @@ class DartsRNNCell(nn.Module):
         # operations with weights, in the order of the alpha axis without `none`
         self.weighted_ops = [op for op in self.space.operations if op != self.space.none_op]
         self.weighted_op_index = [self.space.op_index(op) for op in self.weighted_ops]
+        # A search node sums the mixed operations of all its incoming edges, so without
+        # normalisation the state grows with every node and time step. DARTS' search cell
+        # batch-normalises (no affine parameters); here every sentence starts from the same
+        # state (<eos>, h = 0), which makes batch statistics degenerate (zero variance, huge
+        # gradients) at the first step, so each state is layer-normalised per sample instead.
+        # The derived cell keeps the same normalisation (no parameters), so it computes the
+        # function that was searched, and its unbounded relu/identity highways stay stable.
+        self.node_norms = nn.ModuleList(
+            [nn.LayerNorm(hidden_size, elementwise_affine=False) for _ in range(self.space.num_states)]
+        )
         if genotype is None:
             k = len(self.weighted_ops)
             self.node_weights = nn.ParameterList(
                 [nn.Parameter(_init_uniform(torch.empty(k, hidden_size, 2 * hidden_size))) for _ in self.space.node_ids]
-            )
-            # A search node sums the mixed operations of all its incoming edges, so without
-            # normalisation the state grows with every node and time step. DARTS' search cell
-            # batch-normalises (no affine parameters); here every sentence starts from the same
-            # state (<eos>, h = 0), which makes batch statistics degenerate (zero variance, huge
-            # gradients) at the first step, so each state is layer-normalised per sample instead.
-            self.node_norms = nn.ModuleList(
-                [nn.LayerNorm(hidden_size, elementwise_affine=False) for _ in range(self.space.num_states)]
             )
         else:
             if genotype.space != self.space:
@@ -168,7 +171,7 @@ class DartsRNNCell(nn.Module):
         return torch.stack(states[1:], dim=0).mean(dim=0)
 
     def _derived_step(self, x: Tensor, h: Tensor, cell: str, mask_x, mask_h) -> Tensor:
-        states = [self._first_state(x, h, mask_x, mask_h)]
+        states = [self.node_norms[0](self._first_state(x, h, mask_x, mask_h))]
         hidden = self.hidden_size
         for j in self.space.node_ids:
             i, op = self.choices[cell][j]
@@ -176,7 +179,7 @@ class DartsRNNCell(nn.Module):
             s_in = s * mask_h if mask_h is not None else s
             ch = s_in.matmul(self.op_weights[f"node{j}_{op}"])
             c, g = torch.sigmoid(ch[..., :hidden]), ch[..., hidden:]
-            states.append(s + c * (ACTIVATIONS[op](g) - s))
+            states.append(self.node_norms[j](s + c * (ACTIVATIONS[op](g) - s)))
         return torch.stack(states[1:], dim=0).mean(dim=0)
 
     # ------------------------------------------------------------------ sequences
