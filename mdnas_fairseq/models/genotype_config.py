@@ -1,8 +1,29 @@
-"""Glue shared by the fairseq models: the genotype a derived model is built from."""
+"""Glue shared by the fairseq models: the architecture options and the genotype a derived model is built from."""
 import json
+from dataclasses import dataclass, field
 from typing import List, Optional
 
+from fairseq.dataclass import FairseqDataclass
+
 from ..search import GenotypeError, MultiDomainGenotype, SearchSpace, check_compatible, genotype_from_dict, load_genotype
+
+
+@dataclass
+class ArchitectureConfig(FairseqDataclass):
+    """Options every searchable model has: search (no ``--genotype``) or derived (``--genotype``)."""
+
+    genotype: Optional[str] = field(
+        default=None, metadata={"help": "genotype.json of a search: build the derived concordant multimodel"}
+    )
+    shared_architecture: bool = field(
+        default=False, metadata={"help": "one architecture for all domains (the union baseline)"}
+    )
+    alpha_init_scale: float = field(default=1e-3, metadata={"help": "std of the initial architecture parameters"})
+    genotype_data: Optional[str] = field(
+        default=None,
+        metadata={"help": "set automatically: the --genotype file's content, kept in the checkpoint so "
+                          "evaluation does not need the file"},
+    )
 
 
 def genotype_for_model(cfg, domains: List[str], space: SearchSpace) -> Optional[MultiDomainGenotype]:

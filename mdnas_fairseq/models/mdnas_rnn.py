@@ -12,7 +12,6 @@ Named sizes: ``mdnas_rnn_tiny`` (tests, demo), ``mdnas_rnn_small``, ``mdnas_rnn_
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from fairseq.models import (
@@ -22,19 +21,18 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.dataclass import FairseqDataclass
 from fairseq.utils import safe_getattr
 from omegaconf import II
 
 from ..cells.rnn import DartsRNNLanguageModel
 from ..search import annealed_temperature, darts_rnn_space
-from .genotype_config import genotype_for_model
+from .genotype_config import ArchitectureConfig, genotype_for_model
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MDNASRNNConfig(FairseqDataclass):
+class MDNASRNNConfig(ArchitectureConfig):
     embed_dim: int = field(default=256, metadata={"help": "embedding size (= hidden size, embeddings are tied)"})
     hidden_dim: int = field(default=256, metadata={"help": "recurrent state size"})
     num_nodes: int = field(default=8, metadata={"help": "intermediate nodes of the DARTS recurrent cell"})
@@ -42,22 +40,10 @@ class MDNASRNNConfig(FairseqDataclass):
     dropout_emb: float = field(default=0.0, metadata={"help": "word-type dropout on the embeddings"})
     dropout_x: float = field(default=0.0, metadata={"help": "variational dropout on the cell input"})
     dropout_h: float = field(default=0.0, metadata={"help": "variational dropout on the recurrent states"})
-    genotype: Optional[str] = field(
-        default=None, metadata={"help": "genotype.json of a search: build the derived concordant multimodel"}
-    )
-    shared_architecture: bool = field(
-        default=False, metadata={"help": "one architecture for all domains (the union baseline)"}
-    )
     gumbel_softmax: bool = field(default=False, metadata={"help": "Gumbel-softmax mixing weights while searching"})
     temperature_start: float = field(default=1.0, metadata={"help": "(Gumbel-)softmax temperature at update 0"})
     temperature_end: float = field(default=1.0, metadata={"help": "temperature at --max-update (exponential)"})
-    alpha_init_scale: float = field(default=1e-3, metadata={"help": "std of the initial architecture parameters"})
     max_target_positions: int = field(default=1024, metadata={"help": "longest sentence"})
-    genotype_data: Optional[str] = field(
-        default=None,
-        metadata={"help": "set automatically: the --genotype file's content, kept in the checkpoint so "
-                          "evaluation does not need the file"},
-    )
     max_update: int = II("optimization.max_update")
 
 

@@ -13,39 +13,26 @@ so the cell runs at 7x7), ``mdnas_conv_tiny`` (tests).
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
-from fairseq.dataclass import FairseqDataclass
 from fairseq.models import ARCH_MODEL_REGISTRY, BaseFairseqModel, register_model, register_model_architecture
 from fairseq.utils import safe_getattr
 
 from ..cells.conv import DartsConvClassifier
-from ..models.genotype_config import genotype_for_model
+from ..models.genotype_config import ArchitectureConfig, genotype_for_model
 from ..search import darts_cnn_space
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MDNASConvConfig(FairseqDataclass):
+class MDNASConvConfig(ArchitectureConfig):
     channels: int = field(default=16, metadata={"help": "channels C of the cell"})
     num_nodes: int = field(default=4, metadata={"help": "intermediate nodes of the DARTS conv cell"})
     stem_stride: int = field(default=2, metadata={"help": "stride of the 3x3 stem convolution"})
     stem_pool: int = field(default=2, metadata={"help": "max-pooling factor after the stem (1: none)"})
     num_classes: int = field(default=10, metadata={"help": "classes"})
     dropout: float = field(default=0.0, metadata={"help": "dropout before the classifier"})
-    genotype: Optional[str] = field(
-        default=None, metadata={"help": "genotype.json of a search: build the derived concordant multimodel"}
-    )
-    shared_architecture: bool = field(
-        default=False, metadata={"help": "one architecture for all domains (the union baseline)"}
-    )
-    alpha_init_scale: float = field(default=1e-3, metadata={"help": "std of the initial architecture parameters"})
-    genotype_data: Optional[str] = field(
-        default=None,
-        metadata={"help": "set automatically: the --genotype file's content, kept in the checkpoint"},
-    )
 
 
 @register_model("mdnas_conv", dataclass=MDNASConvConfig) if "mdnas_conv" not in ARCH_MODEL_REGISTRY else (lambda c: c)
