@@ -26,7 +26,7 @@ from omegaconf import II
 
 from ..cells.rnn import DartsRNNLanguageModel
 from ..search import annealed_temperature, darts_rnn_space
-from .genotype_config import ArchitectureConfig, genotype_for_model
+from .searchable import ArchitectureConfig, SearchableModel, genotype_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class MDNASRNNDecoder(FairseqDecoder):
 
 
 @register_model("mdnas_rnn", dataclass=MDNASRNNConfig) if "mdnas_rnn" not in ARCH_MODEL_REGISTRY else (lambda c: c)
-class MDNASRNNModel(FairseqLanguageModel):
+class MDNASRNNModel(SearchableModel, FairseqLanguageModel):
     def __init__(self, decoder, cfg):
         super().__init__(decoder)
         self.cfg = cfg
@@ -111,20 +111,7 @@ class MDNASRNNModel(FairseqLanguageModel):
     def lm(self) -> DartsRNNLanguageModel:
         return self.decoder.lm
 
-    @property
-    def is_search(self) -> bool:
-        return self.lm.is_search
-
-    @property
-    def search_space(self):
-        return self.lm.space
-
-    @property
-    def architecture_names(self):
-        return self.lm.architecture_names
-
-    def genotype_param_count(self, genotype, cells=None) -> int:
-        return self.lm.genotype_param_count(genotype, cells)
+    network = lm
 
     def domain_representation(self, net_output, sample):
         """The state at <eos> of each sentence: the position whose target is <eos>."""

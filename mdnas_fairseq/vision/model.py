@@ -19,7 +19,7 @@ from fairseq.models import ARCH_MODEL_REGISTRY, BaseFairseqModel, register_model
 from fairseq.utils import safe_getattr
 
 from ..cells.conv import DartsConvClassifier
-from ..models.genotype_config import ArchitectureConfig, genotype_for_model
+from ..models.searchable import ArchitectureConfig, SearchableModel, genotype_for_model
 from ..search import darts_cnn_space
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class MDNASConvConfig(ArchitectureConfig):
 
 
 @register_model("mdnas_conv", dataclass=MDNASConvConfig) if "mdnas_conv" not in ARCH_MODEL_REGISTRY else (lambda c: c)
-class MDNASConvModel(BaseFairseqModel):
+class MDNASConvModel(SearchableModel, BaseFairseqModel):
     def __init__(self, net: DartsConvClassifier, cfg):
         super().__init__()
         self.net = net
@@ -83,19 +83,8 @@ class MDNASConvModel(BaseFairseqModel):
 
     # ------------------------------------------------------------------ search API used by task / criterion
     @property
-    def is_search(self) -> bool:
-        return self.net.is_search
-
-    @property
-    def search_space(self):
-        return self.net.space
-
-    @property
-    def architecture_names(self):
-        return self.net.architecture_names
-
-    def genotype_param_count(self, genotype, cells=None) -> int:
-        return self.net.genotype_param_count(genotype, cells)
+    def network(self) -> DartsConvClassifier:
+        return self.net
 
     def domain_representation(self, net_output, sample):
         """The globally pooled cell output of each image."""

@@ -1,4 +1,5 @@
-"""Glue shared by the fairseq models: the architecture options and the genotype a derived model is built from."""
+"""What makes a fairseq model searchable: its architecture options, the genotype a derived model is
+built from, and the search API the task and the criterion call (delegated to the pure-PyTorch network)."""
 import json
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -52,3 +53,35 @@ def genotype_for_model(cfg, domains: List[str], space: SearchSpace) -> Optional[
             + (" (--shared-architecture)" if cfg.shared_architecture else "")
         )
     return genotype
+
+
+class SearchableModel:
+    """Mixin for a fairseq model wrapping a searchable pure-PyTorch network (``self.network``).
+
+    The network (``DartsRNNLanguageModel``, ``DartsConvClassifier``) has ``is_search``, ``space``,
+    ``architecture_names`` and ``genotype_param_count``; the task and the criterion reach them
+    through the fairseq model with these names. A model also defines ``domain_representation``.
+    """
+
+    @property
+    def network(self):
+        raise NotImplementedError
+
+    @property
+    def is_search(self) -> bool:
+        return self.network.is_search
+
+    @property
+    def search_space(self) -> SearchSpace:
+        return self.network.space
+
+    @property
+    def architecture_names(self):
+        return self.network.architecture_names
+
+    def genotype_param_count(self, genotype, cells=None) -> int:
+        return self.network.genotype_param_count(genotype, cells)
+
+    def domain_representation(self, net_output, sample):
+        """The hidden representation of each sample the contrastive (triplet) term compares."""
+        raise NotImplementedError
