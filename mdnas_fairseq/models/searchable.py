@@ -56,16 +56,14 @@ def genotype_for_model(cfg, domains: List[str], space: SearchSpace) -> Optional[
 
 
 class SearchableModel:
-    """Mixin for a fairseq model wrapping a searchable pure-PyTorch network (``self.network``).
+    """Mixin for a fairseq model wrapping a searchable pure-PyTorch network.
 
-    The network (``DartsRNNLanguageModel``, ``DartsConvClassifier``) has ``is_search``, ``space``,
-    ``architecture_names`` and ``genotype_param_count``; the task and the criterion reach them
-    through the fairseq model with these names. A model also defines ``domain_representation``.
+    The model class defines two things: ``network``, the wrapped network (``DartsRNNLanguageModel``,
+    ``DartsConvClassifier``), and ``domain_representation(net_output, sample)``, the hidden
+    representation of each sample that the contrastive (triplet) term compares. The network has
+    ``is_search``, ``space``, ``architecture_names`` and ``genotype_param_count``; the task and the
+    criterion reach them through the fairseq model with the names below.
     """
-
-    @property
-    def network(self):
-        raise NotImplementedError
 
     @property
     def is_search(self) -> bool:
@@ -81,7 +79,3 @@ class SearchableModel:
 
     def genotype_param_count(self, genotype, cells=None) -> int:
         return self.network.genotype_param_count(genotype, cells)
-
-    def domain_representation(self, net_output, sample):
-        """The hidden representation of each sample the contrastive (triplet) term compares."""
-        raise NotImplementedError
