@@ -271,26 +271,39 @@ class DartsConvClassifier(nn.Module):
         self.cell = DartsConvCell(channels, self.space, genotype)
         self.classifier = nn.Linear(self.cell.out_channels, num_classes)
         rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
+        self.architecture_rows = rows  # host copy: domain index -> architecture row
         self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)
 
     @property
     def is_search(self) -> bool:
         return self.arch is not None
 
-    def forward(self, images: Tensor, domain: Tensor) -> Tuple[Tensor, Tensor]:
-        """``images`` (B, C_in, H, W), ``domain`` (B,) -> (logits (B, classes), features (B, num_nodes*C))."""
-        if domain.dim() == 0:
-            domain = domain.expand(images.shape[0])
-        if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
-            raise IndexError(f"domain index out of range for domains {self.domains}")
-        rows = self.domain_to_architecture[domain.to(self.domain_to_architecture.device)]
+    def forward(self, images: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """``images`` (B, C_in, H, W), ``domain`` (B,) -> (logits (B, classes), features (B, num_nodes*C)).
+
+        ``batch_domain``: the single domain of the whole batch, known on the host (no device read).
+        """
         s = self.stem(images)
-        if self.is_search:
-            single = bool((rows == rows[0]).all())
-            weights = self.arch.mixing_weights(int(rows[0]) if single else rows, temperature=self.temperature)
-            out = self.cell(s, s, mixing_weights=weights)
-        else:
-            out = self.cell(s, s, cells=[self.architecture_names[r] for r in rows.tolist()])
+        if batch_domain is not None:
+            if not 0 <= batch_domain < len(self.domains):
+                raise IndexError(f"domain {batch_domain} out of range for domains {self.domains}")
+            row = self.architecture_rows[batch_domain]
+            if self.is_search:
+                weights = self.arch.mixing_weights(row, temperature=self.temperature)
+                out = self.cell(s, s, mixing_weights=weights.to(s.dtype))
+            else:
+                out = self.cell(s, s, cells=[self.architecture_names[row]] * images.shape[0])
+        else:  # a batch mixing domains: per-sample architectures (reads the domains on the host)
+            if domain.dim() == 0:
+                domain = domain.expand(images.shape[0])
+            if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
+                raise IndexError(f"domain index out of range for domains {self.domains}")
+            rows = self.domain_to_architecture[domain.to(self.domain_to_architecture.device)]
+            if self.is_search:
+                weights = self.arch.mixing_weights(rows, temperature=self.temperature)
+                out = self.cell(s, s, mixing_weights=weights.to(s.dtype))
+            else:
+                out = self.cell(s, s, cells=[self.architecture_names[r] for r in rows.tolist()])
         features = out.mean(dim=(2, 3))
         logits = self.classifier(F.dropout(features, self.dropout, self.training))
         return logits, features

@@ -5,7 +5,8 @@ Public API:
     ArchitectureParameters, mix, annealed_temperature        -- per-domain alpha (D, E, K), mixed op
     js_structural_loss, batch_hard_triplet_loss              -- the two regularizers
     BilevelArchitect                                         -- first / second order architecture step
-    DomainSampler                                            -- fixed or robust domain distribution p
+    VirtualStep, SGDVirtualStep, NAGVirtualStep, AdamVirtualStep -- the weight optimizer's rule (second order)
+    DomainSampler                                            -- the domain distribution p, fixed or robust
     derive_genotype, MultiDomainGenotype, multimodel_param_count,
     save_genotype, load_genotype, GenotypeError              -- genotypes and their files
 """
@@ -37,6 +38,7 @@ from .genotype import (
     save_genotype,
 )
 from .regularizers import batch_hard_triplet_loss, js_structural_loss, pairwise_euclidean
+from .virtual_step import AdamVirtualStep, NAGVirtualStep, SGDVirtualStep, VirtualStep
 from .space import CNN_OPERATIONS, RNN_OPERATIONS, SearchSpace, darts_cnn_space, darts_rnn_space
 
 __all__ = [name for name in dir() if not name.startswith("_")]
