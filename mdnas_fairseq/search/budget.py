@@ -18,6 +18,7 @@ import torch
 
 from .genotype import GenotypeEdge, MultiDomainGenotype, derive_cell
 from .params import DerivationError, NodeChoice, ParamTable, cell_to_node_choices, node_choices_to_cell
+from .space import SearchSpace
 
 BUDGET_RULE = """\
 Budget rule. Start from every domain's own argmax genotype (the search's genotype). While the
@@ -66,11 +67,10 @@ class BudgetStep:
         }
 
 
-def _as_probs(probs: Any, table: ParamTable, num_domains: int) -> np.ndarray:
+def _as_probs(probs: Any, space: SearchSpace, num_domains: int) -> np.ndarray:
     if isinstance(probs, torch.Tensor):
         probs = probs.detach().cpu().double().numpy()
     array = np.asarray(probs, dtype=np.float64)
-    space = table.space
     if array.shape != (num_domains, space.num_edges, space.num_ops):
         raise DerivationError(
             f"softmax(alpha) of shape {array.shape} does not match {num_domains} domain(s) x {space.num_edges} "
@@ -149,11 +149,11 @@ class _State:
                           step.probability_cost, step.params_saved, self.count())
 
 
-def argmax_genotype(probs: Any, table: ParamTable, names: Sequence[str]) -> MultiDomainGenotype:
+def argmax_genotype(probs: Any, space: SearchSpace, names: Sequence[str]) -> MultiDomainGenotype:
     """Every name's DARTS argmax cell of ``probs`` = softmax(alpha) (D, E, K)."""
-    array = _as_probs(probs, table, len(names))
-    return MultiDomainGenotype(table.space, tuple(names),
-                               {n: derive_cell(torch.from_numpy(array[k]), table.space) for k, n in enumerate(names)})
+    array = _as_probs(probs, space, len(names))
+    return MultiDomainGenotype(space, tuple(names),
+                               {n: derive_cell(torch.from_numpy(array[k]), space) for k, n in enumerate(names)})
 
 
 def budget_sequence(
@@ -161,8 +161,8 @@ def budget_sequence(
 ) -> Iterator[Tuple[BudgetStep, MultiDomainGenotype]]:
     """The moves of :data:`BUDGET_RULE` from ``start`` (default: the argmax genotype), each with the
     genotype after it, until no move lowers the count (the smallest multimodel)."""
-    array = _as_probs(probs, table, len(names))
-    genotype = start if start is not None else argmax_genotype(array, table, names)
+    array = _as_probs(probs, table.space, len(names))
+    genotype = start if start is not None else argmax_genotype(array, table.space, names)
     if list(genotype.domains) != list(names) or genotype.space != table.space:
         raise DerivationError(f"start genotype for {list(genotype.domains)} does not fit {list(names)} and the table")
     state = _State(genotype, array, table)
@@ -193,8 +193,8 @@ def derive_with_budget(
             f"(one cell of the cheapest valid operations, {table.smallest_cell()}, shared by all domains, plus "
             f"{table.shared_params} parameters every domain uses)"
         )
-    array = _as_probs(probs, table, len(names))
-    genotype = start if start is not None else argmax_genotype(array, table, names)
+    array = _as_probs(probs, table.space, len(names))
+    genotype = start if start is not None else argmax_genotype(array, table.space, names)
     steps: List[BudgetStep] = []
     if table.multimodel_count(genotype) <= budget:
         return genotype, steps
