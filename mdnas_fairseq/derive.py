@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mdnas-derive",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Derive a genotype from a finished search without the model or the data: a random "
-                    "genotype (the chance baseline) or the concordant multimodel within a parameter budget. "
+        description="Derive a genotype from a finished search without the model or the data: a random\n"
+                    "genotype (the chance baseline) or the concordant multimodel within a parameter budget.\n"
                     "Writes FILE in the search's genotype format with param_counts and derived_by.",
         epilog=BUDGET_RULE,
     )

@@ -28,16 +28,21 @@ multimodel has more than N parameters, apply the first applicable of:
      the conv cell; the same (node, op), any input, for the recurrent cell), keeping its inputs
      distinct. Parameters saved: the old module's count if no domain uses it any more, else 0
      (merges saving nothing are skipped). Cost: the architecture probability d loses,
-     P_d(i->j, op) - P_d(i'->j, op'), with P_d = softmax(alpha_d) from genotype.json's 'alpha'.
+     P_d(i->j, op) - P_d(i'->j, op'), where P_d(i->j, op) is the weight of op on edge (i, j) in
+     softmax(alpha_d), read from genotype.json's 'alpha'.
   2. only when no merge saves parameters, a NODE MOVE: every domain takes the same choice X at
      node j (any valid choice: edges_per_node distinct inputs, non-none operations). Saved: node
      j's parameters before minus those of X; cost: the sum over domains of the P_d weights of
      their kept edges at node j minus those of X.
 Among the candidates of the step's kind, take the smallest cost / parameters saved; ties go to
-the larger saving, then the earlier domain (in genotype order), node, replaced edge and new edge
-(inputs ascending, operations in search-space order). Every move lowers the count, and node
-moves continue until every node holds its cheapest choice, shared by all domains, so any budget
-down to the smallest multimodel (one shared cell of the cheapest valid operations plus the
+the larger saving, then, for merges, the earlier domain (genotype order), node, replaced edge and
+new edge (input, then operation in search-space order); for node moves, the earlier node, then X
+in enumeration order (input combinations ascending, then operations in search-space order).
+Every move lowers the count, so a smaller budget never gives more parameters. With two or more
+domains every move makes the edges it sets shared and unshares none, so a smaller budget never
+gives fewer shared edges ((domain, kept edge) pairs whose module another domain also uses). Node
+moves continue until every node costs no more than its cheapest choice, so any budget down to the
+smallest multimodel (one cell of the cheapest valid operations shared by all domains, plus the
 parameters every domain uses) is reached; a smaller budget is an error naming that size."""
 
 
