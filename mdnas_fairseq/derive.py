@@ -75,11 +75,15 @@ def search_probs(data: Dict[str, Any], genotype: MultiDomainGenotype, path: str)
             f"edges x {space.num_ops} operations"
         )
     if not np.isfinite(probs).all() or (np.abs(probs.sum(-1) - 1.0) > ROW_SUM_TOLERANCE).any() or (probs < 0).any():
-        raise DerivationError(f"{path}: field 'alpha' must hold softmax(alpha): finite weights >= 0 summing to 1 per edge")
+        raise DerivationError(
+            f"{path}: field 'alpha' must hold softmax(alpha): finite weights >= 0 summing to 1 per edge"
+        )
     argmax = argmax_genotype(probs, space, names)
     for n in names:
         if argmax.cells[n] != genotype.cells[n]:
-            raise DerivationError(f"{path}: the cell of {n!r} is not the argmax of its field 'alpha'; the file is inconsistent")
+            raise DerivationError(
+                f"{path}: the cell of {n!r} is not the argmax of its field 'alpha'; the file is inconsistent"
+            )
     return probs
 
 
@@ -135,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--param-budget", type=int, metavar="N",
                       help="the multimodel with at most N parameters from the search's alphas (rule below)")
     parser.add_argument("--match-params", action="store_true",
-                        help="with --random-seed: redraw until the multimodel is within --tolerance of the searched one")
+                        help="with --random-seed: redraw until the multimodel is within --tolerance of the "
+                             "searched one")
     parser.add_argument("--tolerance", type=float, default=None, help="relative tolerance of --match-params (0.1)")
     parser.add_argument("--max-draws", type=int, default=None, help="draws --match-params may take (1000)")
     parser.add_argument("--out", required=True, metavar="FILE", help="the genotype file to write (atomically)")

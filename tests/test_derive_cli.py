@@ -24,7 +24,8 @@ def net(genotype=None):
 def write_search(directory, seed=0, drop=()):
     """genotype.json of a finished search, as the task writes it; ``drop`` leaves fields out."""
     model = net()
-    alpha = 2 * torch.randn(3, model.space.num_edges, model.space.num_ops, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    alpha = 2 * torch.randn(3, model.space.num_edges, model.space.num_ops, generator=g)
     probs = torch.softmax(alpha.double(), -1)
     genotype = derive_genotype(alpha, model.space, DOMAINS)
     table = model.param_table()
@@ -122,7 +123,9 @@ def test_errors_budget_too_small_inconsistent_file_no_match_and_usage(tmp_path, 
     path.write_text(json.dumps(data))
     assert derive.main([str(tmp_path), "--random-seed", "0", "--out", out]) == 1
     assert "inconsistent" in capsys.readouterr().err and not os.path.exists(out)
-    for bad in (["--match-params"], ["--random-seed", "1", "--param-budget", "3"], ["--random-seed", "1", "--tolerance", "0.2"]):
+    usage_errors = (["--match-params"], ["--random-seed", "1", "--param-budget", "3"],
+                    ["--random-seed", "1", "--tolerance", "0.2"])
+    for bad in usage_errors:
         with pytest.raises(SystemExit) as info:
             derive.main([str(tmp_path), "--out", out] + bad)
         assert info.value.code == 2

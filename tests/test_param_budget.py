@@ -105,7 +105,8 @@ def test_budgets_are_monotone_and_counts_equal_built_models(kind):
     previous = start
     sequence = list(budget_sequence(probs, table, names))
     for step, genotype in sequence:
-        assert step.params_after == table.multimodel_count(genotype) == table.multimodel_count(previous) - step.params_saved
+        after = table.multimodel_count(genotype)
+        assert step.params_after == after == table.multimodel_count(previous) - step.params_saved
         if step.kind == "merge":
             assert merge_adopts_existing_modules(step, previous, table)
         previous = genotype

@@ -40,3 +40,19 @@ def test_entropy_and_margin_by_hand():
 def test_margin_rejects_a_mismatched_space():
     with pytest.raises(ValueError, match="4 operations"):
         edge_margin(PROBS[..., :4], SPACE)
+
+
+def test_statistics_and_penalty_need_no_values_on_the_host():
+    """On the meta device any .item() / .tolist() / bool(tensor) raises: the statistics the trainer
+    logs and the penalty it adds must be plain tensor programs (no host sync on a GPU)."""
+    from mdnas_fairseq.cells.conv import DartsConvClassifier
+    from mdnas_fairseq.search import ParamPenalty
+
+    table = DartsConvClassifier(["a", "b"], channels=4, num_nodes=3).param_table()
+    alpha = torch.empty(2, table.space.num_edges, table.space.num_ops, device="meta")
+    entropy, margin = decisiveness(alpha, table.space, logits=True)
+    penalty = ParamPenalty(table)(torch.softmax(alpha, -1))
+    assert [t.shape for t in (entropy, margin, penalty)] == [(2,)] * 3
+    assert all(t.device.type == "meta" for t in (entropy, margin, penalty))
+    with pytest.raises(RuntimeError):
+        float(entropy[0])  # the check is real: reading a value on meta fails

@@ -31,10 +31,12 @@ def edge_margin(probs: Tensor, space: SearchSpace) -> Tensor:
     if probs.shape[-1] != space.num_ops:
         raise ValueError(f"weights with {probs.shape[-1]} operations do not match search space {space.name!r} "
                          f"({space.num_ops} operations)")
-    keep = [k for k, op in enumerate(space.operations) if op != space.none_op]
-    if len(keep) < 2:
+    if space.num_ops - (space.none_op in space.operations) < 2:
         raise ValueError(f"search space {space.name!r}: a margin needs two operations other than {space.none_op!r}")
-    top = probs[..., keep].topk(2, dim=-1).values
+    if space.none_op in space.operations:  # slices, not an index tensor: no host-to-device copy
+        k = space.op_index(space.none_op)
+        probs = torch.cat([probs[..., :k], probs[..., k + 1:]], dim=-1)
+    top = probs.topk(2, dim=-1).values
     return (top[..., 0] - top[..., 1]).mean(dim=-1)
 
 

@@ -188,8 +188,14 @@ class ParamTable:
         for key in ("shared_params", "module_sharing", "edges", "op_params"):
             if key not in data:
                 raise DerivationError(f"{source}: field 'param_table' has no {key!r}")
-        if [tuple(e) for e in data["edges"]] != space.edges:
-            raise DerivationError(f"{source}: param_table.edges {data['edges']} are not the edges of search space {space.name!r}")
+        try:
+            edges = [tuple(int(v) for v in e) for e in data["edges"]]
+        except (TypeError, ValueError):
+            edges = None
+        if edges != space.edges:
+            raise DerivationError(
+                f"{source}: param_table.edges {data['edges']} are not the edges of search space {space.name!r}"
+            )
         ops = data["op_params"]
         if not isinstance(ops, dict) or sorted(ops) != sorted(space.operations):
             raise DerivationError(

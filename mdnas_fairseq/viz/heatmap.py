@@ -249,7 +249,9 @@ def decisiveness_series(
             try:
                 array = np.asarray(weights, dtype=np.float64)
             except (TypeError, ValueError):
-                raise ValueError(f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights are not numbers") from None
+                raise ValueError(
+                    f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights are not numbers"
+                ) from None
             if array.shape != (space.num_edges, space.num_ops):
                 raise ValueError(
                     f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights of shape {array.shape}, expected "

@@ -229,7 +229,9 @@ def _epochs_section(search_dir: str) -> List[str]:
     if not paths:
         return [f"_No per-epoch genotypes (`{EPOCH_GENOTYPES_GLOB}`) in the search directory._", ""]
     shown = _evenly(paths)
-    note = [f"_{len(paths)} epochs saved; {MAX_EPOCH_ROWS} shown, evenly spaced._", ""] if len(shown) < len(paths) else []
+    note = []
+    if len(shown) < len(paths):
+        note = [f"_{len(paths)} epochs saved; {MAX_EPOCH_ROWS} shown, evenly spaced._", ""]
     rows = []
     for path in shown:
         rel = os.path.relpath(path, search_dir)
