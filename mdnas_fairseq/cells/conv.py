@@ -36,10 +36,10 @@ from ..search import (
     search_architecture,
     GenotypeEdge,
     MultiDomainGenotype,
+    ParamTable,
     SearchSpace,
     darts_cnn_space,
     mix,
-    multimodel_param_count,
 )
 
 CONV_OPERATIONS = CNN_OPERATIONS  # the DARTS conv candidates, defined with the search space
@@ -313,8 +313,11 @@ class DartsConvClassifier(nn.Module):
         """Parameters every domain uses: stem and classifier."""
         return sum(p.numel() for p in self.stem.parameters()) + sum(p.numel() for p in self.classifier.parameters())
 
+    def param_table(self) -> ParamTable:
+        """Parameter counts of this network's modules: one per (input, node, operation), plus stem and head."""
+        row = [op_param_count(op, self.channels) for op in self.space.operations]
+        return ParamTable(self.space, [row] * self.space.num_edges, "edge", self.shared_param_count())
+
     def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
         """Parameters of the derived multimodel of ``genotype`` (or of the model of ``cells`` only)."""
-        return multimodel_param_count(
-            genotype, lambda e: op_param_count(e.op, self.channels), self.shared_param_count(), domains=cells
-        )
+        return self.param_table().multimodel_count(genotype, cells)

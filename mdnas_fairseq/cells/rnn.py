@@ -38,9 +38,9 @@ from ..search import (
     search_architecture,
     GenotypeEdge,
     MultiDomainGenotype,
+    ParamTable,
     SearchSpace,
     darts_rnn_space,
-    multimodel_param_count,
 )
 
 ACTIVATIONS = {
@@ -337,8 +337,16 @@ class DartsRNNLanguageModel(nn.Module):
         return (self.embedding.weight.numel() + self.output_bias.numel() + self.initial_state.numel()
                 + self.cell.shared_param_count())
 
+    def param_table(self) -> ParamTable:
+        """Parameter counts of this network's modules: one matrix per (node, operation) whatever the
+        input (:func:`rnn_share_key`), plus embeddings, output bias and the first matrix."""
+        rows = [
+            [0 if op == self.space.none_op else self.cell.op_param_count(GenotypeEdge(node=j, input=i, op=op))
+             for op in self.space.operations]
+            for i, j in self.space.edges
+        ]
+        return ParamTable(self.space, rows, "node", self.shared_param_count())
+
     def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
         """Parameters of the multimodel built from ``genotype`` (or of the model of some ``cells``)."""
-        return multimodel_param_count(
-            genotype, self.cell.op_param_count, self.shared_param_count(), rnn_share_key, cells
-        )
+        return self.param_table().multimodel_count(genotype, cells)

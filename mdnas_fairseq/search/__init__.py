@@ -9,6 +9,10 @@ Public API:
     DomainSampler                                            -- the domain distribution p, fixed or robust
     derive_genotype, MultiDomainGenotype, multimodel_param_count,
     save_genotype, load_genotype, GenotypeError              -- genotypes and their files
+    ParamTable, ParamPenalty, DerivationError                -- parameter counts without the model
+    random_genotype, random_matched_genotype                 -- the chance baseline
+    derive_with_budget, budget_sequence, BUDGET_RULE         -- a parameter budget from one search
+    edge_entropy, edge_margin, decisiveness                  -- how decided a search is
 """
 from .arch_params import (
     ArchitectureParameters,
@@ -21,6 +25,8 @@ from .arch_params import (
 )
 from .architect import BilevelArchitect
 from .atomic import atomic_path, atomic_write_text
+from .budget import BUDGET_RULE, BudgetStep, argmax_genotype, budget_sequence, derive_with_budget
+from .decisiveness import decisiveness, edge_entropy, edge_margin
 from .domains import DomainSampler
 from .genotype import (
     GENOTYPE_FORMAT,
@@ -37,6 +43,8 @@ from .genotype import (
     read_genotype_json,
     save_genotype,
 )
+from .params import DerivationError, ParamPenalty, ParamTable, param_penalty, uniform_param_table
+from .random_genotypes import random_cell, random_genotype, random_matched_genotype
 from .regularizers import batch_hard_triplet_loss, js_structural_loss, pairwise_euclidean
 from .virtual_step import AdamVirtualStep, NAGVirtualStep, SGDVirtualStep, VirtualStep
 from .space import CNN_OPERATIONS, RNN_OPERATIONS, SearchSpace, darts_cnn_space, darts_rnn_space
