@@ -25,7 +25,8 @@ TRIPLET, TRIPLET_COUNT = "triplet", "triplet_count"
 # the search statistics of a train step (task): one record per update
 SEARCH_COUNT = "search_count"
 JS = "js"
-ENTROPY = "alpha_entropy"  # (A,) one per architecture
+ENTROPY = "alpha_entropy"  # (A,) one per architecture: mean entropy of softmax(alpha) over edges
+MARGIN = "alpha_margin"  # (A,) mean best-minus-second weight per edge (non-none operations)
 PROBS = "p"  # (D,) the domain distribution
 ALPHA_LOSS, ALPHA_COUNT = "alpha_loss", "alpha_count"
 ALPHA_SKIPPED = "alpha_skipped"

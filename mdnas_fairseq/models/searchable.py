@@ -86,3 +86,6 @@ class SearchableModel:
 
     def genotype_param_count(self, genotype, cells=None) -> int:
         return self.network.genotype_param_count(genotype, cells)
+
+    def param_table(self):
+        return self.network.param_table()

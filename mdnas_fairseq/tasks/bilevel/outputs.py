@@ -45,13 +45,12 @@ def write_search_outputs(core, save_dir: str, epoch: int, settings: dict, heatma
     alpha = architecture_parameters(core)[0].detach().float().cpu()
     genotype = derive_genotype(alpha, core.search_space, core.architecture_names)
     probs = torch.softmax(alpha.double(), dim=-1)
+    table = core.network.param_table()
     extra = {
         "epoch": int(epoch),
         "alpha": {name: probs[k].tolist() for k, name in enumerate(core.architecture_names)},
-        "param_counts": {
-            "domains": {d: core.genotype_param_count(genotype, [d]) for d in genotype.domains},
-            "multimodel": core.genotype_param_count(genotype),
-        },
+        "param_counts": table.param_counts(genotype),
+        "param_table": table.to_dict(),
         "metrics": latest_metrics(),
         "settings": settings,
     }

@@ -18,7 +18,7 @@ from typing import Dict, List
 import torch
 
 from ... import log_schema
-from ...search import architecture_parameters, js_structural_loss
+from ...search import architecture_parameters, decisiveness, js_structural_loss
 from . import distributed, partners
 from .optimizers import virtual_step_for
 from .precision import is_fp16, loss_scale, to_model
@@ -88,16 +88,16 @@ def search_statistics(host, core, first: bool, loss, counted: int, skipped: int)
     and every sub-batch (only the update's first sub-batch counts), see :mod:`...log_schema`."""
     alpha = architecture_parameters(core)[0].detach()
     with torch.no_grad():
-        probs = torch.softmax(alpha.double(), dim=-1)
-        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean(-1)
+        entropy, margin = decisiveness(alpha.double(), core.search_space, logits=True)
         js = js_structural_loss(alpha.double())
     p = host.search.domain_sampler.probs
     if not first:
-        entropy, js, p = torch.zeros_like(entropy), torch.zeros_like(js), torch.zeros_like(p)
+        entropy, margin, js, p = (torch.zeros_like(t) for t in (entropy, margin, js, p))
     return {
         log_schema.SEARCH_COUNT: 1 if first else 0,
         log_schema.JS: js,
         log_schema.ENTROPY: entropy,
+        log_schema.MARGIN: margin,
         log_schema.PROBS: p.to(alpha.device),
         log_schema.ALPHA_LOSS: loss if loss is not None else alpha.new_zeros(()).float(),
         log_schema.ALPHA_COUNT: counted,
@@ -109,6 +109,7 @@ def log_search_metrics(logging_outputs, domain_names, architecture_names) -> Non
     """Means over updates of the search statistics (train only)."""
     log_schema.log_mean(logging_outputs, log_schema.JS, log_schema.SEARCH_COUNT)
     log_schema.log_mean(logging_outputs, log_schema.ENTROPY, log_schema.SEARCH_COUNT, list(architecture_names))
+    log_schema.log_mean(logging_outputs, log_schema.MARGIN, log_schema.SEARCH_COUNT, list(architecture_names))
     log_schema.log_mean(logging_outputs, log_schema.PROBS, log_schema.SEARCH_COUNT, list(domain_names))
     log_schema.log_mean(logging_outputs, log_schema.ALPHA_LOSS, log_schema.ALPHA_COUNT)
     skipped = sum(log.get(log_schema.ALPHA_SKIPPED, 0) for log in logging_outputs)
