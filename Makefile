@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python 3.11 + pip):
 #   make demo   installs what is missing, then runs the main job on the embedded default data
-#   make test   installs what is missing, then runs the test suite
+#   make test   installs what is missing, then runs the linter and the test suite
+#   make lint   the linter alone (ruff, config in ruff.toml); make unit: the tests without fairseq runs
 # Everything is installed into .venv inside the project folder (ignored by git).
 # Installing is idempotent: a stamp file records a finished install, pip skips what is present.
 
@@ -17,7 +18,7 @@ FAIRSEQ_NEEDS := cffi cython hydra-core==1.3.2 omegaconf==2.3.0 regex sacrebleu 
 # numpy<2: fairseq 0.12 uses numpy.compat; mlxtend 0.23.4 / pandas<3 are the releases that accept numpy 1.x
 COMPAT_PINS := "numpy<2" "pandas<3" mlxtend==0.23.4
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install demo test lint unit bench clean-venv
 
 install: $(STAMP)
 
@@ -39,8 +40,14 @@ $(STAMP): $(PY) setup.py
 demo: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 bash scripts/demo.sh
 
-test: install
+test: install lint
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+unit: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" tests
 
 bench: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/lm_search_speed.py

@@ -5,8 +5,6 @@ setup(
     version="0.1.0",
     description="Concordant multi-domain differentiable architecture search as a fairseq plugin",
     packages=find_packages(include=["mdnas_fairseq", "mdnas_fairseq.*"]),
-    package_data={"mdnas_fairseq": ["data/**/*"]},
-    include_package_data=True,
     python_requires=">=3.10",
     # torch and fairseq-fixed are installed by the Makefile in a fixed order (fairseq-fixed is
     # compiled against the installed torch with --no-build-isolation), so they are not listed here.
@@ -14,8 +12,8 @@ setup(
     extras_require={
         "vision": ["mlxtend==0.23.4", "pandas<3", "matplotlib"],
         "viz": ["graphviz", "matplotlib", "tensorboardX"],
-        "test": ["pytest"],
-        "all": ["mlxtend==0.23.4", "pandas<3", "matplotlib", "graphviz", "tensorboardX", "pytest"],
+        "test": ["pytest", "ruff==0.17.6"],
+        "all": ["mlxtend==0.23.4", "pandas<3", "matplotlib", "graphviz", "tensorboardX", "pytest", "ruff==0.17.6"],
     },
     entry_points={
         "console_scripts": [

@@ -80,7 +80,7 @@ def main():
     import torch
 
     sys.path.insert(0, ROOT)
-    import mdnas_fairseq.vision  # noqa: F401
+    import mdnas_fairseq  # noqa: F401
 
     work = tempfile.mkdtemp(prefix="vision_speed_")
     common = [

@@ -9,7 +9,7 @@ For every requested model it runs
 3. ``fairseq-eval-lm ... --gen-subset test --eval-domain D`` for every domain of the model,
 
 then prints (and writes ``table.md`` / ``table.json``) the test perplexity per domain and the
-parameter count of the retrained model, like the seed's LM table (METHOD.md section 5).
+parameter count of the retrained model, like the seed's LM table (docs/method.md, section 5).
 
 Models (``--models``):
     single_<lang>  one domain, its own search (e.g. single_en)
@@ -28,6 +28,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+from mdnas_fairseq.provenance import display_path, git_commit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -145,7 +147,7 @@ def run_model(name, domains_all, args):
         "agreement_edges": _agreement(g),
         "search_seconds": round(t_search, 1),
         "retrain_seconds": round(t_retrain, 1),
-        "genotype": genotype,
+        "genotype": display_path(genotype),
     }
 
 
@@ -200,11 +202,13 @@ def main(argv=None):
         rows.append(row)
     table = format_table(rows, domains)
     settings = {k: v for k, v in vars(args).items()}
+    settings.update({k: display_path(settings[k]) for k in ("data", "out")})
+    commit = git_commit(ROOT)
     with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
-        json.dump({"settings": settings, "rows": rows}, f, indent=1)
+        json.dump({"settings": settings, "commit": commit, "rows": rows}, f, indent=1)
     command = "python scripts/lm_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
-        f.write(f"Test perplexity per domain (retrained derived models), seed {args.seed}\n\n"
+        f.write(f"Test perplexity per domain (retrained derived models), seed {args.seed}, commit {commit}\n\n"
                 f"Command: `{command}`\n\n{table}\n")
     print("\nTest perplexity per domain of the retrained models (seed %d, %s):\n" % (args.seed, args.arch))
     print(table)

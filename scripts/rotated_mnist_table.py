@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce the seed's rotated-MNIST table (METHOD.md section 5) with the real fairseq pieces.
+"""Reproduce the seed's rotated-MNIST table (docs/method.md, section 5) with the real fairseq pieces.
 
 For every number of domains D in ``--domains`` (rotations 0, 90, ..., 90 (D-1) degrees) and every
 seed in ``--seeds`` it runs, each as search -> derive -> retrain -> test:
@@ -33,11 +33,13 @@ import tempfile
 import time
 import traceback
 
+from mdnas_fairseq.provenance import display_path, git_commit
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 USER_DIR = os.path.join(ROOT, "mdnas_fairseq")
 
-SEED_TABLE = {  # (D, model) -> (accuracy %, params), METHOD.md section 5
+SEED_TABLE = {  # (D, model) -> (accuracy %, params), docs/method.md, section 5
     (1, "single"): (60.59, 5029),
     (2, "single"): (66.95, 6560),
     (2, "struct"): (62.86, 5248),
@@ -140,6 +142,8 @@ def evaluate(checkpoint, a, D):
     import torch
     from fairseq import checkpoint_utils
 
+    from mdnas_fairseq.tasks.rotated_mnist_nas import CORRECT, COUNT
+
     overrides = {"mnist_root": a.mnist_root} if a.mnist_root else {}
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
     model = models[0].eval()
@@ -148,9 +152,11 @@ def evaluate(checkpoint, a, D):
     correct, count = {}, {}
     with torch.no_grad():
         for sample in itr:
-            for d, (c, n) in task.count_correct(model, sample).items():
-                correct[d] = correct.get(d, 0) + c
-                count[d] = count.get(d, 0) + n
+            counts = task.count_correct(model, sample)
+            for d, (c, n) in enumerate(zip(counts[CORRECT].tolist(), counts[COUNT].tolist())):
+                if n > 0:
+                    correct[d] = correct.get(d, 0) + c
+                    count[d] = count.get(d, 0) + n
     acc = {task.domain_names[d]: 100.0 * correct[d] / count[d] for d in sorted(count)}
     from mdnas_fairseq.search import genotype_from_dict
 
@@ -171,7 +177,7 @@ def run_one(a, work, D, seed, model, result_path):
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
-    import mdnas_fairseq.vision  # noqa: F401  (registers the task and model)
+    import mdnas_fairseq  # noqa: F401  (registers the task and model)
 
     run_dir = os.path.join(work, f"D{D}_{model}_seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -237,8 +243,10 @@ def write_outputs(a, results, rows, wall, out):
     os.makedirs(out, exist_ok=True)
     sources = sorted({r["mnist_source"] for r in results})
     settings = {k: v for k, v in vars(a).items() if k not in ("work_dir", "keep_work")}
+    settings.update({k: display_path(settings[k]) for k in ("mnist_root", "out")})
     with open(os.path.join(out, "table.json"), "w") as f:
-        json.dump({"settings": settings, "mnist_source": sources, "wall_seconds": wall, "rows": rows,
+        json.dump({"settings": settings, "commit": git_commit(ROOT), "mnist_source": sources, "wall_seconds": wall,
+                   "rows": rows,
                    "runs": results}, f, indent=1)
     lines = [
         "# Rotated MNIST: seed table vs this implementation",

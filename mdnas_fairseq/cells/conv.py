@@ -42,7 +42,6 @@ from ..search import (
     mix,
 )
 
-CONV_OPERATIONS = CNN_OPERATIONS  # the DARTS conv candidates, defined with the search space
 
 
 class Zero(nn.Module):
@@ -107,7 +106,7 @@ def make_op(name: str, channels: int) -> nn.Module:
         return nn.MaxPool2d(3, stride=1, padding=1)
     if name == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-    raise ValueError(f"conv cell: unknown operation {name!r}; known: {list(CONV_OPERATIONS)}")
+    raise ValueError(f"conv cell: unknown operation {name!r}; known: {list(CNN_OPERATIONS)}")
 
 
 def op_param_count(name: str, channels: int) -> int:
@@ -119,7 +118,7 @@ def op_param_count(name: str, channels: int) -> int:
     if name in ("dil_conv_3x3", "dil_conv_5x5"):
         k = 3 if name.endswith("3x3") else 5
         return c * k * k + c * c
-    if name in CONV_OPERATIONS:
+    if name in CNN_OPERATIONS:
         return 0
     raise ValueError(f"conv cell: unknown operation {name!r}")
 
@@ -143,9 +142,9 @@ class DartsConvCell(nn.Module):
         self.space = space or (genotype.space if genotype is not None else darts_cnn_space())
         if self.space.num_input_nodes != 2:
             raise ValueError(f"the conv cell needs a search space with two input states, got {self.space}")
-        unknown = [op for op in self.space.operations if op not in CONV_OPERATIONS]
+        unknown = [op for op in self.space.operations if op not in CNN_OPERATIONS]
         if unknown:
-            raise ValueError(f"conv cell: unknown operations {unknown}; known: {list(CONV_OPERATIONS)}")
+            raise ValueError(f"conv cell: unknown operations {unknown}; known: {list(CNN_OPERATIONS)}")
         self.channels = channels
         self.genotype = genotype
         # candidates that compute something (``none`` adds zero and is skipped)

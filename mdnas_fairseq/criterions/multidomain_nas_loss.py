@@ -32,6 +32,7 @@ from omegaconf import II
 
 from .. import log_schema
 from ..models.searchable import unwrap_model
+from ..registry import register_once
 from ..search import architecture_parameters, batch_hard_triplet_loss, js_structural_loss
 
 
@@ -176,5 +177,5 @@ class MultiDomainNASLoss(FairseqCriterion):
         return True
 
 
-if "multidomain_nas_loss" not in CRITERION_REGISTRY:
-    register_criterion("multidomain_nas_loss", dataclass=MultiDomainNASLossConfig)(MultiDomainNASLoss)
+register_once(CRITERION_REGISTRY, "multidomain_nas_loss",
+              lambda: register_criterion("multidomain_nas_loss", dataclass=MultiDomainNASLossConfig)(MultiDomainNASLoss))

@@ -10,12 +10,12 @@ Named sizes: ``mdnas_rnn_tiny`` (tests, demo), ``mdnas_rnn_small``, ``mdnas_rnn_
 """
 
 import hashlib
-import logging
 from dataclasses import dataclass, field
 
 import torch
 from fairseq.models import (
     ARCH_MODEL_REGISTRY,
+    MODEL_REGISTRY,
     FairseqDecoder,
     FairseqLanguageModel,
     register_model,
@@ -25,10 +25,9 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 
 from ..cells.rnn import DartsRNNLanguageModel
+from ..registry import register_once
 from ..search import annealed_temperature, darts_rnn_space
 from .searchable import ArchitectureConfig, SearchableModel, genotype_for_model
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,7 +74,6 @@ class MDNASRNNDecoder(FairseqDecoder):
         return torch.log_softmax(logits, dim=-1) if log_probs else torch.softmax(logits, dim=-1)
 
 
-@register_model("mdnas_rnn", dataclass=MDNASRNNConfig) if "mdnas_rnn" not in ARCH_MODEL_REGISTRY else (lambda c: c)
 class MDNASRNNModel(SearchableModel, FairseqLanguageModel):
     def __init__(self, decoder, cfg):
         super().__init__(decoder)
@@ -155,16 +153,19 @@ def _sizes(args, dim, dropout, dropout_h, dropout_x, dropout_emb):
     args.dropout_emb = safe_getattr(args, "dropout_emb", dropout_emb)
 
 
-if "mdnas_rnn_tiny" not in ARCH_MODEL_REGISTRY:
+def mdnas_rnn_tiny(args):
+    _sizes(args, 32, 0.1, 0.0, 0.0, 0.0)
 
-    @register_model_architecture("mdnas_rnn", "mdnas_rnn_tiny")
-    def mdnas_rnn_tiny(args):
-        _sizes(args, 32, 0.1, 0.0, 0.0, 0.0)
 
-    @register_model_architecture("mdnas_rnn", "mdnas_rnn_small")
-    def mdnas_rnn_small(args):
-        _sizes(args, 256, 0.3, 0.1, 0.1, 0.05)
+def mdnas_rnn_small(args):
+    _sizes(args, 256, 0.3, 0.1, 0.1, 0.05)
 
-    @register_model_architecture("mdnas_rnn", "mdnas_rnn_base")
-    def mdnas_rnn_base(args):
-        _sizes(args, 512, 0.4, 0.2, 0.2, 0.1)
+
+def mdnas_rnn_base(args):
+    _sizes(args, 512, 0.4, 0.2, 0.2, 0.1)
+
+
+register_once(MODEL_REGISTRY, "mdnas_rnn", lambda: register_model("mdnas_rnn", dataclass=MDNASRNNConfig)(MDNASRNNModel))
+for _preset in (mdnas_rnn_tiny, mdnas_rnn_small, mdnas_rnn_base):
+    register_once(ARCH_MODEL_REGISTRY, _preset.__name__,
+                  lambda p=_preset: register_model_architecture("mdnas_rnn", p.__name__)(p))

@@ -1,4 +1,4 @@
-"""Domain distribution p: fixed (uniform or given) or the robust min-max update (METHOD.md section 2).
+"""Domain distribution p: fixed (uniform or given) or the robust min-max update (docs/method.md, section 2).
 
 Robust variant: keep an estimate ``L_hat[d]`` of every domain's validation loss (an
 exponential moving average of the architecture-batch losses of that domain) and, after a

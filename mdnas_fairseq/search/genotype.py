@@ -3,7 +3,7 @@
 * :func:`derive_genotype` turns alpha (D, E, K) into one cell per domain: every node keeps the
   ``edges_per_node`` incoming edges whose strongest non-``none`` operation has the largest
   softmax weight, each with that operation (DARTS' rule; ``none`` is never chosen).
-* :meth:`MultiDomainGenotype.union` is the concordant multimodel of METHOD.md section 4: on each
+* :meth:`MultiDomainGenotype.union` is the concordant multimodel of docs/method.md, section 4: on each
   edge the set of operations chosen by some domain, each with the domains that use it.
 * :func:`multimodel_param_count` counts the parameters of the multimodel built from a genotype,
   given the parameter count of one operation module and the key under which modules are shared.

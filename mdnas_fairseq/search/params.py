@@ -10,7 +10,7 @@ A :class:`ParamTable` says, for a search space,
 * ``shared_params``: what every domain uses anyway (embeddings, output bias, first matrix; stem, head).
 
 A genotype's multimodel holds ``shared_params`` plus one module per distinct sharing key among the
-edges its domains chose (METHOD.md section 4). Every key contains the node, so the count is a sum
+edges its domains chose (docs/method.md, section 4). Every key contains the node, so the count is a sum
 over nodes of what the domains chose at that node (:meth:`ParamTable.node_params`): the greedy
 budget derivation (:mod:`.budget`) relies on it. The table serialises to the ``param_table`` field of
 genotype.json, so that ``mdnas-derive`` counts parameters of new genotypes without building models.

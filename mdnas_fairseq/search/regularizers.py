@@ -1,4 +1,4 @@
-"""The two regularizers of concordant multi-domain search (METHOD.md section 3)."""
+"""The two regularizers of concordant multi-domain search (docs/method.md, section 3)."""
 from __future__ import annotations
 
 import math

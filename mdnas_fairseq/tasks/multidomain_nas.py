@@ -21,6 +21,7 @@ from fairseq.tasks import TASK_REGISTRY, register_task
 from fairseq.tasks.language_modeling import SAMPLE_BREAK_MODE_CHOICES, LanguageModelingConfig, LanguageModelingTask
 
 from ..data import MultiDomainDataset
+from ..registry import register_once
 from .bilevel import BilevelSearchConfig, BilevelSearchMixin, parse_domains
 
 logger = logging.getLogger(__name__)
@@ -164,5 +165,5 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
 
-if "multidomain_nas" not in TASK_REGISTRY:
-    register_task("multidomain_nas", dataclass=MultiDomainNASConfig)(MultiDomainNASTask)
+register_once(TASK_REGISTRY, "multidomain_nas",
+              lambda: register_task("multidomain_nas", dataclass=MultiDomainNASConfig)(MultiDomainNASTask))

@@ -6,7 +6,7 @@ genotype file), one edge per chosen operation labelled with the operation, and d
 every intermediate node to the cell output (the RNN cell averages its intermediate nodes, the
 conv cell concatenates them).
 
-In the union diagram (the concordant multimodel of METHOD.md section 4) an edge may carry several
+In the union diagram (the concordant multimodel of docs/method.md, section 4) an edge may carry several
 operations; an operation chosen by more than one domain is one shared module and is drawn bold
 and black with the list of its domains, an operation of a single domain is drawn in that
 domain's colour (the same colour as in the domain's own diagram).

@@ -8,7 +8,6 @@ the bilevel step (:mod:`.step`), domain-drawn epochs (:mod:`.epochs`), held-out 
 (:mod:`.resume`) and the files a search writes (:mod:`.outputs`).
 """
 import contextlib
-import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -19,8 +18,6 @@ from ...search import BilevelArchitect, DomainSampler, architecture_parameters, 
 from . import distributed, epochs, outputs, partners, resume, step
 from .config import validate
 from .heldout import HeldoutBatches
-
-logger = logging.getLogger(__name__)
 
 
 class SearchState:

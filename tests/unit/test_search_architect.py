@@ -1,4 +1,4 @@
-"""Tests of ``BilevelArchitect`` (METHOD.md section 2: first order and DARTS second order).
+"""Tests of ``BilevelArchitect`` (docs/method.md, section 2: first order and DARTS second order).
 
 The reference for the second-order step is the EXACT hypergradient
 ``d/d alpha  L_val(w - xi * grad_w L_train(w, alpha), alpha)`` computed by torch autograd through
@@ -22,83 +22,18 @@ from mdnas_fairseq.search import (
     weight_parameters,
 )
 
-# Smooth candidate operations (no kinks, so finite differences are well behaved).
-OPS = [
-    lambda z: torch.zeros_like(z),  # none
-    torch.tanh,
-    torch.sigmoid,
-    lambda z: z,  # identity
-    F.softplus,
-]
-K = len(OPS)
-NUM_DOMAINS = 2
-NUM_EDGES = 2
-
-
-class TinyNet(nn.Module):
-    """x -> mixed op (edge 0) -> linear -> mixed op (edge 1) -> linear; per-sample domains."""
-
-    def __init__(self, seed: int = 0, n_in: int = 3, hidden: int = 4):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.w1 = nn.Parameter(0.8 * torch.randn(n_in, hidden, generator=gen))
-        self.w2 = nn.Parameter(0.8 * torch.randn(hidden, hidden, generator=gen))
-        self.w3 = nn.Parameter(0.8 * torch.randn(hidden, 1, generator=gen))
-        self.arch = ArchitectureParameters(NUM_DOMAINS, NUM_EDGES, K)
-        with torch.no_grad():
-            self.arch.alpha.copy_(torch.randn(NUM_DOMAINS, NUM_EDGES, K, generator=gen))
-
-    def forward(self, x, domains):
-        weights = self.arch.mixing_weights(domains)  # (B, E, K)
-        z = x @ self.w1
-        h = mix(torch.stack([op(z) for op in OPS]), weights[:, 0])
-        z = h @ self.w2
-        h = mix(torch.stack([op(z) for op in OPS]), weights[:, 1])
-        return h @ self.w3
-
-
-def reference_forward(ws, alpha, x, domains):
-    """Same network, written with explicit softmax and einsum (an independent code path)."""
-    w1, w2, w3 = ws
-    probs = torch.softmax(alpha, dim=-1)[domains]  # (B, E, K)
-    z = x @ w1
-    h = torch.einsum("bk,kbh->bh", probs[:, 0], torch.stack([op(z) for op in OPS]))
-    z = h @ w2
-    h = torch.einsum("bk,kbh->bh", probs[:, 1], torch.stack([op(z) for op in OPS]))
-    return h @ w3
-
-
-def make_batch(seed, size=8):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(size, 3, generator=gen, dtype=torch.float64)
-    domains = torch.arange(size) % NUM_DOMAINS
-    y = torch.randn(size, 1, generator=gen, dtype=torch.float64)
-    return x, domains, y
-
-
-TRAIN = make_batch(101)
-VAL = make_batch(202)
-
-
-def make_model(seed=0):
-    return TinyNet(seed).double()
-
-
-def closures(model):
-    def train_loss():
-        x, d, y = TRAIN
-        return F.mse_loss(model(x, d), y)
-
-    def val_loss():
-        x, d, y = VAL
-        return F.mse_loss(model(x, d), y)
-
-    return train_loss, val_loss
-
-
-def ref_loss(ws, alpha, batch):
-    x, d, y = batch
-    return F.mse_loss(reference_forward(ws, alpha, x, d), y)
+from tests.helpers.tiny_net import (  # noqa: F401
+    K,
+    NUM_DOMAINS,
+    NUM_EDGES,
+    TRAIN,
+    VAL,
+    closures,
+    make_batch,
+    make_model,
+    ref_loss,
+    reference_forward,
+)
 
 
 def make_architect(model, **kw):

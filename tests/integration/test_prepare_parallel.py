@@ -16,7 +16,7 @@ import unicodedata
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(ROOT, "scripts")
 EMBEDDED = os.path.join(ROOT, "examples", "data", "en_de_small.tsv")
 SPLITS = ("train", "arch", "valid", "test")

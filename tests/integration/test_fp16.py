@@ -11,17 +11,16 @@ import os
 import pytest
 import torch
 
-from lm_helpers import BIN, USER_DIR, make_tiny_corpus, run, train_args
+from tests.helpers.fairseq_runs import BIN, USER_DIR, run, train_args
 from mdnas_fairseq.search import ArchitectureParameters, darts_rnn_space, load_genotype, mix
 
-pytestmark = pytest.mark.slow
 FP16 = ["--fp16", "--fp16-no-flatten-grads", "--fp16-init-scale", "4"]
 ALPHA = "decoder.lm.arch.alpha"
 
 
 @pytest.fixture(scope="module")
-def data_bin(tmp_path_factory):
-    return make_tiny_corpus(str(tmp_path_factory.mktemp("fp16data")), rows=200)
+def data_bin(tiny_corpus):
+    return tiny_corpus(200)
 
 
 def load_ckpt(path):
@@ -77,7 +76,8 @@ def test_lm_search_retrain_and_eval_in_fp16(data_bin, tmp_path, memory_efficient
 
 
 def test_vision_search_and_retrain_in_fp16(tmp_path):
-    from test_vision import _search_argv, _train_in_child
+    from tests.helpers.vision_runs import search_argv as _search_argv
+    from tests.helpers.vision_runs import train_in_child as _train_in_child
 
     save = str(tmp_path / "search")
     _train_in_child(_search_argv(save, "0,90", ["--max-epoch", "2", "--contrastive-coef", "0.1", "--struct-coef", "1",

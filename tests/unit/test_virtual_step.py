@@ -20,7 +20,7 @@ from fairseq.optim.nag import FairseqNAG
 from fairseq.optim.sgd import SGD as FairseqSGD
 from mdnas_fairseq.search import BilevelArchitect, SGDVirtualStep, architecture_parameters
 from mdnas_fairseq.tasks.bilevel.optimizers import virtual_step_for
-from test_search_architect import TRAIN, VAL, make_batch, make_model, ref_loss
+from tests.helpers.tiny_net import TRAIN, VAL, closures, make_batch, make_model, ref_loss
 
 
 class TorchSGDWrapper:
@@ -114,18 +114,6 @@ def real_step(model, opt, kind):
         w.grad = g.clone()
     opt2.step()
     return [w.detach() for w in ws]
-
-
-def closures(model):
-    def train_loss():
-        x, d, y = TRAIN
-        return torch.nn.functional.mse_loss(model(x, d), y)
-
-    def val_loss():
-        x, d, y = VAL
-        return torch.nn.functional.mse_loss(model(x, d), y)
-
-    return train_loss, val_loss
 
 
 def rel_err(a, b):

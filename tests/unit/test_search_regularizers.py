@@ -1,4 +1,4 @@
-"""Tests of the two regularizers of METHOD.md section 3 against independent references.
+"""Tests of the two regularizers of docs/method.md, section 3 against independent references.
 
 * ``js_structural_loss`` against SciPy's Jensen-Shannon distance (squared, natural log) and
   against closed forms (one-hot distributions: JS = ln 2);
@@ -18,7 +18,7 @@ from mdnas_fairseq.search import batch_hard_triplet_loss, js_structural_loss
 
 # ------------------------------------------------------------------------- structural loss
 def _js_reference(alpha: np.ndarray) -> float:
-    """METHOD.md: 1/(D(D-1)) sum_edges sum_d sum_{d' != d} JS(P_d(e) || P_d'(e)), JS in nats.
+    """docs/method.md: 1/(D(D-1)) sum_edges sum_d sum_{d' != d} JS(P_d(e) || P_d'(e)), JS in nats.
 
     scipy's ``jensenshannon`` is the Jensen-Shannon *distance* (square root of the divergence),
     natural log by default, so it is squared here.

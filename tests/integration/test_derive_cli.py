@@ -13,7 +13,7 @@ from mdnas_fairseq import derive
 from mdnas_fairseq.cells.conv import DartsConvClassifier
 from mdnas_fairseq.search import derive_genotype, derive_with_budget, load_genotype, read_genotype_json, save_genotype
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOMAINS = ["rot0", "rot90", "rot180"]
 
 

@@ -15,11 +15,18 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from fairseq.models import ARCH_MODEL_REGISTRY, BaseFairseqModel, register_model, register_model_architecture
+from fairseq.models import (
+    ARCH_MODEL_REGISTRY,
+    MODEL_REGISTRY,
+    BaseFairseqModel,
+    register_model,
+    register_model_architecture,
+)
 from fairseq.utils import safe_getattr
 
 from ..cells.conv import DartsConvClassifier
-from ..models.searchable import ArchitectureConfig, SearchableModel, genotype_for_model
+from ..registry import register_once
+from .searchable import ArchitectureConfig, SearchableModel, genotype_for_model
 from ..search import darts_cnn_space
 
 logger = logging.getLogger(__name__)
@@ -35,7 +42,6 @@ class MDNASConvConfig(ArchitectureConfig):
     dropout: float = field(default=0.0, metadata={"help": "dropout before the classifier"})
 
 
-@register_model("mdnas_conv", dataclass=MDNASConvConfig) if "mdnas_conv" not in ARCH_MODEL_REGISTRY else (lambda c: c)
 class MDNASConvModel(SearchableModel, BaseFairseqModel):
     def __init__(self, net: DartsConvClassifier, cfg):
         super().__init__()
@@ -91,18 +97,21 @@ class MDNASConvModel(SearchableModel, BaseFairseqModel):
         return net_output[1]["features"]
 
 
-if "mdnas_conv_tiny" not in ARCH_MODEL_REGISTRY:
+def mdnas_conv_base(args):
+    args.channels = safe_getattr(args, "channels", 16)
+    args.num_nodes = safe_getattr(args, "num_nodes", 4)
+    args.stem_stride = safe_getattr(args, "stem_stride", 2)
+    args.stem_pool = safe_getattr(args, "stem_pool", 2)
 
-    @register_model_architecture("mdnas_conv", "mdnas_conv_base")
-    def mdnas_conv_base(args):
-        args.channels = safe_getattr(args, "channels", 16)
-        args.num_nodes = safe_getattr(args, "num_nodes", 4)
-        args.stem_stride = safe_getattr(args, "stem_stride", 2)
-        args.stem_pool = safe_getattr(args, "stem_pool", 2)
 
-    @register_model_architecture("mdnas_conv", "mdnas_conv_tiny")
-    def mdnas_conv_tiny(args):
-        args.channels = safe_getattr(args, "channels", 4)
-        args.num_nodes = safe_getattr(args, "num_nodes", 2)
-        args.stem_stride = safe_getattr(args, "stem_stride", 2)
-        args.stem_pool = safe_getattr(args, "stem_pool", 2)
+def mdnas_conv_tiny(args):
+    args.channels = safe_getattr(args, "channels", 4)
+    args.num_nodes = safe_getattr(args, "num_nodes", 2)
+    args.stem_stride = safe_getattr(args, "stem_stride", 2)
+    args.stem_pool = safe_getattr(args, "stem_pool", 2)
+
+
+register_once(MODEL_REGISTRY, "mdnas_conv", lambda: register_model("mdnas_conv", dataclass=MDNASConvConfig)(MDNASConvModel))
+for _preset in (mdnas_conv_base, mdnas_conv_tiny):
+    register_once(ARCH_MODEL_REGISTRY, _preset.__name__,
+                  lambda p=_preset: register_model_architecture("mdnas_conv", p.__name__)(p))

@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm_helpers import ROOT, build_in_process, first_batches, make_tiny_corpus, run, train_args
+from tests.helpers.fairseq_runs import ROOT, build_in_process, first_batches, run, train_args
 
 PACKAGE = os.path.join(ROOT, "mdnas_fairseq")
 ALPHA = "decoder.lm.arch.alpha"
 
 
 @pytest.fixture(scope="module")
-def data_bin(tmp_path_factory):
-    return make_tiny_corpus(str(tmp_path_factory.mktemp("stepdata")), rows=200)
+def data_bin(tiny_corpus):
+    return tiny_corpus(200)
 
 
 def load_ckpt(path):

@@ -11,15 +11,15 @@ import shutil
 import pytest
 import torch
 
-from lm_helpers import BIN, ROOT, USER_DIR, make_tiny_corpus, run, train_args
+from tests.helpers.fairseq_runs import BIN, ROOT, USER_DIR, make_tiny_corpus, run, train_args
 from mdnas_fairseq.search import darts_rnn_space, load_genotype
 
 ALPHA = "decoder.lm.arch.alpha"
 
 
 @pytest.fixture(scope="module")
-def data_bin(tmp_path_factory):
-    return make_tiny_corpus(str(tmp_path_factory.mktemp("lmdata")))
+def data_bin(tiny_corpus):
+    return tiny_corpus(400)
 
 
 @pytest.fixture(scope="module")

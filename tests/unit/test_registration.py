@@ -3,7 +3,7 @@ import importlib
 import subprocess
 import sys
 
-from lm_helpers import ROOT, USER_DIR
+from tests.helpers.fairseq_runs import ROOT, USER_DIR
 
 
 def test_import_twice_and_reload_keep_one_registration():

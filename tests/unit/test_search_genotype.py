@@ -1,4 +1,4 @@
-"""Tests of genotypes (METHOD.md sections 1 and 4): derivation, concordant union, parameter count,
+"""Tests of genotypes (docs/method.md, sections 1 and 4): derivation, concordant union, parameter count,
 and the genotype file format (round trip, rejection of bad files, atomic writes)."""
 import json
 import math

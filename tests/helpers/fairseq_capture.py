@@ -1,7 +1,7 @@
 """Run ``fairseq-train`` or ``fairseq-validate`` in this process and record what it logged and what
 this worker holds (test helper; one process per data-parallel rank).
 
-Usage: python tests/fairseq_capture.py OUT_DIR {train|validate} <the command's arguments>
+Usage: python tests/helpers/fairseq_capture.py OUT_DIR {train|validate} <the command's arguments>
 
 Writes into OUT_DIR, for this worker's rank R:
   rankR_epochE.pt      the model's state dict at each validation (train);

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(ROOT, "mdnas_fairseq")
 BIN = os.path.dirname(sys.executable)
 EMBEDDED = os.path.join(ROOT, "examples", "data", "en_de_small.tsv")

@@ -1,4 +1,4 @@
-"""Tests of ``ArchitectureParameters``, ``mix`` and ``annealed_temperature`` (METHOD.md section 1)."""
+"""Tests of ``ArchitectureParameters``, ``mix`` and ``annealed_temperature`` (docs/method.md, section 1)."""
 import math
 
 import numpy as np

@@ -14,19 +14,18 @@ import sys
 import pytest
 import torch
 
-from lm_helpers import BIN, ROOT, USER_DIR, make_tiny_corpus, train_args
+from tests.helpers.fairseq_runs import BIN, ROOT, USER_DIR, train_args
 
-pytestmark = pytest.mark.slow
 LANGS = ("en", "de", "fr")
 BATCH = 8
 MAX_TOKENS = 130  # batches by tokens: the languages get different numbers of batches
-CAPTURE = os.path.join(ROOT, "tests", "fairseq_capture.py")
+CAPTURE = os.path.join(ROOT, "tests", "helpers", "fairseq_capture.py")
 ALPHA = "decoder.lm.arch.alpha"
 
 
 @pytest.fixture(scope="module")
-def data_bin(tmp_path_factory):
-    return make_tiny_corpus(str(tmp_path_factory.mktemp("dp3")), rows=150, langs=LANGS)
+def data_bin(tiny_corpus):
+    return tiny_corpus(150, LANGS)
 
 
 def _free_port():
@@ -40,7 +39,7 @@ def _env():
 
 
 def capture(out, command, args, world=1, ddp="legacy_ddp", check=True):
-    """Run ``fairseq-<command>`` through tests/fairseq_capture.py on ``world`` ranks; returns each
+    """Run ``fairseq-<command>`` through tests/helpers/fairseq_capture.py on ``world`` ranks; returns each
     rank's recorded meters and steps (with ``check=False``: each rank's return code and output)."""
     port = _free_port()
     procs = []
@@ -69,7 +68,8 @@ def capture(out, command, args, world=1, ddp="legacy_ddp", check=True):
 
 def search_args(data_bin, save, *extra):
     return train_args(data_bin, save, domains=",".join(LANGS), extra=[
-        "--max-epoch", "1", "--batch-size", str(BATCH), "--max-tokens", str(MAX_TOKENS)] + list(extra))[1:]
+        "--max-epoch", "1", "--batch-size", str(BATCH), "--max-tokens", str(MAX_TOKENS),
+        "--required-batch-size-multiple", "1"] + list(extra))[1:]
 
 
 def domain_losses(meters):
@@ -85,7 +85,8 @@ def assert_close(got, want, rel=1e-4):
 def check_layout(runs):
     """The shards were uneven (padding batches) and one update held several domains."""
     per_rank = [r["steps"] for r in runs]
-    assert any(d is None for steps in per_rank for _, d in steps), "no padding batch: the test would not test it"
+    assert any(d is None for steps in per_rank for _, d in steps), \
+        f"no padding batch: the test would not test it ({[len(s) for s in per_rank]} steps per rank)"
     by_update = {}
     for steps in per_rank:
         for update, domain in steps:
@@ -136,7 +137,8 @@ def test_search_keeps_workers_identical_and_validation_is_exact(data_bin, tmp_pa
     # the validation that the workers logged equals one process validating the saved checkpoint
     ref = capture(str(tmp_path / "ref"), "validate", [
         data_bin, "--user-dir", USER_DIR, "--task", "multidomain_nas", "--path", os.path.join(save, "checkpoint_last.pt"),
-        "--valid-subset", "valid", "--batch-size", str(BATCH), "--max-tokens", str(MAX_TOKENS), "--cpu",
+        "--valid-subset", "valid", "--batch-size", str(BATCH), "--max-tokens", str(MAX_TOKENS),
+        "--required-batch-size-multiple", "1", "--cpu",
         "--num-workers", "0"])[0]
     want = domain_losses(ref["meters"]["valid"][-1])
     assert len(want) == 3

@@ -28,8 +28,9 @@ from omegaconf import II
 
 from .. import log_schema
 from ..data import MultiDomainDataset
-from ..tasks.bilevel import BilevelSearchConfig, BilevelSearchMixin
-from .data import MNISTData, RotatedImageDataset, load_mnist, make_splits, parse_rotations, rotate, rotation_name
+from ..registry import register_once
+from .bilevel import BilevelSearchConfig, BilevelSearchMixin
+from ..data.rotated_mnist import MNISTData, RotatedImageDataset, load_mnist, make_splits, parse_rotations, rotate, rotation_name
 
 logger = logging.getLogger(__name__)
 
@@ -203,5 +204,5 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
         metrics.log_derived("acc", mean_acc)
 
 
-if "rotated_mnist_nas" not in TASK_REGISTRY:
-    register_task("rotated_mnist_nas", dataclass=RotatedMNISTNASConfig)(RotatedMNISTNASTask)
+register_once(TASK_REGISTRY, "rotated_mnist_nas",
+              lambda: register_task("rotated_mnist_nas", dataclass=RotatedMNISTNASConfig)(RotatedMNISTNASTask))
