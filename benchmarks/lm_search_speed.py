@@ -2,8 +2,8 @@
 """Training throughput (tokens per second) of the LM search, measured side by side in one run.
 
 Rows, all on the same token batches (B sentences of T tokens, one domain each step):
-  search, 1st order  - architecture step (first order) + weight step of the mixed cell
-  search, 2nd order  - architecture step (DARTS second order) + weight step
+  search, 1st order  - alpha step (first order) + weight step of the mixed cell
+  search, 2nd order  - alpha step (DARTS second order) + weight step
   derived multimodel - weight step of the concordant multimodel of a 2-domain genotype
   fairseq lstm_lm    - weight step of fairseq's LSTM decoder (as in --arch lstm_lm), same sizes
 

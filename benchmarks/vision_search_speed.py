@@ -3,7 +3,7 @@
 model's training step, measured side by side in one run through fairseq's Trainer with the real
 ``rotated_mnist_nas`` task, ``mdnas_conv`` model and ``multidomain_nas_loss`` criterion.
 
-A search step is the architecture step on a held-out batch plus the weight step; the derived
+A search step is the alpha step on a held-out batch plus the weight step; the derived
 model's step is a plain weight step of the multimodel built from the genotype the search derives
 at the end of its timed steps. Prints one line per setting and the ratios, and with ``--json``
 writes them to a file.
@@ -96,7 +96,7 @@ def main():
     genotype_path = os.path.join(work, "genotype.json")
     for order in (1, 2):
         torch.manual_seed(0)
-        _cfg, task, trainer = build(common + ["--arch-order", str(order)])
+        _cfg, task, trainer = build(common + ["--alpha-order", str(order)])
         results[f"search_order{order}_img_s"] = measure(task, trainer, a.steps, a.warmup)
         if order == 1:
             task.write_search_outputs(trainer.model, 1)

@@ -46,7 +46,7 @@ check_alpha() {  # checkpoint -> fails unless alpha is finite
     $PY - "$1" <<'EOF'
 import sys, torch
 state = torch.load(sys.argv[1], map_location="cpu", weights_only=False)["model"]
-alpha = [v for k, v in state.items() if k.endswith("arch.alpha")][0]
+alpha = [v for k, v in state.items() if k.endswith("alphas.alpha")][0]
 assert alpha.dtype == torch.float32, alpha.dtype
 assert torch.isfinite(alpha).all(), "alpha is not finite"
 print(f"  alpha finite, |alpha|max {alpha.abs().max():.4f}")
@@ -77,7 +77,7 @@ import glob, sys, torch
 for epoch_file in sorted(glob.glob(f"{sys.argv[1]}/rank0_epoch*.pt")):
     a = torch.load(epoch_file)
     b = torch.load(epoch_file.replace("rank0_", "rank1_"))
-    alpha = [k for k in a if k.endswith("arch.alpha")][0]
+    alpha = [k for k in a if k.endswith("alphas.alpha")][0]
     assert torch.isfinite(a[alpha]).all(), "alpha is not finite"
     assert torch.equal(a[alpha], b[alpha]), f"{epoch_file}: the GPUs' alphas differ"
 print("  2-GPU alphas identical and finite")

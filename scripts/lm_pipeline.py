@@ -125,7 +125,7 @@ def run_model(name, domains_all, args):
     search_dir, retrain_dir = os.path.join(base, "search"), os.path.join(base, "retrain")
     train = fairseq_cmd("fairseq-train")
     _, t_search = run([train] + train_flags(args, domains, search_dir, args.search_epochs)
-                      + ["--arch-order", str(args.arch_order), "--arch-lr", str(args.arch_lr)] + extra,
+                      + ["--alpha-order", str(args.alpha_order), "--alpha-lr", str(args.alpha_lr)] + extra,
                       os.path.join(base, "search.log"))
     genotype = os.path.join(search_dir, "genotype.json")
     with open(genotype, encoding="utf-8") as f:
@@ -179,8 +179,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--clip-norm", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--arch-order", type=int, default=1)
-    p.add_argument("--arch-lr", type=float, default=0.003)
+    p.add_argument("--alpha-order", type=int, default=1)
+    p.add_argument("--alpha-lr", type=float, default=0.003)
     p.add_argument("--struct-coef", type=float, default=0.1)
     p.add_argument("--contrastive-coef", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1)

@@ -11,10 +11,10 @@ are dropped, and so are exact duplicate rows (the same text in every chosen lang
 kept, so no sentence pair is both trained on and held out; the summary says how many, and how many
 valid/test sentences still occur in train in one language only).
 
-Steps: shuffle the rows with ``--seed`` and split them into train / arch (held-out part of the
-training data for the DARTS architecture step) / valid / test, the same rows for every
+Steps: shuffle the rows with ``--seed`` and split them into train / heldout (held-out part of the
+training data for the DARTS alpha step) / valid / test, the same rows for every
 language, so line i of ``{split}.en`` is the translation of line i of ``{split}.de``; train ONE
-sentencepiece model on the train split of all chosen languages (never on arch/valid/test);
+sentencepiece model on the train split of all chosen languages (never on heldout/valid/test);
 encode every split; build one fairseq dictionary from the train split of all languages; and
 binarize every split and language with ``fairseq-preprocess --only-source --srcdict``.
 
@@ -22,15 +22,15 @@ Output (built in a temporary folder next to DIR and renamed into place at the en
 run leaves nothing behind; an existing non-empty DIR is replaced only with ``--force``):
 
     DIR/spm.model, DIR/spm.vocab
-    DIR/raw/{train,arch,valid,test}.{lang}   plain text, one sentence a line
+    DIR/raw/{train,heldout,valid,test}.{lang}   plain text, one sentence a line
     DIR/tok/{split}.{lang}                   sentencepiece pieces separated by spaces
     DIR/data-bin/dict.txt                    shared fairseq dictionary
     DIR/data-bin/{split}.{lang}.bin/.idx     fairseq mmap datasets
     DIR/data-bin/mdnas_data.json             metadata read by the multidomain_nas task
 
 With ``--split-column NAME`` the split of each row is read from that column (values train,
-valid, test, and optionally arch) instead of being drawn at random; if no row says ``arch``,
-the arch rows are drawn from the train rows (``--arch-fraction`` of them, or ``--arch-rows``).
+valid, test, and optionally heldout) instead of being drawn at random; if no row says ``heldout``,
+the heldout rows are drawn from the train rows (``--heldout-fraction`` of them, or ``--heldout-rows``).
 """
 import argparse
 import collections
@@ -45,7 +45,7 @@ import tempfile
 import time
 import warnings
 
-SPLITS = ("train", "arch", "valid", "test")
+SPLITS = ("train", "heldout", "valid", "test")
 DEFAULT_VOCAB_SIZE = 4000
 LANG_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -157,13 +157,13 @@ def read_tsv(path, langs, split_column=None):
     return rows, info
 
 
-SPLIT_PRIORITY = {"test": 0, "valid": 1, "arch": 2, "train": 3, None: 4}
+SPLIT_PRIORITY = {"test": 0, "valid": 1, "heldout": 2, "train": 3, None: 4}
 
 
 def drop_duplicate_rows(rows):
     """Keep one row of every group of rows with identical texts in all chosen languages, so no
     sentence pair is both trained on and held out. Without split labels the first row in file order
-    is kept; with labels the held-out copy (test, then valid, then arch) wins over a train copy.
+    is kept; with labels the held-out copy (test, then valid, then heldout) wins over a train copy.
     Returns (rows in file order, number dropped)."""
     best = {}
     for k, (_, texts, label) in enumerate(rows):
@@ -193,8 +193,8 @@ def _count(n, fraction, rows, name):
     return max(1, int(round(fraction * n)))
 
 
-def split_rows(rows, seed, path, arch_fraction=0.1, valid_fraction=0.05, test_fraction=0.05,
-               arch_rows=None, valid_rows=None, test_rows=None, max_rows=None, dropped_note=""):
+def split_rows(rows, seed, path, heldout_fraction=0.1, valid_fraction=0.05, test_fraction=0.05,
+               heldout_rows=None, valid_rows=None, test_rows=None, max_rows=None, dropped_note=""):
     """Shuffle and split rows into {split: [row, ...]}; deterministic for a seed."""
     rng = random.Random(seed)
     order = list(range(len(rows)))
@@ -208,31 +208,31 @@ def split_rows(rows, seed, path, arch_fraction=0.1, valid_fraction=0.05, test_fr
     if not labelled:
         k_test = _count(n, test_fraction, test_rows, "test")
         k_valid = _count(n, valid_fraction, valid_rows, "valid")
-        k_arch = _count(n, arch_fraction, arch_rows, "arch")
-        need = k_test + k_valid + k_arch + 1
+        k_heldout = _count(n, heldout_fraction, heldout_rows, "heldout")
+        need = k_test + k_valid + k_heldout + 1
         if n < need:
             raise DataError(
                 f"{path}: {n} usable rows{dropped_note}, but the splits need at least {need} "
-                f"(test {k_test} + valid {k_valid} + arch {k_arch} + at least 1 train row); "
+                f"(test {k_test} + valid {k_valid} + heldout {k_heldout} + at least 1 train row); "
                 "use a bigger file or fewer --test/--valid/--arch rows"
             )
-        a, b, c = k_test, k_test + k_valid, k_test + k_valid + k_arch
-        picked = {"test": order[:a], "valid": order[a:b], "arch": order[b:c], "train": order[c:]}
+        a, b, c = k_test, k_test + k_valid, k_test + k_valid + k_heldout
+        picked = {"test": order[:a], "valid": order[a:b], "heldout": order[b:c], "train": order[c:]}
     else:
         if valid_rows is not None or test_rows is not None:
             raise DataError("--valid-rows/--test-rows do not apply with --split-column (the column gives those splits)")
         picked = {s: [i for i in order if rows[i][2] == s] for s in SPLITS}
-        if not picked["arch"]:
+        if not picked["heldout"]:
             train = picked["train"]
-            k_arch = _count(len(train), arch_fraction, arch_rows, "arch")
-            if len(train) < k_arch + 1:
+            k_heldout = _count(len(train), heldout_fraction, heldout_rows, "heldout")
+            if len(train) < k_heldout + 1:
                 raise DataError(
-                    f"{path}: {len(train)} usable rows labelled train{dropped_note}, but the arch split "
-                    f"needs {k_arch} of them and at least 1 must stay in train"
+                    f"{path}: {len(train)} usable rows labelled train{dropped_note}, but the heldout split "
+                    f"needs {k_heldout} of them and at least 1 must stay in train"
                 )
-            picked["arch"], picked["train"] = train[:k_arch], train[k_arch:]
-        # keep the file order of the given valid/test (and arch) sets
-        for s in ("arch", "valid", "test"):
+            picked["heldout"], picked["train"] = train[:k_heldout], train[k_heldout:]
+        # keep the file order of the given valid/test (and heldout) sets
+        for s in ("heldout", "valid", "test"):
             picked[s] = sorted(picked[s])
         missing = [s for s in SPLITS if not picked[s]]
         if missing:
@@ -383,8 +383,8 @@ def _check_out(out, force, tsv):
 
 
 def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=None,
-            arch_fraction=0.1, valid_fraction=0.05, test_fraction=0.05,
-            arch_rows=None, valid_rows=None, test_rows=None, split_column=None,
+            heldout_fraction=0.1, valid_fraction=0.05, test_fraction=0.05,
+            heldout_rows=None, valid_rows=None, test_rows=None, split_column=None,
             spm_model_type="bpe", character_coverage=0.9995, workers=None, force=False,
             quiet=False):
     """Build the data folder ``out`` (see the module docstring); returns the metadata dict.
@@ -407,8 +407,8 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
     note = f" (after dropping {' and '.join(dropped)})" if dropped else ""
     if not rows:
         raise DataError(f"{tsv}: no usable rows{note}")
-    splits = split_rows(rows, seed, tsv, arch_fraction, valid_fraction, test_fraction,
-                        arch_rows, valid_rows, test_rows, max_rows, note)
+    splits = split_rows(rows, seed, tsv, heldout_fraction, valid_fraction, test_fraction,
+                        heldout_rows, valid_rows, test_rows, max_rows, note)
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
@@ -422,7 +422,7 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
                 with open(os.path.join(work, "raw", f"{s}.{lang}"), "w", encoding="utf-8", newline="\n") as f:
                     f.writelines(r[1][k] + "\n" for r in splits[s])
 
-        # one sentencepiece model on the train split of every language (never arch/valid/test)
+        # one sentencepiece model on the train split of every language (never heldout/valid/test)
         spm_input = os.path.join(work, "spm_train.txt")
         with open(spm_input, "w", encoding="utf-8", newline="\n") as f:
             for lang in langs:
@@ -539,15 +539,15 @@ def build_parser():
     p.add_argument("--seed", type=int, default=1, help="seed of the shuffle that draws the splits")
     p.add_argument("--max-rows", type=int, default=None,
                    help="use at most this many usable rows (a seeded random subset) before splitting")
-    for name, frac, what in (("arch", 0.1, "architecture-step rows (held out of train)"),
+    for name, frac, what in (("heldout", 0.1, "alpha-step rows (held out of train)"),
                              ("valid", 0.05, "validation rows"), ("test", 0.05, "test rows")):
         g = p.add_mutually_exclusive_group()
         g.add_argument(f"--{name}-fraction", type=float, default=frac,
                        help=f"fraction of usable rows used as {what}" +
-                            (" (of the train-labelled rows with --split-column)" if name == "arch" else ""))
+                            (" (of the train-labelled rows with --split-column)" if name == "heldout" else ""))
         g.add_argument(f"--{name}-rows", type=int, default=None, help=f"number of {what} (overrides the fraction)")
     p.add_argument("--split-column", default=None,
-                   help="column holding each row's split (train/valid/test[/arch]) instead of a random split")
+                   help="column holding each row's split (train/valid/test[/heldout]) instead of a random split")
     p.add_argument("--workers", type=int, default=None, help="threads/processes (default: min(8, CPUs))")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
@@ -559,8 +559,8 @@ def main(argv=None):
     try:
         prepare(
             args.tsv, args.langs, args.out, vocab_size=args.vocab_size, seed=args.seed,
-            max_rows=args.max_rows, arch_fraction=args.arch_fraction, valid_fraction=args.valid_fraction,
-            test_fraction=args.test_fraction, arch_rows=args.arch_rows, valid_rows=args.valid_rows,
+            max_rows=args.max_rows, heldout_fraction=args.heldout_fraction, valid_fraction=args.valid_fraction,
+            test_fraction=args.test_fraction, heldout_rows=args.heldout_rows, valid_rows=args.valid_rows,
             test_rows=args.test_rows, split_column=args.split_column, spm_model_type=args.spm_model_type,
             character_coverage=args.character_coverage, workers=args.workers, force=args.force,
             quiet=args.quiet,

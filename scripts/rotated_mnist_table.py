@@ -72,14 +72,14 @@ def get_args(argv=None):
     p.add_argument("--out", required=True, help="output directory for table.md, table.json and the plot")
     p.add_argument("--models", default="single,struct,contr", help="which rows to run (D=1 always runs single only)")
     p.add_argument("--train-images-per-domain", type=int, default=128)
-    p.add_argument("--arch-images-per-domain", type=int, default=128)
+    p.add_argument("--heldout-images-per-domain", type=int, default=128)
     p.add_argument("--search-epochs", type=int, default=5)
     p.add_argument("--retrain-epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate of search and retraining weights")
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--arch-lr", type=float, default=0.03)
-    p.add_argument("--arch-order", type=int, default=1, choices=(1, 2))
+    p.add_argument("--alpha-lr", type=float, default=0.03)
+    p.add_argument("--alpha-order", type=int, default=1, choices=(1, 2))
     p.add_argument("--channels", type=int, default=8)
     p.add_argument("--num-nodes", type=int, default=4)
     p.add_argument("--stem-stride", type=int, default=2)
@@ -100,7 +100,7 @@ def train_argv(a, run_dir, D, seed, model, stage, genotype=None):
     argv = [
         "--user-dir", USER_DIR, "--task", "rotated_mnist_nas", "--rotations", rotations,
         "--train-images-per-domain", str(a.train_images_per_domain),
-        "--arch-images-per-domain", str(a.arch_images_per_domain),
+        "--heldout-images-per-domain", str(a.heldout_images_per_domain),
         "--arch", "mdnas_conv", "--channels", str(a.channels), "--num-nodes", str(a.num_nodes),
         "--stem-stride", str(a.stem_stride), "--stem-pool", str(a.stem_pool),
         "--criterion", "multidomain_nas_loss",
@@ -109,7 +109,7 @@ def train_argv(a, run_dir, D, seed, model, stage, genotype=None):
         "--batch-size", str(a.batch_size), "--batch-size-valid", str(a.eval_batch_size), "--max-epoch", str(epochs),
         "--seed", str(seed), "--cpu", "--num-workers", "0", "--save-dir", os.path.join(run_dir, stage),
         "--no-alpha-heatmaps", "--log-format", "simple", "--log-interval", "1000",
-        "--arch-order", str(a.arch_order), "--arch-lr", str(a.arch_lr), "--augment-shift", str(a.augment_shift),
+        "--alpha-order", str(a.alpha_order), "--alpha-lr", str(a.alpha_lr), "--augment-shift", str(a.augment_shift),
     ]
     if a.mnist_root:
         argv += ["--mnist-root", a.mnist_root]
@@ -252,10 +252,10 @@ def write_outputs(a, results, rows, wall, out):
         "# Rotated MNIST: seed table vs this implementation",
         "",
         f"MNIST source: {', '.join(sources)}. Seeds {a.seeds}; {a.train_images_per_domain} training images per "
-        f"domain (the same digits in every rotation), {a.arch_images_per_domain} held-out architecture-split images "
+        f"domain (the same digits in every rotation), {a.heldout_images_per_domain} held-out held-out images "
         f"per domain, test: the full test set rotated to every domain "
         f"({results[0]['test_images_per_domain'] if results else '?'} images per domain).",
-        f"Search {a.search_epochs} epochs (arch order {a.arch_order}, arch lr {a.arch_lr}), retrain "
+        f"Search {a.search_epochs} epochs (alpha order {a.alpha_order}, alpha lr {a.alpha_lr}), retrain "
         f"{a.retrain_epochs} epochs; batch {a.batch_size}, Adam lr {a.lr}, weight decay {a.weight_decay}; cell: "
         f"{a.num_nodes} nodes, {a.channels} channels, stem stride {a.stem_stride}, stem pool {a.stem_pool}; "
         f"training-image shifts up to {a.augment_shift} px; "

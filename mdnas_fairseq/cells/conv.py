@@ -31,9 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .network import MultiDomainNetwork
 from ..search import (
     CNN_OPERATIONS,
-    search_architecture,
     GenotypeEdge,
     MultiDomainGenotype,
     ParamTable,
@@ -174,10 +174,10 @@ class DartsConvCell(nn.Module):
     def out_channels(self) -> int:
         return self.channels * self.space.num_nodes
 
-    def _search_forward(self, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
-        """``weights``: (E, K) for the whole batch or (B, E, K) one per sample."""
+    def _search_forward(self, s0: Tensor, s1: Tensor, probs: Tensor) -> Tensor:
+        """``probs``: (E, K) for the whole batch or (B, E, K) one per sample."""
         states = [s0, s1]
-        w_all = weights[..., self.weighted_op_index]  # (E, K') or (B, E, K')
+        w_all = probs[..., self.weighted_op_index]  # (E, K') or (B, E, K')
         for j in self.space.node_ids:
             total = 0
             for i in range(j):
@@ -196,13 +196,13 @@ class DartsConvCell(nn.Module):
             states.append(total)
         return torch.cat(states[2:], dim=1)
 
-    def forward(self, s0: Tensor, s1: Tensor, mixing_weights: Optional[Tensor] = None,
+    def forward(self, s0: Tensor, s1: Tensor, mixing_probs: Optional[Tensor] = None,
                 cells: Optional[Sequence[str]] = None) -> Tensor:
-        """Search mode needs ``mixing_weights``; derived mode ``cells``, the cell name of every sample."""
+        """Search mode needs ``mixing_probs``; derived mode ``cells``, the cell name of every sample."""
         if self.is_search:
-            if mixing_weights is None:
-                raise ValueError("a search-mode cell needs mixing weights")
-            return self._search_forward(s0, s1, mixing_weights)
+            if mixing_probs is None:
+                raise ValueError("a search-mode cell needs mixing probabilities")
+            return self._search_forward(s0, s1, mixing_probs)
         batch = s0.shape[0]
         if cells is None or len(cells) != batch:
             raise ValueError("a derived-mode cell needs the cell name of every sample")
@@ -222,7 +222,7 @@ class DartsConvCell(nn.Module):
         return op_param_count(edge.op, self.channels)
 
 
-class DartsConvClassifier(nn.Module):
+class DartsConvClassifier(MultiDomainNetwork):
     """Stem -> one DARTS conv cell -> global average pooling -> linear, one architecture per domain.
 
     Args:
@@ -231,9 +231,7 @@ class DartsConvClassifier(nn.Module):
         num_classes, in_channels: the task's labels and image channels.
         stem_stride: stride of the 3x3 stem convolution (2 halves the resolution the cell runs at).
         stem_pool: max-pooling factor after the stem (no weights; 2 halves the resolution again).
-        genotype: None to search; a genotype to build the derived (concordant) multimodel.
-        shared_architecture: one architecture for all domains (the "single model on the union"
-            baseline): alpha has one row / the genotype has one cell, named ``"+".join(domains)``.
+        genotype, shared_architecture, alpha_init_scale: see :class:`MultiDomainNetwork`.
         dropout: dropout on the pooled features before the classifier.
     """
 
@@ -251,58 +249,25 @@ class DartsConvClassifier(nn.Module):
         dropout: float = 0.0,
         alpha_init_scale: float = 1e-3,
     ):
-        super().__init__()
-        self.domains = list(domains)
-        if not self.domains:
-            raise ValueError("need at least one domain")
-        self.architecture_names = ["+".join(self.domains)] if shared_architecture else list(self.domains)
-        self.space = darts_cnn_space(num_nodes)
+        super().__init__(domains, darts_cnn_space(num_nodes), genotype, shared_architecture, alpha_init_scale)
         self.channels = channels
         self.dropout = dropout
-        self.temperature = 1.0
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, stride=stem_stride, padding=1, bias=False),
             nn.BatchNorm2d(channels),
         )
         if stem_pool > 1:
             self.stem.add_module("pool", nn.MaxPool2d(stem_pool))
-        self.arch = search_architecture(genotype, self.space, self.architecture_names, alpha_init_scale)
         self.cell = DartsConvCell(channels, self.space, genotype)
         self.classifier = nn.Linear(self.cell.out_channels, num_classes)
-        rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
-        self.architecture_rows = rows  # host copy: domain index -> architecture row
-        self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)
-
-    @property
-    def is_search(self) -> bool:
-        return self.arch is not None
 
     def forward(self, images: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         """``images`` (B, C_in, H, W), ``domain`` (B,) -> (logits (B, classes), features (B, num_nodes*C)).
 
-        ``batch_domain``: the single domain of the whole batch, known on the host (no device read).
+        ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
         """
         s = self.stem(images)
-        if batch_domain is not None:
-            if not 0 <= batch_domain < len(self.domains):
-                raise IndexError(f"domain {batch_domain} out of range for domains {self.domains}")
-            row = self.architecture_rows[batch_domain]
-            if self.is_search:
-                weights = self.arch.mixing_weights(row, temperature=self.temperature)
-                out = self.cell(s, s, mixing_weights=weights.to(s.dtype))
-            else:
-                out = self.cell(s, s, cells=[self.architecture_names[row]] * images.shape[0])
-        else:  # a batch mixing domains: per-sample architectures (reads the domains on the host)
-            if domain.dim() == 0:
-                domain = domain.expand(images.shape[0])
-            if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
-                raise IndexError(f"domain index out of range for domains {self.domains}")
-            rows = self.domain_to_architecture[domain.to(self.domain_to_architecture.device)]
-            if self.is_search:
-                weights = self.arch.mixing_weights(rows, temperature=self.temperature)
-                out = self.cell(s, s, mixing_weights=weights.to(s.dtype))
-            else:
-                out = self.cell(s, s, cells=[self.architecture_names[r] for r in rows.tolist()])
+        out = self.cell(s, s, **self.route(domain, batch_domain, images.shape[0], s.dtype))
         features = out.mean(dim=(2, 3))
         logits = self.classifier(F.dropout(features, self.dropout, self.training))
         return logits, features
@@ -316,7 +281,3 @@ class DartsConvClassifier(nn.Module):
         """Parameter counts of this network's modules: one per (input, node, operation), plus stem and head."""
         row = [op_param_count(op, self.channels) for op in self.space.operations]
         return ParamTable(self.space, [row] * self.space.num_edges, "edge", self.shared_param_count())
-
-    def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
-        """Parameters of the derived multimodel of ``genotype`` (or of the model of ``cells`` only)."""
-        return self.param_table().multimodel_count(genotype, cells)

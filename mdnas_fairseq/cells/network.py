@@ -31,7 +31,7 @@ class MultiDomainNetwork(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         self.architectures = DomainArchitectures(domains, shared_architecture)
         self.space = space
-        self.arch = self.architectures.alpha(space, genotype, alpha_init_scale)
+        self.alphas = self.architectures.alpha(space, genotype, alpha_init_scale)
         self.temperature, self.gumbel = 1.0, False
 
     @property
@@ -44,7 +44,7 @@ class MultiDomainNetwork(nn.Module, metaclass=abc.ABCMeta):
 
     @property
     def is_search(self) -> bool:
-        return self.arch is not None
+        return self.alphas is not None
 
     def route(self, domain: Tensor, batch_domain: Optional[int], batch_size: int, dtype) -> Dict[str, object]:
         """The cell's routing keyword for a batch: ``mixing_probs`` (search: softmax(alpha) of each
@@ -58,14 +58,14 @@ class MultiDomainNetwork(nn.Module, metaclass=abc.ABCMeta):
         if batch_domain is not None:
             row = self.architectures.row(batch_domain)
             if self.is_search:
-                probs = self.arch.mixing_probs(row, temperature=self.temperature, gumbel=self.gumbel)
+                probs = self.alphas.mixing_probs(row, temperature=self.temperature, gumbel=self.gumbel)
                 return {"mixing_probs": probs.to(dtype)}
             return {"cells": [self.architecture_names[row]] * batch_size}
         if domain.dim() == 0:
             domain = domain.expand(batch_size)
         rows = self.architectures.rows_of(domain)
         if self.is_search:
-            return {"mixing_probs": self.arch.mixing_probs(rows, temperature=self.temperature, gumbel=self.gumbel).to(dtype)}
+            return {"mixing_probs": self.alphas.mixing_probs(rows, temperature=self.temperature, gumbel=self.gumbel).to(dtype)}
         return {"cells": [self.architecture_names[r] for r in rows.tolist()]}
 
     @abc.abstractmethod

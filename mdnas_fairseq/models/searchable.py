@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from fairseq.dataclass import FairseqDataclass
 
-from ..search import GenotypeError, MultiDomainGenotype, SearchSpace, check_compatible, genotype_from_dict, load_genotype
+from ..search import DomainArchitectures, MultiDomainGenotype, SearchSpace, genotype_from_dict, load_genotype
 
 
 @dataclass
@@ -37,7 +37,6 @@ def genotype_for_model(cfg, domains: List[str], space: SearchSpace) -> Optional[
     """
     if not (cfg.genotype or cfg.genotype_data):
         return None
-    expected = ["+".join(domains)] if cfg.shared_architecture else list(domains)
     if cfg.genotype_data:
         source = f"genotype stored in the checkpoint (from {cfg.genotype})"
         genotype = genotype_from_dict(json.loads(cfg.genotype_data), source=source)
@@ -45,13 +44,7 @@ def genotype_for_model(cfg, domains: List[str], space: SearchSpace) -> Optional[
         source = cfg.genotype
         genotype = load_genotype(cfg.genotype)
         cfg.genotype_data = json.dumps(genotype.to_dict())
-    check_compatible(genotype, source, space=space)
-    if list(genotype.domains) != expected:
-        raise GenotypeError(
-            f"{source}: genotype is for {genotype.num_domains} domain(s) {list(genotype.domains)}, "
-            f"this run needs {len(expected)}: {expected}"
-            + (" (--shared-architecture)" if cfg.shared_architecture else "")
-        )
+    DomainArchitectures(domains, cfg.shared_architecture).check_genotype(genotype, space, source)
     return genotype
 
 

@@ -4,7 +4,7 @@ Public API:
     SearchSpace, darts_rnn_space, darts_cnn_space          -- cell shapes
     ArchitectureParameters, mix, annealed_temperature        -- per-domain alpha (D, E, K), mixed op
     js_structural_loss, batch_hard_triplet_loss              -- the two regularizers
-    BilevelArchitect                                         -- first / second order architecture step
+    BilevelArchitect                                         -- first / second order alpha step
     VirtualStep, SGDVirtualStep, NAGVirtualStep, AdamVirtualStep -- the weight optimizer's rule (second order)
     DomainSampler                                            -- the domain distribution p, fixed or robust
     derive_genotype, MultiDomainGenotype, multimodel_param_count,
@@ -14,16 +14,16 @@ Public API:
     derive_with_budget, budget_sequence, BUDGET_RULE         -- a parameter budget from one search
     edge_entropy, edge_margin, decisiveness                  -- how decided a search is
 """
-from .arch_params import (
+from .alpha import (
     ArchitectureParameters,
     alphas_trainable,
     annealed_temperature,
     architecture_parameters,
     mix,
-    search_architecture,
     weight_parameters,
 )
 from .architect import BilevelArchitect
+from .architectures import DomainArchitectures
 from .atomic import atomic_path, atomic_write_text
 from .budget import BUDGET_RULE, BudgetStep, argmax_genotype, budget_sequence, derive_with_budget
 from .decisiveness import decisiveness, edge_entropy, edge_margin

@@ -1,4 +1,4 @@
-"""The architecture step of the bilevel problem (DARTS, first and second order).
+"""The alpha step of the bilevel problem (DARTS, first and second order).
 
 Given shared weights ``w`` and architecture parameters ``alpha``, the outer problem minimises
 ``L_val(w*(alpha), alpha)``. Its gradient is approximated by
@@ -61,7 +61,7 @@ class BilevelArchitect:
         weights: the shared weights ``w`` (those with ``requires_grad`` take part).
         alphas: the architecture parameters; must be disjoint from ``weights``.
         order: 1 (first order) or 2 (DARTS second order).
-        lr, betas, weight_decay: the architecture optimizer (Adam, as in DARTS).
+        lr, betas, weight_decay: the alpha optimizer (Adam, as in DARTS).
 
     The optimizer's state stays in fp32 whatever the model's precision (alpha itself is kept
     in fp32 by :class:`~mdnas_fairseq.search.ArchitectureParameters`).
@@ -77,7 +77,7 @@ class BilevelArchitect:
         weight_decay: float = 1e-3,
     ):
         if order not in (1, 2):
-            raise ValueError(f"architecture step order must be 1 or 2, got {order}")
+            raise ValueError(f"alpha step order must be 1 or 2, got {order}")
         self.weights = list(weights)
         self.alphas = list(alphas)
         if not self.alphas:
@@ -101,7 +101,7 @@ class BilevelArchitect:
         virtual_step: Optional[VirtualStep] = None,
         loss_scale: float = 1.0,
     ) -> Dict[str, object]:
-        """Compute the architecture gradient without applying it.
+        """Compute the alpha gradient without applying it.
 
         Args:
             train_loss_fn, val_loss_fn: closures evaluating the training / held-out objective
@@ -123,9 +123,9 @@ class BilevelArchitect:
                     grads = [g / loss_scale for g in grads]
                 return {"grads": grads, "val_loss": val_loss.detach(), "extras": extras}
             if virtual_step is None:
-                raise ValueError("a second-order architecture step needs the weight optimizer's virtual step")
+                raise ValueError("a second-order alpha step needs the weight optimizer's virtual step")
             if loss_scale != 1.0:
-                raise ValueError("the second-order architecture step does not support loss scaling (fp16)")
+                raise ValueError("the second-order alpha step does not support loss scaling (fp16)")
             return self._second_order(train_loss_fn, val_loss_fn, virtual_step)
 
     def _second_order(self, train_loss_fn, val_loss_fn, virtual_step: VirtualStep):
@@ -176,7 +176,7 @@ class BilevelArchitect:
         return {"arch_loss": result["val_loss"]}
 
     def apply_gradients(self, grads: Sequence[Tensor]) -> None:
-        """One architecture optimizer step with ``grads`` (already reduced over workers)."""
+        """One alpha optimizer step with ``grads`` (already reduced over workers)."""
         self.optimizer.zero_grad(set_to_none=True)
         for alpha, g in zip(self.alphas, grads):
             alpha.grad = g.detach().to(alpha.dtype)

@@ -6,10 +6,10 @@ domain for (D, E, K). They are plain tensor operations (no ``.item()``, no host 
 can log them lazily.
 
 * :func:`edge_entropy`: ``-sum_k p_k log p_k`` over ALL K operations, ``none`` included (the entropy
-  of softmax(alpha) itself, in nats; ``log K`` for uniform weights, 0 for one-hot).
+  of softmax(alpha) itself, in nats; ``log K`` for uniform probabilities, 0 for one-hot).
 * :func:`edge_margin`: the largest minus the second largest weight among the operations other than
-  ``none``, on the plain softmax(alpha) weights. DARTS derivation never picks ``none`` and ranks the
-  other operations by these weights, so the margin says how firmly the derived operation won.
+  ``none``, on the plain softmax(alpha) probabilities. DARTS derivation never picks ``none`` and ranks the
+  other operations by these probabilities, so the margin says how firmly the derived operation won.
 """
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ from .space import SearchSpace
 
 
 def edge_entropy(probs: Tensor) -> Tensor:
-    """Mean over edges of the entropy (nats) of the K weights of each edge: (..., E, K) -> (...,)."""
+    """Mean over edges of the entropy (nats) of the K mixing probabilities of each edge: (..., E, K) -> (...,)."""
     return -torch.xlogy(probs, probs).sum(dim=-1).mean(dim=-1)
 
 
 def edge_margin(probs: Tensor, space: SearchSpace) -> Tensor:
     """Mean over edges of best minus second-best weight among the non-``none`` operations: (..., E, K) -> (...,)."""
     if probs.shape[-1] != space.num_ops:
-        raise ValueError(f"weights with {probs.shape[-1]} operations do not match search space {space.name!r} "
+        raise ValueError(f"probabilities with {probs.shape[-1]} operations do not match search space {space.name!r} "
                          f"({space.num_ops} operations)")
     if space.num_ops - (space.none_op in space.operations) < 2:
         raise ValueError(f"search space {space.name!r}: a margin needs two operations other than {space.none_op!r}")
@@ -40,7 +40,7 @@ def edge_margin(probs: Tensor, space: SearchSpace) -> Tensor:
     return (top[..., 0] - top[..., 1]).mean(dim=-1)
 
 
-def decisiveness(weights: Tensor, space: SearchSpace, logits: bool = False) -> Tuple[Tensor, Tensor]:
-    """``(edge_entropy, edge_margin)`` of softmax weights (or of raw alpha with ``logits=True``)."""
-    probs = torch.softmax(weights, dim=-1) if logits else weights
+def decisiveness(values: Tensor, space: SearchSpace, logits: bool = False) -> Tuple[Tensor, Tensor]:
+    """``(edge_entropy, edge_margin)`` of mixing probabilities (or of raw alpha with ``logits=True``)."""
+    probs = torch.softmax(values, dim=-1) if logits else values
     return edge_entropy(probs), edge_margin(probs, space)

@@ -134,15 +134,15 @@ def _validate(genotype: MultiDomainGenotype, source: str) -> None:
                 )
 
 
-def derive_cell(weights: Tensor, space: SearchSpace) -> Cell:
-    """DARTS derivation for one domain from softmax weights (E, K)."""
-    if tuple(weights.shape) != (space.num_edges, space.num_ops):
+def derive_cell(probs: Tensor, space: SearchSpace) -> Cell:
+    """DARTS derivation for one architecture from its mixing probabilities (E, K)."""
+    if tuple(probs.shape) != (space.num_edges, space.num_ops):
         raise GenotypeError(
-            f"weights of shape {tuple(weights.shape)} do not match search space {space.name!r} "
+            f"mixing probabilities of shape {tuple(probs.shape)} do not match search space {space.name!r} "
             f"({space.num_edges} edges x {space.num_ops} operations)"
         )
     none = space.operations.index(space.none_op) if space.none_op in space.operations else None
-    w = weights.detach().double().clone()
+    w = probs.detach().double().clone()
     if none is not None:
         w[:, none] = float("-inf")
     best_weight, best_op = w.max(dim=1)
@@ -256,7 +256,7 @@ def check_compatible(
 
 
 def save_genotype(path: str, genotype: MultiDomainGenotype, extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write ``genotype`` (plus optional ``extra`` fields such as alpha weights or metrics) atomically."""
+    """Write ``genotype`` (plus optional ``extra`` fields such as softmax(alpha) or metrics) atomically."""
     data = genotype.to_dict()
     if extra:
         clash = set(extra) & set(data)

@@ -2,7 +2,7 @@
 
 Second-order DARTS evaluates the validation loss at ``w' = w - U(g)``, the weights after one step
 of the weight optimizer on the training gradient ``g = grad_w L_train(w, alpha)``. Its
-architecture gradient needs ``dw'/dalpha = -diag(dU/dg) . d g / d alpha``: for every optimizer
+alpha gradient needs ``dw'/dalpha = -diag(dU/dg) . d g / d alpha``: for every optimizer
 below the update of a weight depends on its own gradient entry only (plus optimizer state that
 does not depend on alpha), so the Jacobian ``dU/dg`` is diagonal. A :class:`VirtualStep` gives
 

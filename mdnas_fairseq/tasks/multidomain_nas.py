@@ -1,9 +1,9 @@
 """Task ``multidomain_nas``: multi-domain architecture search for language models.
 
 Data: one shared ``dict.txt`` and one fairseq dataset per domain and split, named
-``{split}.{domain}`` (``train.en``, ``arch.en``, ``valid.de``, ...), as written by
-``scripts/prepare_parallel.py``. ``arch`` (``--arch-subset``) is the held-out part of the
-training data that the architecture step uses. Every sample is one sentence ending in <eos>.
+``{split}.{domain}`` (``train.en``, ``heldout.en``, ``valid.de``, ...), as written by
+``scripts/prepare_parallel.py``. ``heldout`` (``--heldout-subset``) is the held-out part of the
+training data that the alpha step uses. Every sample is one sentence ending in <eos>.
 
 Subsets: ``train``/``valid``/``test`` load every domain; ``test.de`` (any ``{split}.{domain}``)
 or ``--eval-domain de`` loads one, e.g. for ``fairseq-eval-lm --gen-subset test --eval-domain de``.
@@ -109,9 +109,9 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         base, _, suffix = split.rpartition(".")
         if base and suffix in self.domain_names:
             return base, [self.domain_names.index(suffix)]
-        if base and suffix and split.split(".")[0] in ("train", "valid", "test", self.cfg.arch_subset):
+        if base and suffix and split.split(".")[0] in ("train", "valid", "test", self.cfg.heldout_subset):
             raise ValueError(f"subset {split!r}: domain {suffix!r} is not one of --domains {self.domain_names}")
-        if self.cfg.eval_domain and split not in ("train", self.cfg.arch_subset):
+        if self.cfg.eval_domain and split not in ("train", self.cfg.heldout_subset):
             return split, [self.domain_names.index(self.cfg.eval_domain)]
         return split, list(range(len(self.domain_names)))
 
@@ -160,7 +160,7 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         if self.uses_contrastive(criterion) and not getattr(self, "_parallel_checked", False):
             self.require_parallel(self.datasets[self.train_subset_name()], self.train_subset_name())
             if self.architect is not None:
-                self.require_parallel(self.search.heldout.dataset(), self.cfg.arch_subset)
+                self.require_parallel(self.search.heldout.dataset(), self.cfg.heldout_subset)
             self._parallel_checked = True
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 

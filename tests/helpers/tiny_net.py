@@ -1,5 +1,5 @@
 """A tiny two-edge network with per-domain mixed operations and an independent functional copy of it
-(test helpers for the architecture step)."""
+(test helpers for the alpha step)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,16 +28,16 @@ class TinyNet(nn.Module):
         self.w1 = nn.Parameter(0.8 * torch.randn(n_in, hidden, generator=gen))
         self.w2 = nn.Parameter(0.8 * torch.randn(hidden, hidden, generator=gen))
         self.w3 = nn.Parameter(0.8 * torch.randn(hidden, 1, generator=gen))
-        self.arch = ArchitectureParameters(NUM_DOMAINS, NUM_EDGES, K)
+        self.alphas = ArchitectureParameters(NUM_DOMAINS, NUM_EDGES, K)
         with torch.no_grad():
-            self.arch.alpha.copy_(torch.randn(NUM_DOMAINS, NUM_EDGES, K, generator=gen))
+            self.alphas.alpha.copy_(torch.randn(NUM_DOMAINS, NUM_EDGES, K, generator=gen))
 
     def forward(self, x, domains):
-        weights = self.arch.mixing_weights(domains)  # (B, E, K)
+        probs = self.alphas.mixing_probs(domains)  # (B, E, K)
         z = x @ self.w1
-        h = mix(torch.stack([op(z) for op in OPS]), weights[:, 0])
+        h = mix(torch.stack([op(z) for op in OPS]), probs[:, 0])
         z = h @ self.w2
-        h = mix(torch.stack([op(z) for op in OPS]), weights[:, 1])
+        h = mix(torch.stack([op(z) for op in OPS]), probs[:, 1])
         return h @ self.w3
 
 

@@ -18,7 +18,7 @@ def mnist_args():
 
 def search_argv(save_dir, rotations, extra):
     return ["--user-dir", USER_DIR, "--task", "rotated_mnist_nas", "--rotations", rotations,
-            "--train-images-per-domain", "32", "--arch-images-per-domain", "32", "--arch", "mdnas_conv_tiny",
+            "--train-images-per-domain", "32", "--heldout-images-per-domain", "32", "--arch", "mdnas_conv_tiny",
             "--criterion", "multidomain_nas_loss", "--optimizer", "adam", "--lr", "0.01", "--batch-size", "16",
             "--cpu", "--num-workers", "0", "--seed", "1", "--save-dir", save_dir, "--no-alpha-heatmaps",
             "--log-format", "simple"] + mnist_args() + extra

@@ -20,7 +20,7 @@ LANGS = ("en", "de", "fr")
 BATCH = 8
 MAX_TOKENS = 130  # batches by tokens: the languages get different numbers of batches
 CAPTURE = os.path.join(ROOT, "tests", "helpers", "fairseq_capture.py")
-ALPHA = "decoder.lm.arch.alpha"
+ALPHA = "decoder.lm.alphas.alpha"
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def check_layout(runs):
 
 
 # weights and alpha never move and there is no dropout: every batch's loss is the same on any worker
-FROZEN = ("--lr", "0", "--arch-lr", "0", "--dropout", "0", "--disable-validation", "--no-save")
+FROZEN = ("--lr", "0", "--alpha-lr", "0", "--dropout", "0", "--disable-validation", "--no-save")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_logged_training_losses_equal_single_process(data_bin, tmp_path, single_
 def test_search_keeps_workers_identical_and_validation_is_exact(data_bin, tmp_path, world):
     save = str(tmp_path / "ckpt")
     runs = capture(str(tmp_path / "run"), "train", search_args(
-        data_bin, save, "--struct-coef", "0.3", "--contrastive-coef", "0.1", "--arch-lr", "0.05", "--eta-p", "0.5",
+        data_bin, save, "--struct-coef", "0.3", "--contrastive-coef", "0.1", "--alpha-lr", "0.05", "--eta-p", "0.5",
         "--valid-subset", "valid"), world=world)
     check_layout(runs)
     # identical alpha and weights on every worker, and alpha really moved

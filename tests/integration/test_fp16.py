@@ -15,7 +15,7 @@ from tests.helpers.fairseq_runs import BIN, USER_DIR, run, train_args
 from mdnas_fairseq.search import ArchitectureParameters, darts_rnn_space, load_genotype, mix
 
 FP16 = ["--fp16", "--fp16-no-flatten-grads", "--fp16-init-scale", "4"]
-ALPHA = "decoder.lm.arch.alpha"
+ALPHA = "decoder.lm.alphas.alpha"
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +32,16 @@ def test_alpha_stays_fp32_in_a_half_model_and_gets_gradients():
         def __init__(self):
             super().__init__()
             self.lin = torch.nn.Linear(4, 4)
-            self.arch = ArchitectureParameters(1, 1, 3, init_scale=1.0)
+            self.alphas = ArchitectureParameters(1, 1, 3, init_scale=1.0)
 
     net = Net().half()
-    assert net.lin.weight.dtype == torch.float16 and net.arch.alpha.dtype == torch.float32
+    assert net.lin.weight.dtype == torch.float16 and net.alphas.alpha.dtype == torch.float32
     x = torch.randn(5, 4).half()
-    with net.arch.trainable():
+    with net.alphas.trainable():
         h = net.lin(x)
-        weights = net.arch.mixing_weights(0)[0].to(h.dtype)
+        weights = net.alphas.mixing_probs(0)[0].to(h.dtype)
         out = mix(torch.stack([h, torch.tanh(h), torch.relu(h)]), weights)
-        (grad,) = torch.autograd.grad(out.float().sum(), net.arch.alpha)
+        (grad,) = torch.autograd.grad(out.float().sum(), net.alphas.alpha)
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().max() > 0
 
 
@@ -54,7 +54,7 @@ def test_lm_search_retrain_and_eval_in_fp16(data_bin, tmp_path, memory_efficient
     precision = FP16 + (["--memory-efficient-fp16"] if memory_efficient else [])
     search = str(tmp_path / "search")
     proc = run(train_args(data_bin, search, extra=["--max-epoch", "2", "--struct-coef", "0.5", "--contrastive-coef",
-                                                   "0.1", "--eta-p", "0.5", "--arch-lr", "0.05"] + SMALL + precision))
+                                                   "0.1", "--eta-p", "0.5", "--alpha-lr", "0.05"] + SMALL + precision))
     log = proc.stdout + proc.stderr
     assert "overflow" not in log and "loss_scale 4" in log
     alpha = load_ckpt(os.path.join(search, "checkpoint_last.pt"))["model"][ALPHA]
@@ -81,8 +81,8 @@ def test_vision_search_and_retrain_in_fp16(tmp_path):
 
     save = str(tmp_path / "search")
     _train_in_child(_search_argv(save, "0,90", ["--max-epoch", "2", "--contrastive-coef", "0.1", "--struct-coef", "1",
-                                                "--arch-lr", "0.05"] + FP16))
-    alpha = load_ckpt(os.path.join(save, "checkpoint_last.pt"))["model"]["net.arch.alpha"]
+                                                "--alpha-lr", "0.05"] + FP16))
+    alpha = load_ckpt(os.path.join(save, "checkpoint_last.pt"))["model"]["net.alphas.alpha"]
     assert alpha.dtype == torch.float32 and torch.isfinite(alpha).all() and alpha.abs().max() > 0.01
     genotype = os.path.join(save, "genotype.json")
     retrain = str(tmp_path / "retrain")

@@ -14,7 +14,7 @@ import torch
 from tests.helpers.fairseq_runs import BIN, ROOT, USER_DIR, make_tiny_corpus, run, train_args
 from mdnas_fairseq.search import darts_rnn_space, load_genotype
 
-ALPHA = "decoder.lm.arch.alpha"
+ALPHA = "decoder.lm.alphas.alpha"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def search_dir(data_bin, tmp_path_factory):
     """A 2-epoch second-order search with both regularizers (heatmaps on)."""
     save = str(tmp_path_factory.mktemp("search"))
     cmd = train_args(data_bin, save, extra=["--max-epoch", "2", "--struct-coef", "0.5", "--contrastive-coef", "0.1",
-                                            "--arch-order", "2", "--arch-lr", "0.01", "--eta-p", "0.5",
+                                            "--alpha-order", "2", "--alpha-lr", "0.01", "--eta-p", "0.5",
                                             "--tensorboard-logdir", os.path.join(save, "tb"), "--log-interval", "5"])
     cmd.remove("--no-alpha-heatmaps")
     run(cmd)
@@ -58,7 +58,7 @@ def test_search_writes_valid_genotypes(search_dir):
             row[0] = -1  # none is never chosen
             assert g.space.operations[int(row.argmax())] == e.op
         assert torch.allclose(torch.tensor(raw["alpha"][d], dtype=torch.float64), probs[k])
-    assert raw["settings"]["struct_coef"] == 0.5 and raw["settings"]["arch_order"] == 2
+    assert raw["settings"]["struct_coef"] == 0.5 and raw["settings"]["alpha_order"] == 2
 
 
 def test_tensorboard_gets_the_search_scalars(search_dir):
@@ -88,8 +88,8 @@ def test_alpha_trained_by_architect_only(search_dir, data_bin):
     params = list(models[0].parameters())
     in_optimizer = ckpt["last_optimizer_state"]["param_groups"][0]["params"]
     assert len(in_optimizer) == len(params) - 1
-    assert task.architect is not None and task.architect.alphas[0] is models[0].decoder.lm.arch.alpha
-    # the architecture optimizer state is in the task state, with DARTS' Adam settings
+    assert task.architect is not None and task.architect.alphas[0] is models[0].decoder.lm.alphas.alpha
+    # the alpha optimizer state is in the task state, with DARTS' Adam settings
     arch_state = ckpt["task_state"]["architect"]["optimizer"]
     assert arch_state["param_groups"][0]["betas"] == (0.5, 0.999)
     assert arch_state["param_groups"][0]["weight_decay"] == 1e-3
@@ -97,12 +97,12 @@ def test_alpha_trained_by_architect_only(search_dir, data_bin):
 
 
 def test_resume_continues_the_search_exactly(data_bin, tmp_path):
-    common = ["--struct-coef", "0.3", "--arch-lr", "0.02", "--eta-p", "0.5", "--contrastive-coef", "0.1"]
+    common = ["--struct-coef", "0.3", "--alpha-lr", "0.02", "--eta-p", "0.5", "--contrastive-coef", "0.1"]
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
     run(train_args(data_bin, full, extra=common + ["--max-epoch", "2"]))
     run(train_args(data_bin, split, extra=common + ["--max-update", "7"]))  # stops mid-epoch
     proc = run(train_args(data_bin, split, extra=common + ["--max-epoch", "2"]))
-    assert "restoring architecture optimizer" in proc.stdout + proc.stderr
+    assert "restoring alpha optimizer" in proc.stdout + proc.stderr
     a, b = load_ckpt(os.path.join(full, "checkpoint_last.pt")), load_ckpt(os.path.join(split, "checkpoint_last.pt"))
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"]
     assert torch.equal(a["model"][ALPHA], b["model"][ALPHA])
@@ -194,9 +194,9 @@ def test_missing_architecture_split_is_named(data_bin, tmp_path):
     broken = str(tmp_path / "bin")
     shutil.copytree(data_bin, broken)
     for ext in ("bin", "idx"):
-        os.remove(os.path.join(broken, f"arch.de.{ext}"))
+        os.remove(os.path.join(broken, f"heldout.de.{ext}"))
     out = _fails(train_args(broken, str(tmp_path / "x"), extra=["--max-epoch", "1"]))
-    assert "domain 'de'" in out and "arch.de" in out
+    assert "domain 'de'" in out and "heldout.de" in out
 
 
 def test_genotype_for_other_domains_is_rejected(search_dir, data_bin, tmp_path):

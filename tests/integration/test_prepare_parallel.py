@@ -19,7 +19,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(ROOT, "scripts")
 EMBEDDED = os.path.join(ROOT, "examples", "data", "en_de_small.tsv")
-SPLITS = ("train", "arch", "valid", "test")
+SPLITS = ("train", "heldout", "valid", "test")
 
 
 def _load(name):
@@ -94,8 +94,8 @@ def test_layout_and_metadata(corpus):
     assert js["format"] == "mdnas-data" and js["version"] == 1 and js["parallel"] is True
     assert js["langs"] == ["en", "de"] and js["seed"] == 3 and js["source_tsv"] == "in.tsv"
     assert os.path.samefile(os.path.join(out, "data-bin", js["spm_model"]), os.path.join(out, "spm.model"))
-    # 300 usable rows: test 5% = 15, valid 5% = 15, arch 10% = 30, the rest train
-    assert js["splits"] == {"train": 240, "arch": 30, "valid": 15, "test": 15}
+    # 300 usable rows: test 5% = 15, valid 5% = 15, heldout 10% = 30, the rest train
+    assert js["splits"] == {"train": 240, "heldout": 30, "valid": 15, "test": 15}
     for s in SPLITS:
         for lang in ("en", "de"):
             assert len(read_lines(os.path.join(out, "raw", f"{s}.{lang}"))) == js["splits"][s]
@@ -200,7 +200,7 @@ def read_lines_pairs(out, split):
 def test_sentencepiece_sees_train_split_only(tmp_path):
     # Each row carries a character of its own (CJK ideographs); with character coverage 1.0
     # sentencepiece keeps every character of its training text, so the vocabulary must hold
-    # exactly the characters of the train rows and none of the arch/valid/test rows.
+    # exactly the characters of the train rows and none of the heldout/valid/test rows.
     rows = embedded_rows(200)
     marked = [(f"{en} {chr(0x4E00 + i)}", de) for i, (en, de) in enumerate(rows)]
     tsv = write_tsv(tmp_path / "m.tsv", ["en", "de"], marked)
@@ -212,7 +212,7 @@ def test_sentencepiece_sees_train_split_only(tmp_path):
     by_split = {s: {line[-1] for line in read_lines(out / "raw" / f"{s}.en")} for s in SPLITS}
     assert len(by_split["train"]) == 160
     assert vocab_chars == by_split["train"]
-    for s in ("arch", "valid", "test"):
+    for s in ("heldout", "valid", "test"):
         assert not vocab_chars & by_split[s]
 
 
@@ -221,13 +221,13 @@ def test_split_column(tmp_path):
     labels = ["valid" if i % 10 == 3 else "test" if i % 10 == 7 else "train" for i in range(len(rows))]
     tsv = write_tsv(tmp_path / "s.tsv", ["en", "de", "split"], [(e, d, l) for (e, d), l in zip(rows, labels)])
     meta = pp.prepare(tsv, "en,de", str(tmp_path / "s"), vocab_size=500, split_column="split",
-                      arch_rows=20, workers=1, quiet=True)
-    assert meta["splits"] == {"train": 172, "arch": 20, "valid": 24, "test": 24}
+                      heldout_rows=20, workers=1, quiet=True)
+    assert meta["splits"] == {"train": 172, "heldout": 20, "valid": 24, "test": 24}
     for s in ("valid", "test"):  # exactly the labelled rows, in file order
         want = [list(r) for r, l in zip(rows, labels) if l == s]
         assert read_lines_pairs(tmp_path / "s", s) == want
     train_rows = {r for r, l in zip(rows, labels) if l == "train"}
-    got = [tuple(p) for s in ("train", "arch") for p in read_lines_pairs(tmp_path / "s", s)]
+    got = [tuple(p) for s in ("train", "heldout") for p in read_lines_pairs(tmp_path / "s", s)]
     assert sorted(got) == sorted(train_rows)
 
     bad = write_tsv(tmp_path / "b.tsv", ["en", "de", "split"], [(e, d, "train") for e, d in rows[:5]] + [("a", "b", "dev")])
@@ -240,22 +240,22 @@ def test_duplicate_rows_are_dropped_before_splitting(tmp_path):
     rows = embedded_rows(100)
     tsv = write_tsv(tmp_path / "dup.tsv", ["en", "de"], rows * 4)
     meta = pp.prepare(tsv, "en,de", str(tmp_path / "dup"), vocab_size=300, test_rows=10, valid_rows=10,
-                      arch_rows=10, workers=1, quiet=True)
+                      heldout_rows=10, workers=1, quiet=True)
     assert meta["rows_dropped_duplicate"] == 300
     assert sum(meta["splits"].values()) == 100
     pairs = {s: {tuple(p) for p in read_lines_pairs(tmp_path / "dup", s)} for s in SPLITS}
     assert sum(len(v) for v in pairs.values()) == 100  # every pair once
-    for held in ("arch", "valid", "test"):
+    for held in ("heldout", "valid", "test"):
         assert not pairs[held] & pairs["train"]
     assert meta["held_out_sentences_also_in_train"] == {"en": 0, "de": 0}
     # with split labels the held-out copy of a duplicate wins over its train copy
     labelled = [(e, d, "train") for e, d in rows[:40]] + [(e, d, "test") for e, d in rows[:5]] + \
         [(e, d, "valid") for e, d in rows[40:45]]
     tsv = write_tsv(tmp_path / "lab.tsv", ["en", "de", "split"], labelled)
-    meta = pp.prepare(tsv, "en,de", str(tmp_path / "lab"), vocab_size=200, split_column="split", arch_rows=5,
+    meta = pp.prepare(tsv, "en,de", str(tmp_path / "lab"), vocab_size=200, split_column="split", heldout_rows=5,
                       workers=1, quiet=True)
     assert meta["rows_dropped_duplicate"] == 5
-    assert meta["splits"] == {"train": 30, "arch": 5, "valid": 5, "test": 5}
+    assert meta["splits"] == {"train": 30, "heldout": 5, "valid": 5, "test": 5}
     assert read_lines_pairs(tmp_path / "lab", "test") == [list(r) for r in rows[:5]]
 
 

@@ -1,4 +1,4 @@
-"""The bilevel step inside fairseq: one architecture step per update, the robust p's input, no host
+"""The bilevel step inside fairseq: one alpha step per update, the robust p's input, no host
 reads in the hot path, the files written at the end, and refused options."""
 import copy
 import json
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tests.helpers.fairseq_runs import ROOT, build_in_process, first_batches, run, train_args
 
 PACKAGE = os.path.join(ROOT, "mdnas_fairseq")
-ALPHA = "decoder.lm.arch.alpha"
+ALPHA = "decoder.lm.alphas.alpha"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def load_ckpt(path):
 
 
 def test_one_architecture_step_per_update(data_bin, tmp_path):
-    run(train_args(data_bin, str(tmp_path), extra=["--update-freq", "3", "--max-update", "4", "--arch-lr", "0.01"]))
+    run(train_args(data_bin, str(tmp_path), extra=["--update-freq", "3", "--max-update", "4", "--alpha-lr", "0.01"]))
     ckpt = load_ckpt(tmp_path / "checkpoint_last.pt")
     assert ckpt["optimizer_history"][-1]["num_updates"] == 4
     adam = ckpt["task_state"]["architect"]["optimizer"]["state"][0]
@@ -33,7 +33,7 @@ def test_one_architecture_step_per_update(data_bin, tmp_path):
 
 
 def test_one_step_on_the_first_sub_batch_in_process(data_bin, tmp_path):
-    task, model, criterion, optimizer = build_in_process(data_bin, str(tmp_path), extra=["--arch-lr", "0.05"])
+    task, model, criterion, optimizer = build_in_process(data_bin, str(tmp_path), extra=["--alpha-lr", "0.05"])
     batches = first_batches(task, 4)
     alpha = task.architect.alphas[0]
     history = [alpha.detach().clone()]
@@ -61,7 +61,7 @@ def test_robust_p_follows_the_held_out_cross_entropy(data_bin, tmp_path):
 
     task.search.heldout.next = recording_next
     sample = first_batches(task, 1)[0]
-    reference = copy.deepcopy(model)  # the weights and alpha the architecture step starts from
+    reference = copy.deepcopy(model)  # the weights and alpha the alpha step starts from
     task.train_step(sample, model, criterion, optimizer, update_num=0)
     (domain, batch), = drawn
     assert domain == sample["domain"]
@@ -81,7 +81,7 @@ def test_hot_path_reads_nothing_back_from_tensors(data_bin, tmp_path, monkeypatc
     """No .item()/.tolist()/bool()/float()/int() of a tensor from the package's code in a train or
     valid step (on a GPU each is a host synchronisation)."""
     task, model, criterion, optimizer = build_in_process(
-        data_bin, str(tmp_path), extra=["--arch-order", "2", "--eta-p", "0.5", "--struct-coef", "0.1",
+        data_bin, str(tmp_path), extra=["--alpha-order", "2", "--eta-p", "0.5", "--struct-coef", "0.1",
                                         "--contrastive-coef", "0.1"])
     batches = first_batches(task, 3)
     task.train_step(batches[0], model, criterion, optimizer, update_num=0)  # warm-up: lazy set-up reads are fine
@@ -104,7 +104,7 @@ def test_hot_path_reads_nothing_back_from_tensors(data_bin, tmp_path, monkeypatc
 
 
 def test_genotype_of_the_last_epoch_without_validation(data_bin, tmp_path):
-    run(train_args(data_bin, str(tmp_path / "a"), extra=["--max-epoch", "2", "--disable-validation", "--arch-lr",
+    run(train_args(data_bin, str(tmp_path / "a"), extra=["--max-epoch", "2", "--disable-validation", "--alpha-lr",
                                                           "0.05"]))
     last = json.load(open(tmp_path / "a" / "genotypes" / "genotype_epoch2.json"))
     alpha = load_ckpt(tmp_path / "a" / "checkpoint_last.pt")["model"][ALPHA]
@@ -112,7 +112,7 @@ def test_genotype_of_the_last_epoch_without_validation(data_bin, tmp_path):
     assert torch.allclose(torch.tensor(last["alpha"]["en"], dtype=torch.float64), probs[0])
     assert json.load(open(tmp_path / "a" / "genotype.json"))["epoch"] == 2
     # stopped by --max-update in the middle of an epoch, no validation: the final alpha is written
-    run(train_args(data_bin, str(tmp_path / "b"), extra=["--max-update", "5", "--disable-validation", "--arch-lr",
+    run(train_args(data_bin, str(tmp_path / "b"), extra=["--max-update", "5", "--disable-validation", "--alpha-lr",
                                                           "0.05"]))
     final = json.load(open(tmp_path / "b" / "genotype.json"))
     alpha = load_ckpt(tmp_path / "b" / "checkpoint_last.pt")["model"][ALPHA]
@@ -121,13 +121,13 @@ def test_genotype_of_the_last_epoch_without_validation(data_bin, tmp_path):
 
 @pytest.mark.parametrize("subset", ["valid", "test", "valid.en"])
 def test_evaluation_split_is_refused_for_the_architecture_step(data_bin, tmp_path, subset):
-    proc = run(train_args(data_bin, str(tmp_path), extra=["--max-epoch", "1", "--arch-subset", subset]), check=False)
+    proc = run(train_args(data_bin, str(tmp_path), extra=["--max-epoch", "1", "--heldout-subset", subset]), check=False)
     assert proc.returncode != 0
-    assert f"--arch-subset {subset!r} is an evaluation split" in proc.stdout + proc.stderr
+    assert f"--heldout-subset {subset!r} is an evaluation split" in proc.stdout + proc.stderr
 
 
 def test_second_order_with_fp16_is_refused(data_bin, tmp_path):
-    proc = run(train_args(data_bin, str(tmp_path), extra=["--max-epoch", "1", "--arch-order", "2", "--fp16",
+    proc = run(train_args(data_bin, str(tmp_path), extra=["--max-epoch", "1", "--alpha-order", "2", "--fp16",
                                                           "--fp16-no-flatten-grads"]), check=False)
     assert proc.returncode != 0
-    assert "--arch-order 2 cannot run with --fp16" in proc.stdout + proc.stderr
+    assert "--alpha-order 2 cannot run with --fp16" in proc.stdout + proc.stderr

@@ -1,5 +1,5 @@
 """The rotated_mnist_nas task through fairseq: bad command lines, search -> derive -> retrain -> test,
-and what the structural term adds to the architecture gradient."""
+and what the structural term adds to the alpha gradient."""
 import json
 import os
 import subprocess
@@ -100,8 +100,8 @@ def test_struct_coefficient_reaches_the_architecture_gradient(tmp_path):
         alpha.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))  # domains that disagree
     batch = task.search.heldout.next(2)
     with alphas_trainable(model):
-        (with_struct,) = torch.autograd.grad(criterion.architecture_loss(model, batch)[0], alpha)
-        (plain,) = torch.autograd.grad(without.architecture_loss(model, batch)[0], alpha)
+        (with_struct,) = torch.autograd.grad(criterion.alpha_objective(model, batch)[0], alpha)
+        (plain,) = torch.autograd.grad(without.alpha_objective(model, batch)[0], alpha)
     reference = alpha.detach().clone().requires_grad_(True)
     (js_grad,) = torch.autograd.grad(_js_by_hand(reference), reference)
     js_grad = js_grad.double()

@@ -82,7 +82,7 @@ def test_mixed_domain_batches_match_per_domain_forward():
     dom = torch.tensor([0, 1, 0, 1, 1, 0])
     search = DartsConvClassifier(["rot0", "rot90"], channels=4, num_nodes=2, stem_stride=2, stem_pool=2)
     with torch.no_grad():
-        search.arch.alpha.normal_()
+        search.alphas.alpha.normal_()
     derived = DartsConvClassifier(["rot0", "rot90"], channels=4, genotype=_two_domain_genotype(), stem_stride=2,
                                   stem_pool=2)
     for model in (search, derived):
@@ -102,12 +102,12 @@ def test_mixed_domain_batches_match_per_domain_forward():
 
 def test_search_alpha_is_not_a_weight_and_gets_gradients_only_when_trainable():
     model = DartsConvClassifier(["rot0", "rot90"], channels=4, num_nodes=2, stem_stride=2, stem_pool=2)
-    assert not model.arch.alpha.requires_grad
+    assert not model.alphas.alpha.requires_grad
     x = torch.randn(3, 1, 28, 28)
-    with model.arch.trainable():
+    with model.alphas.trainable():
         logits, _ = model(x, torch.zeros(3, dtype=torch.long))
         logits.sum().backward()
-    assert model.arch.alpha.grad is not None
-    assert model.arch.alpha.grad[0].abs().sum() > 0 and model.arch.alpha.grad[1].abs().sum() == 0
+    assert model.alphas.alpha.grad is not None
+    assert model.alphas.alpha.grad[0].abs().sum() > 0 and model.alphas.alpha.grad[1].abs().sum() == 0
 
 

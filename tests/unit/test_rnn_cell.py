@@ -36,10 +36,10 @@ def test_search_cell_equals_explicit_loop_with_per_sample_weights():
     cell = DartsRNNCell(H, H, space).double().eval()
     x = torch.randn(T, B, H, dtype=torch.float64)
     weights = torch.softmax(torch.randn(B, space.num_edges, space.num_ops, dtype=torch.float64), -1)
-    assert torch.allclose(cell(x, mixing_weights=weights), reference_search_states(cell, x, weights), atol=1e-10)
+    assert torch.allclose(cell(x, mixing_probs=weights), reference_search_states(cell, x, weights), atol=1e-10)
     # one weight matrix for the whole batch = the same weights for every sample
     w = weights[0]
-    assert torch.allclose(cell(x, mixing_weights=w), reference_search_states(cell, x, w.expand(B, -1, -1)), atol=1e-10)
+    assert torch.allclose(cell(x, mixing_probs=w), reference_search_states(cell, x, w.expand(B, -1, -1)), atol=1e-10)
 
 
 def test_derived_cell_equals_search_cell_with_one_hot_weights():
@@ -57,7 +57,7 @@ def test_derived_cell_equals_search_cell_with_one_hot_weights():
         one_hot = torch.zeros(space.num_edges, space.num_ops, dtype=torch.float64)
         for e in genotype.cells[d]:
             one_hot[space.edge_index(e.input, e.node), space.op_index(e.op)] = 1.0
-        expected = search(x, mixing_weights=one_hot)
+        expected = search(x, mixing_probs=one_hot)
         assert torch.allclose(derived(x, cells=[d] * B), expected, atol=1e-10)
 
 

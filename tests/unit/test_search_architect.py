@@ -44,7 +44,7 @@ def make_architect(model, **kw):
 
 def exact_hypergradient(model, xi, weight_decay=0.0, momentum=0.0, buffers=None):
     """d/d alpha L_val(w', alpha), w' = w - xi (grad_w L_train + wd w + momentum buf), by autograd."""
-    alpha = model.arch.alpha.detach().clone().requires_grad_(True)
+    alpha = model.alphas.alpha.detach().clone().requires_grad_(True)
     ws = [model.w1, model.w2, model.w3]
     ws = [w.detach().clone().requires_grad_(True) for w in ws]
     grads = torch.autograd.grad(ref_loss(ws, alpha, TRAIN), ws, create_graph=True)
@@ -67,7 +67,7 @@ def rel_err(a, b):
 def test_reference_network_equals_model():
     model = make_model()
     x, d, _ = VAL
-    ref = reference_forward([model.w1, model.w2, model.w3], model.arch.alpha, x, d)
+    ref = reference_forward([model.w1, model.w2, model.w3], model.alphas.alpha, x, d)
     torch.testing.assert_close(model(x, d), ref, rtol=1e-12, atol=1e-14)
 
 
@@ -122,7 +122,7 @@ def test_virtual_step_really_moves_the_weights():
     # hand-computed virtual weights w' = w - xi * grad_w L_train(w, alpha)
     ws = [model.w1.detach().clone().requires_grad_(True), model.w2.detach().clone().requires_grad_(True),
           model.w3.detach().clone().requires_grad_(True)]
-    alpha = model.arch.alpha.detach()
+    alpha = model.alphas.alpha.detach()
     grads = torch.autograd.grad(ref_loss(ws, alpha, TRAIN), ws)
     w_virtual = [w.detach() - xi * g for w, g in zip(ws, grads)]
     val_at_w = float(ref_loss([w.detach() for w in ws], alpha, VAL))
@@ -144,7 +144,7 @@ def test_first_order_gradient_equals_grad_of_val_loss():
         return closures(model)[0]()
 
     out = architect.alpha_gradients(train_loss, closures(model)[1], virtual_step=SGDVirtualStep(lr=0.5))
-    alpha = model.arch.alpha.detach().clone().requires_grad_(True)
+    alpha = model.alphas.alpha.detach().clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(ref_loss([model.w1, model.w2, model.w3], alpha, VAL), alpha)
     torch.testing.assert_close(out["grads"][0], expected, rtol=1e-10, atol=1e-14)
     assert float(out["val_loss"]) == pytest.approx(float(ref_loss([model.w1, model.w2, model.w3], alpha, VAL).detach()))
@@ -165,20 +165,20 @@ def test_step_restores_weights_bitwise_changes_alpha_and_is_adam():
     result = architect.step(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
     assert set(result) == {"arch_loss"} and torch.is_tensor(result["arch_loss"]) and result["arch_loss"].dim() == 0
     for name, p in model.named_parameters():
-        if name == "arch.alpha":
+        if name == "alphas.alpha":
             assert not torch.equal(p, before[name])
         else:
             assert torch.equal(p, before[name]), name  # bitwise identical
             assert p.grad is None  # the trainer's gradient accumulators are untouched
-    assert not model.arch.alpha.requires_grad
-    assert model.arch.alpha.grad is None
+    assert not model.alphas.alpha.requires_grad
+    assert model.alphas.alpha.grad is None
 
     # The first Adam step by hand: g' = g + wd * alpha, m_hat = g', v_hat = g'^2,
     # alpha <- alpha - lr * m_hat / (sqrt(v_hat) + 1e-8) = alpha - lr * g' / (|g'| + 1e-8).
     lr, wd = 3e-4, 1e-3
-    g = grad + wd * before["arch.alpha"]
-    expected = before["arch.alpha"] - lr * g / (g.abs() + 1e-8)
-    torch.testing.assert_close(model.arch.alpha.detach(), expected, rtol=1e-10, atol=1e-13)
+    g = grad + wd * before["alphas.alpha"]
+    expected = before["alphas.alpha"] - lr * g / (g.abs() + 1e-8)
+    torch.testing.assert_close(model.alphas.alpha.detach(), expected, rtol=1e-10, atol=1e-13)
 
 
 def test_default_optimizer_is_adam_with_darts_settings():
@@ -190,7 +190,7 @@ def test_default_optimizer_is_adam_with_darts_settings():
     assert tuple(group["betas"]) == (0.5, 0.999)
     assert group["weight_decay"] == pytest.approx(1e-3)
     assert group["lr"] == pytest.approx(3e-4)
-    assert [id(p) for p in group["params"]] == [id(model.arch.alpha)]
+    assert [id(p) for p in group["params"]] == [id(model.alphas.alpha)]
     assert architect.order == 1
 
 
@@ -214,18 +214,18 @@ def test_state_dict_round_trip_gives_identical_steps():
     arch_b = make_architect(model_b, order=2, lr=0.05)
     arch_b.load_state_dict(saved["architect"])
     run_steps(model_b, arch_b, 3)
-    assert torch.equal(model_a.arch.alpha, model_b.arch.alpha)
+    assert torch.equal(model_a.alphas.alpha, model_b.alphas.alpha)
 
     # without the optimizer state (fresh Adam moments) the steps differ: the check can fail
     model_c = make_model(seed=5)
     model_c.load_state_dict(saved["model"])
     arch_c = make_architect(model_c, order=2, lr=0.05)
     run_steps(model_c, arch_c, 3)
-    assert not torch.allclose(model_a.arch.alpha, model_c.arch.alpha, rtol=0, atol=1e-6)
+    assert not torch.allclose(model_a.alphas.alpha, model_c.alphas.alpha, rtol=0, atol=1e-6)
 
 
 def test_step_leaves_accumulated_weight_gradients_alone():
-    # fairseq may hold accumulated weight gradients while the architecture step runs.
+    # fairseq may hold accumulated weight gradients while the alpha step runs.
     model = make_model()
     architect = make_architect(model, order=2)
     gen = torch.Generator().manual_seed(4)
@@ -250,7 +250,7 @@ def test_weights_restored_when_a_loss_raises():
         architect.step(train_loss, failing_val_loss, virtual_step=SGDVirtualStep(lr=0.5))
     for p, b in zip(weight_parameters(model), before):
         assert torch.equal(p, b)
-    assert not model.arch.alpha.requires_grad
+    assert not model.alphas.alpha.requires_grad
 
 
 def test_apply_gradients_uses_the_given_gradients():
@@ -260,12 +260,12 @@ def test_apply_gradients_uses_the_given_gradients():
     train_loss, val_loss = closures(model)
     grads = architect.alpha_gradients(train_loss, val_loss)["grads"]
     assert float(grads[0].abs().max()) > 0
-    before = model.arch.alpha.detach().clone()
+    before = model.alphas.alpha.detach().clone()
     architect.apply_gradients([torch.zeros_like(g) for g in grads])  # e.g. a reduction that gave 0
     # zero gradient, no decay: Adam leaves alpha where it was
-    assert torch.equal(model.arch.alpha, before)
+    assert torch.equal(model.alphas.alpha, before)
     architect.apply_gradients(grads)
-    assert not torch.equal(model.arch.alpha, before)
+    assert not torch.equal(model.alphas.alpha, before)
 
 
 def test_second_order_needs_the_weight_optimizer_rule():
@@ -279,13 +279,13 @@ def test_second_order_needs_the_weight_optimizer_rule():
 def test_alpha_is_hidden_from_weight_optimizers():
     model = make_model()
     trainable = list(filter(lambda p: p.requires_grad, model.parameters()))
-    assert all(p is not model.arch.alpha for p in trainable)
+    assert all(p is not model.alphas.alpha for p in trainable)
     assert len(trainable) == 3
     assert [id(p) for p in weight_parameters(model)] == [id(model.w1), id(model.w2), id(model.w3)]
-    assert [id(p) for p in architecture_parameters(model)] == [id(model.arch.alpha)]
+    assert [id(p) for p in architecture_parameters(model)] == [id(model.alphas.alpha)]
     # alpha is still a registered parameter: saved with the model
-    assert "arch.alpha" in model.state_dict()
-    assert not model.arch.alpha.requires_grad
+    assert "alphas.alpha" in model.state_dict()
+    assert not model.alphas.alpha.requires_grad
 
 
 def test_constructor_rejects_bad_arguments():

@@ -3,7 +3,7 @@
 References, independent of ``mdnas_fairseq.search.virtual_step``:
 * the virtual weights equal what the REAL fairseq optimizer's ``step()`` makes of the same gradient,
   from the same state (a deep copy of model and optimizer takes the step);
-* the architecture gradient equals torch autograd through the unrolled step, written here as a
+* the alpha gradient equals torch autograd through the unrolled step, written here as a
   differentiable function of alpha (double backward through the training gradient) and itself
   checked against the real optimizer's step.
 """
@@ -96,7 +96,7 @@ def warmed_up(kind, seed=0, steps=3):
 
 def hypergradient(kind, model, weights, opt):
     """d/d alpha L_val(w'(alpha), alpha) by autograd through the unrolled step."""
-    alpha = model.arch.alpha.detach().clone().requires_grad_(True)
+    alpha = model.alphas.alpha.detach().clone().requires_grad_(True)
     grads = torch.autograd.grad(ref_loss(weights, alpha, TRAIN), weights, create_graph=True)
     w_virtual = unrolled(kind, opt, weights, grads)
     (exact,) = torch.autograd.grad(ref_loss(w_virtual, alpha, VAL), alpha)
@@ -109,7 +109,7 @@ def real_step(model, opt, kind):
     ws = [model2.w1, model2.w2, model2.w3]
     opt2 = make_optimizer(kind, ws)
     opt2.optimizer.load_state_dict(copy.deepcopy(opt.optimizer.state_dict()))
-    grads = torch.autograd.grad(ref_loss(ws, model2.arch.alpha.detach(), TRAIN), ws)
+    grads = torch.autograd.grad(ref_loss(ws, model2.alphas.alpha.detach(), TRAIN), ws)
     for w, g in zip(ws, grads):
         w.grad = g.clone()
     opt2.step()
@@ -132,7 +132,7 @@ def test_virtual_step_is_the_real_optimizer_step(kind):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * 1e-2)
     # and so is the virtual step the glue reads from the optimizer
     virtual = virtual_step_for(opt, weights)
-    grads = torch.autograd.grad(ref_loss(weights, model.arch.alpha.detach(), TRAIN), weights)
+    grads = torch.autograd.grad(ref_loss(weights, model.alphas.alpha.detach(), TRAIN), weights)
     copies = [w.detach().clone() for w in weights]
     virtual.apply(copies, grads)
     for a, b in zip(copies, want):
@@ -163,7 +163,7 @@ def test_adam_virtual_step_at_the_first_update():
     weights = [model.w1, model.w2, model.w3]
     opt = make_optimizer("adam", weights)
     virtual = virtual_step_for(opt, weights)
-    grads = torch.autograd.grad(ref_loss(weights, model.arch.alpha.detach(), TRAIN), weights)
+    grads = torch.autograd.grad(ref_loss(weights, model.alphas.alpha.detach(), TRAIN), weights)
     copies = [w.detach().clone() for w in weights]
     virtual.apply(copies, grads)
     for a, b in zip(copies, real_step(model, opt, "adam")):

@@ -309,7 +309,7 @@ SUM_OF_DOMAINS = 41234 + 42345
 METRICS = {"loss": 4.8125, "ppl_en": 123.456, "js": 0.0421}
 SETTINGS = {
     "arch": "mdnas_rnn_tiny", "domains": ["en", "de"], "struct_coef": 0.25, "contrastive_coef": 0.5,
-    "arch_order": "second", "lr": 20.0, "seed": 7,
+    "alpha_order": "second", "lr": 20.0, "seed": 7,
 }
 
 

@@ -11,21 +11,21 @@ EVALUATION_SPLITS = ("valid", "test")
 @dataclass
 class BilevelSearchConfig(FairseqDataclass):
     domains: str = field(default="", metadata={"help": "comma-separated domain names, e.g. en,de"})
-    arch_subset: str = field(
-        default="arch",
-        metadata={"help": "held-out part of the training data used by the architecture step (never valid/test)"},
+    heldout_subset: str = field(
+        default="heldout",
+        metadata={"help": "held-out part of the training data used by the alpha step (never valid/test)"},
     )
-    arch_order: int = field(
+    alpha_order: int = field(
         default=1,
-        metadata={"help": "architecture step: 1 first order, 2 DARTS second order (its virtual step is one step "
+        metadata={"help": "alpha step: 1 first order, 2 DARTS second order (its virtual step is one step "
                           "of the weight optimizer's own rule: sgd, nag or adam, without gradient clipping)"},
     )
-    arch_lr: float = field(default=3e-3, metadata={"help": "learning rate of the architecture optimizer (Adam)"})
-    arch_betas: List[float] = field(
-        default_factory=lambda: [0.5, 0.999], metadata={"help": "Adam betas of the architecture optimizer, e.g. 0.5,0.999"}
+    alpha_lr: float = field(default=3e-3, metadata={"help": "learning rate of the alpha optimizer (Adam)"})
+    alpha_betas: List[float] = field(
+        default_factory=lambda: [0.5, 0.999], metadata={"help": "Adam betas of the alpha optimizer, e.g. 0.5,0.999"}
     )
-    arch_weight_decay: float = field(default=1e-3, metadata={"help": "weight decay of the architecture optimizer"})
-    arch_start_update: int = field(default=0, metadata={"help": "first update that takes an architecture step"})
+    alpha_weight_decay: float = field(default=1e-3, metadata={"help": "weight decay of the alpha optimizer"})
+    alpha_start_update: int = field(default=0, metadata={"help": "first update that takes an alpha step"})
     domain_probs: Optional[List[float]] = field(
         default=None, metadata={"help": "fixed domain probabilities p, e.g. 0.7,0.3 (default: uniform)"}
     )
@@ -56,22 +56,22 @@ def parse_domains(spec: str) -> List[str]:
 
 def validate(cfg, num_domains: int) -> None:
     """Reject inconsistent search options with a message naming the flag."""
-    if cfg.arch_order not in (1, 2):
-        raise ValueError(f"--arch-order must be 1 or 2, got {cfg.arch_order}")
-    betas = list(cfg.arch_betas)
+    if cfg.alpha_order not in (1, 2):
+        raise ValueError(f"--alpha-order must be 1 or 2, got {cfg.alpha_order}")
+    betas = list(cfg.alpha_betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"--arch-betas must be two numbers in [0, 1), e.g. 0.5,0.999; got {betas}")
+        raise ValueError(f"--alpha-betas must be two numbers in [0, 1), e.g. 0.5,0.999; got {betas}")
     if cfg.domain_probs is not None and len(cfg.domain_probs) not in (0, num_domains):
         raise ValueError(f"--domain-probs gives {len(cfg.domain_probs)} values for {num_domains} domains")
     evaluation = set(EVALUATION_SPLITS) | {s.strip() for s in str(cfg.valid_subset or "").split(",") if s.strip()}
-    if cfg.arch_subset.split(".")[0] in evaluation:
+    if cfg.heldout_subset.split(".")[0] in evaluation:
         raise ValueError(
-            f"--arch-subset {cfg.arch_subset!r} is an evaluation split ({', '.join(sorted(evaluation))}): the "
-            "architecture step must use a held-out part of the training data (default: arch)"
+            f"--heldout-subset {cfg.heldout_subset!r} is an evaluation split ({', '.join(sorted(evaluation))}): the "
+            "alpha step must use a held-out part of the training data (default: heldout)"
         )
-    if cfg.arch_order == 2 and (cfg.fp16 or cfg.memory_efficient_fp16):
+    if cfg.alpha_order == 2 and (cfg.fp16 or cfg.memory_efficient_fp16):
         raise ValueError(
-            "--arch-order 2 cannot run with --fp16: the finite-difference Hessian-vector product moves the "
-            "weights by 0.01 / ||u||, which half precision rounds away; use --arch-order 1 with --fp16, "
+            "--alpha-order 2 cannot run with --fp16: the finite-difference Hessian-vector product moves the "
+            "weights by 0.01 / ||u||, which half precision rounds away; use --alpha-order 1 with --fp16, "
             "or second order in fp32"
         )

@@ -1,4 +1,4 @@
-"""Batches of the held-out split that the architecture step uses (``--arch-subset``, e.g. ``arch.en``).
+"""Batches of the held-out split that the alpha step uses (``--heldout-subset``, e.g. ``heldout.en``).
 
 One fairseq epoch iterator per domain, sharded over the data-parallel workers. An exhausted
 iterator starts its next epoch (reshuffled). Creating an iterator draws a seed from torch's
@@ -23,7 +23,7 @@ class HeldoutBatches:
         self.saved: Dict[int, dict] = {}  # iterator states read from a checkpoint, used on creation
 
     def dataset(self) -> MultiDomainDataset:
-        name = self.host.cfg.arch_subset
+        name = self.host.cfg.heldout_subset
         if name not in self.host.datasets:
             self.host.load_dataset(name)
         return self.host.datasets[name]
@@ -57,7 +57,7 @@ class HeldoutBatches:
                     if batch:  # fairseq pads the shards of data-parallel workers with empty batches
                         return batch
             name = self.host.domain_names[domain]
-            raise ValueError(f"domain {name!r}: subset {self.host.cfg.arch_subset}.{name} gives worker "
+            raise ValueError(f"domain {name!r}: subset {self.host.cfg.heldout_subset}.{name} gives worker "
                              f"{distributed.rank()} no batch (too few sentences for {distributed.world_size()} workers)")
 
     def state_dict(self) -> Dict[int, dict]:

@@ -19,7 +19,7 @@ class SearchHost(Protocol):
         """The split the weight step trains on (``train``)."""
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> MultiDomainDataset:
-        """Load ``split`` (``train``, the held-out ``--arch-subset``, ``valid``, ``test``, ``test.<domain>``)."""
+        """Load ``split`` (``train``, the held-out ``--heldout-subset``, ``valid``, ``test``, ``test.<domain>``)."""
 
     def triplet_labels(self, sample: dict) -> torch.Tensor:
         """Labels for the triplet loss: equal labels across two domains' batches are positives."""

@@ -21,7 +21,7 @@ from .heldout import HeldoutBatches
 
 
 class SearchState:
-    """What a search keeps besides the model: the architecture optimizer, p, held-out iterators."""
+    """What a search keeps besides the model: the alpha optimizer, p, held-out iterators."""
 
     def __init__(self, host, num_domains: int):
         cfg = host.cfg
@@ -32,7 +32,7 @@ class SearchState:
         self.epoch_probs_host: List[float] = self.domain_sampler.probs.tolist()  # p of the current epoch
         self.heldout = HeldoutBatches(host)
         self.last_alpha_update: Optional[int] = None
-        self.alpha_scale_factor = 1.0  # fp16: halved after an overflowed architecture gradient
+        self.alpha_scale_factor = 1.0  # fp16: halved after an overflowed alpha gradient
         self.pending_architect: Optional[dict] = None  # state read before the model was built
         self.trained_epoch: Optional[int] = None  # the epoch this process is training
         self.model = None  # the trainer's model, for the files written at the end of an epoch
@@ -62,8 +62,8 @@ class BilevelSearchMixin:
         alphas = architecture_parameters(core)
         if alphas:
             self.search.architect = BilevelArchitect(
-                weight_parameters(core), alphas, order=self.cfg.arch_order, lr=self.cfg.arch_lr,
-                betas=tuple(self.cfg.arch_betas), weight_decay=self.cfg.arch_weight_decay,
+                weight_parameters(core), alphas, order=self.cfg.alpha_order, lr=self.cfg.alpha_lr,
+                betas=tuple(self.cfg.alpha_betas), weight_decay=self.cfg.alpha_weight_decay,
             )
             if self.search.pending_architect is not None:
                 self.search.architect.load_state_dict(self.search.pending_architect)
@@ -122,8 +122,8 @@ class BilevelSearchMixin:
             step.log_search_metrics(logging_outputs, self.domain_names, names)
 
     def architecture_names_for_logging(self) -> List[str]:
-        arch = self.architect
-        if arch is not None and arch.alphas[0].shape[0] == 1 and len(self.domain_names) > 1:
+        architect = self.architect
+        if architect is not None and architect.alphas[0].shape[0] == 1 and len(self.domain_names) > 1:
             return ["+".join(self.domain_names)]
         return list(self.domain_names)
 
@@ -160,7 +160,7 @@ class BilevelSearchMixin:
             "domain_names": list(self.domain_names),
             "domain_sampler": self.search.domain_sampler.state_dict(),
             "epoch_domain_probs": {int(k): list(v) for k, v in self.search.epoch_probs.items()},
-            "arch_iterators": self.search.heldout.state_dict(),
+            "heldout_iterators": self.search.heldout.state_dict(),
         }
         if self.architect is not None:
             state["architect"] = self.architect.state_dict()
@@ -181,7 +181,7 @@ class BilevelSearchMixin:
         if "domain_sampler" in state:
             self.search.domain_sampler.load_state_dict(state["domain_sampler"])
         self.search.epoch_probs = {int(k): list(v) for k, v in state.get("epoch_domain_probs", {}).items()}
-        self.search.heldout.load_state_dict(state.get("arch_iterators", {}))
+        self.search.heldout.load_state_dict(state.get("heldout_iterators", {}))
         if "architect" in state:
             if self.architect is not None:
                 self.architect.load_state_dict(state["architect"])
@@ -228,9 +228,9 @@ class BilevelSearchMixin:
         cfg = self.cfg
         settings = {
             "domains": list(self.domain_names),
-            "arch_order": cfg.arch_order,
-            "arch_lr": cfg.arch_lr,
-            "arch_weight_decay": cfg.arch_weight_decay,
+            "alpha_order": cfg.alpha_order,
+            "alpha_lr": cfg.alpha_lr,
+            "alpha_weight_decay": cfg.alpha_weight_decay,
             "eta_p": cfg.eta_p,
             "seed": cfg.seed,
         }

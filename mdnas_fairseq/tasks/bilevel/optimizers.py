@@ -17,23 +17,23 @@ SUPPORTED = "sgd, nag or adam"
 
 def _single_group(inner) -> dict:
     if len(inner.param_groups) != 1:
-        raise ValueError(f"--arch-order 2 needs a weight optimizer with one parameter group, got {len(inner.param_groups)}")
+        raise ValueError(f"--alpha-order 2 needs a weight optimizer with one parameter group, got {len(inner.param_groups)}")
     return inner.param_groups[0]
 
 
 def virtual_step_for(optimizer, weights: Sequence[torch.Tensor]) -> VirtualStep:
     """The next step of fairseq ``optimizer`` on ``weights`` (the trainable weights, in order)."""
     if getattr(optimizer, "scaler", None) is not None:
-        raise ValueError("--arch-order 2 does not run with --fp16 (see --arch-order's help)")
+        raise ValueError("--alpha-order 2 does not run with --fp16 (see --alpha-order's help)")
     inner = getattr(optimizer, "optimizer", None)
     if inner is None:
-        raise ValueError(f"--arch-order 2: cannot read the update rule of {type(optimizer).__name__}")
+        raise ValueError(f"--alpha-order 2: cannot read the update rule of {type(optimizer).__name__}")
     group = _single_group(inner)
     lr = float(group["lr"])
     states: List[dict] = [inner.state.get(w, {}) for w in weights]
     if isinstance(inner, torch.optim.SGD):
         if group.get("maximize", False):
-            raise ValueError("--arch-order 2 does not support a maximizing SGD")
+            raise ValueError("--alpha-order 2 does not support a maximizing SGD")
         return SGDVirtualStep(
             lr=lr, momentum=float(group.get("momentum", 0.0)), dampening=float(group.get("dampening", 0.0)),
             nesterov=bool(group.get("nesterov", False)), weight_decay=float(group.get("weight_decay", 0.0)),
@@ -47,10 +47,10 @@ def virtual_step_for(optimizer, weights: Sequence[torch.Tensor]) -> VirtualStep:
         )
     if isinstance(inner, FairseqAdamRule):
         if group.get("amsgrad", False):
-            raise ValueError("--arch-order 2 does not support AMSGrad")
+            raise ValueError("--alpha-order 2 does not support AMSGrad")
         return AdamVirtualStep(lr=lr, betas=tuple(group["betas"]), eps=float(group["eps"]),
                                weight_decay=float(group["weight_decay"]), states=states)
     raise ValueError(
-        f"--arch-order 2 takes the virtual step with the weight optimizer's own rule and knows {SUPPORTED}; "
-        f"this run uses {type(inner).__module__}.{type(inner).__name__}: use --arch-order 1 or one of those"
+        f"--alpha-order 2 takes the virtual step with the weight optimizer's own rule and knows {SUPPORTED}; "
+        f"this run uses {type(inner).__module__}.{type(inner).__name__}: use --alpha-order 1 or one of those"
     )

@@ -1,8 +1,8 @@
 """Batches and losses in the model's precision (``--fp16``).
 
 fairseq converts the training sample to the model's device and dtype before ``train_step``; the
-batches the task adds itself (held-out batches of the architecture step, contrastive partners)
-get the same treatment here. The architecture loss is scaled like the weight loss: by the fp16
+batches the task adds itself (held-out batches of the alpha step, contrastive partners)
+get the same treatment here. The alpha-step loss is scaled like the weight loss: by the fp16
 optimizer's current loss scale, so gradients through fp16 activations do not underflow.
 """
 import torch

@@ -27,5 +27,5 @@ def saved_task_state(cfg) -> Optional[dict]:
 
     state = checkpoint_utils.load_checkpoint_to_cpu(path).get("task_state")
     if state:
-        logger.info(f"restoring architecture optimizer, p and search iterators from {path}")
+        logger.info(f"restoring alpha optimizer, p and search iterators from {path}")
     return state or None

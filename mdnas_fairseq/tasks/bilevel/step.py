@@ -1,7 +1,7 @@
 """The architecture half of the bilevel step: one alpha update per weight update.
 
 With ``--update-freq k`` fairseq calls the task's ``train_step`` k times per update (same
-``update_num``); the architecture step runs on the FIRST of them, on a held-out batch of that
+``update_num``); the alpha step runs on the FIRST of them, on a held-out batch of that
 sub-batch's domain, so every update takes exactly one alpha step (and one update of p), and the k
 weight gradients all see the new alpha.
 
@@ -10,7 +10,7 @@ and is not counted), then one all-reduce on the model's device sums, in one buff
 gradients, the number of contributing workers and the per-domain held-out cross-entropies; the
 mean gradient is applied by every worker's Adam, so alpha stays identical on all workers. An
 fp16 step whose scaled gradient overflowed (on any worker) is skipped by all of them and the
-architecture loss scale halved.
+alpha-step loss scale halved.
 """
 import logging
 from typing import Dict, List
@@ -27,10 +27,10 @@ logger = logging.getLogger(__name__)
 
 
 def alpha_step(host, sample, core, criterion, optimizer, update_num: int, dummy: bool) -> Dict[str, object]:
-    """Take this update's architecture step if it is due; returns the search statistics to log."""
+    """Take this update's alpha step if it is due; returns the search statistics to log."""
     first = update_num != host.search.last_alpha_update
     host.search.last_alpha_update = update_num
-    due = first and update_num >= host.cfg.arch_start_update
+    due = first and update_num >= host.cfg.alpha_start_update
     loss, counted, skipped = None, 0, 0
     if due:
         loss, counted, skipped = _step(host, sample, core, criterion, optimizer, update_num, dummy)
@@ -55,7 +55,7 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
         scale = loss_scale(optimizer) * host.search.alpha_scale_factor if is_fp16(optimizer) else 1.0
         result = architect.alpha_gradients(
             lambda: criterion.weight_objective(core, sample),
-            lambda: criterion.architecture_loss(core, heldout),
+            lambda: criterion.alpha_objective(core, heldout),
             virtual_step=virtual, loss_scale=scale,
         )
         grads = [g.to(a.dtype) for g, a in zip(result["grads"], alphas)]
@@ -68,8 +68,8 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
     distributed.all_reduce_sum_(flat)
     if is_fp16(optimizer) and not bool(torch.isfinite(flat).all()):  # fp16 only: one host read per update
         host.search.alpha_scale_factor /= 2.0
-        logger.warning(f"update {update_num}: architecture gradient overflowed in fp16; step skipped, "
-                       f"architecture loss scale factor now {host.search.alpha_scale_factor:g}")
+        logger.warning(f"update {update_num}: alpha gradient overflowed in fp16; step skipped, "
+                       f"alpha-step loss scale factor now {host.search.alpha_scale_factor:g}")
         return loss, 0, 1
     sizes = [a.numel() for a in alphas]
     pieces = torch.split(flat, sizes + [1, num_domains, num_domains])

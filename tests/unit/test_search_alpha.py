@@ -36,28 +36,28 @@ def test_alpha_shape_and_requires_grad_only_inside_trainable():
         ArchitectureParameters(0, 3, 4)
 
 
-def test_mixing_weights_per_sample_domains_match_numpy():
+def test_mixing_probs_per_sample_domains_match_numpy():
     params = make_params()
     alpha = params.alpha.detach().numpy()
     domains = torch.tensor([2, 0, 0, 1, 2, 1, 0])
     for temperature in (1.0, 0.3):
-        weights = params.mixing_weights(domains, temperature=temperature)
+        weights = params.mixing_probs(domains, temperature=temperature)
         assert weights.shape == (7, 4, 5)
         expected = np.stack([np_softmax(alpha[d] / temperature, axis=-1) for d in domains.tolist()])
         np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-12, atol=1e-15)
     # one domain, and all domains
-    np.testing.assert_allclose(params.mixing_weights(1).numpy(), np_softmax(alpha[1], axis=-1), rtol=1e-12)
-    np.testing.assert_allclose(params.mixing_weights().numpy(), np_softmax(alpha, axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(params.mixing_probs(1).numpy(), np_softmax(alpha[1], axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(params.mixing_probs().numpy(), np_softmax(alpha, axis=-1), rtol=1e-12)
     with pytest.raises(IndexError):
-        params.mixing_weights(3)
+        params.mixing_probs(3)
     with pytest.raises(IndexError):
-        params.mixing_weights(-1)
+        params.mixing_probs(-1)
 
 
-def test_mixing_weights_gradient_reaches_only_the_samples_domains():
+def test_mixing_probs_gradient_reaches_only_the_samples_domains():
     params = make_params()
     with params.trainable():
-        weights = params.mixing_weights(torch.tensor([0, 2, 0]))
+        weights = params.mixing_probs(torch.tensor([0, 2, 0]))
         weights[:, 1, 3].sum().backward()
     grad = params.alpha.grad
     assert grad[1].abs().max() == 0  # domain 1 is not in the batch
@@ -69,17 +69,17 @@ def test_gumbel_weights_are_distributions_and_eval_is_plain_softmax():
     params = make_params()
     torch.manual_seed(123)
     params.train()
-    soft = params.mixing_weights(torch.tensor([0, 1, 2, 1]), temperature=0.5, gumbel=True)
+    soft = params.mixing_probs(torch.tensor([0, 1, 2, 1]), temperature=0.5, gumbel=True)
     assert soft.shape == (4, 4, 5)
     torch.testing.assert_close(soft.sum(-1), torch.ones(4, 4, dtype=torch.float64), rtol=0, atol=1e-12)
     assert (soft >= 0).all()
     # a sample, not the softmax itself
-    assert not torch.allclose(soft, params.mixing_weights(torch.tensor([0, 1, 2, 1]), temperature=0.5))
-    hard = params.mixing_weights(None, temperature=0.5, gumbel=True, hard=True)
+    assert not torch.allclose(soft, params.mixing_probs(torch.tensor([0, 1, 2, 1]), temperature=0.5))
+    hard = params.mixing_probs(None, temperature=0.5, gumbel=True, hard=True)
     torch.testing.assert_close(hard.sum(-1), torch.ones(3, 4, dtype=torch.float64), rtol=0, atol=1e-12)
     assert set(hard.detach().unique().tolist()) <= {0.0, 1.0}
     params.eval()
-    deterministic = params.mixing_weights(None, temperature=0.5, gumbel=True)
+    deterministic = params.mixing_probs(None, temperature=0.5, gumbel=True)
     np.testing.assert_allclose(
         deterministic.numpy(), np_softmax(params.alpha.detach().numpy() / 0.5, axis=-1), rtol=1e-12
     )

@@ -1,15 +1,15 @@
 """Per-domain architecture parameters and the mixed operation.
 
 One tensor ``alpha`` of shape (D, E, K) holds every domain's structure vector. The mixed
-operation on edge ``e`` for domain ``d`` weights the K candidate outputs by
+operation on edge ``e`` for domain ``d`` mixes the K candidate outputs with the mixing probabilities
 ``softmax(alpha[d, e])`` (or a Gumbel-softmax sample of it). Different samples of one batch may
-belong to different domains: :meth:`ArchitectureParameters.mixing_weights` then returns one
+belong to different domains: :meth:`ArchitectureParameters.mixing_probs` then returns one
 weight matrix per sample.
 
 ``alpha`` is an ``nn.Parameter`` (so it is saved in the model's state dict and moved with the
 model) whose ``requires_grad`` is False except inside :meth:`ArchitectureParameters.trainable`.
 Optimizers built from ``filter(lambda p: p.requires_grad, model.parameters())`` (fairseq's
-trainer does exactly this) therefore never see it; the architecture optimizer owns it.
+trainer does exactly this) therefore never see it; the alpha optimizer owns it.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class ArchitectureParameters(nn.Module):
 
     @contextlib.contextmanager
     def trainable(self) -> Iterator[Tensor]:
-        """Let gradients reach ``alpha`` inside the block (the architecture step)."""
+        """Let gradients reach ``alpha`` inside the block (the alpha step)."""
         before = self.alpha.requires_grad
         self.alpha.requires_grad_(True)
         try:
@@ -57,21 +57,21 @@ class ArchitectureParameters(nn.Module):
         finally:
             self.alpha.requires_grad_(before)
 
-    def mixing_weights(
+    def mixing_probs(
         self,
         domains: DomainSelector = None,
         temperature: float = 1.0,
         gumbel: bool = False,
         hard: bool = False,
     ) -> Tensor:
-        """Candidate weights for the mixed operation.
+        """Mixing probabilities of the mixed operation: softmax(alpha), per architecture row.
 
         Args:
             domains: None for all domains (D, E, K); an int for one domain (E, K); a LongTensor
                 of shape (B,) with one domain per sample (B, E, K).
             temperature: softmax temperature (Gumbel-softmax temperature when ``gumbel``).
-            gumbel: sample relaxed one-hot weights instead of the plain softmax (training only).
-            hard: with ``gumbel``, straight-through one-hot weights.
+            gumbel: sample relaxed one-hot probabilities instead of the plain softmax (training only).
+            hard: with ``gumbel``, straight-through one-hot probabilities.
         """
         alpha = self.alpha
         if domains is not None:
@@ -84,34 +84,22 @@ class ArchitectureParameters(nn.Module):
         return F.softmax(alpha / temperature, dim=-1)
 
 
-def search_architecture(genotype, space, architecture_names: List[str], init_scale: float = 1e-3):
-    """Alpha of a model: new :class:`ArchitectureParameters` for a search model (``genotype`` None),
-    or None for a derived model, after checking its genotype has the model's cells and space."""
-    if genotype is None:
-        return ArchitectureParameters(len(architecture_names), space.num_edges, space.num_ops, init_scale)
-    if set(genotype.domains) != set(architecture_names):
-        raise ValueError(f"genotype has cells for {list(genotype.domains)} but this model needs {list(architecture_names)}")
-    if genotype.space != space:
-        raise ValueError(f"genotype search space {genotype.space.to_dict()} differs from this model's {space.to_dict()}")
-    return None
-
-
-def mix(candidates: Tensor, weights: Tensor) -> Tensor:
-    """Weighted sum of candidate outputs: the mixed operation.
+def mix(candidates: Tensor, probs: Tensor) -> Tensor:
+    """Mixture of the candidate outputs: the mixed operation.
 
     Args:
         candidates: (K, B, ...) outputs of the K candidate operations for a batch of B samples.
-        weights: (K,) one weight vector for the batch, or (B, K) one per sample.
+        probs: (K,) one weight vector for the batch, or (B, K) one per sample.
 
     Returns:
-        (B, ...) ``sum_k weights[.., k] * candidates[k]``.
+        (B, ...) ``sum_k probs[.., k] * candidates[k]``.
     """
-    if weights.dim() == 1:
-        return torch.tensordot(weights, candidates, dims=([0], [0]))
-    if weights.dim() != 2 or weights.shape[0] != candidates.shape[1] or weights.shape[1] != candidates.shape[0]:
-        raise ValueError(f"weights {tuple(weights.shape)} do not fit candidates {tuple(candidates.shape)}")
+    if probs.dim() == 1:
+        return torch.tensordot(probs, candidates, dims=([0], [0]))
+    if probs.dim() != 2 or probs.shape[0] != candidates.shape[1] or probs.shape[1] != candidates.shape[0]:
+        raise ValueError(f"probs {tuple(probs.shape)} do not fit candidates {tuple(candidates.shape)}")
     extra = candidates.dim() - 2
-    return (weights.t().reshape(*weights.t().shape, *([1] * extra)) * candidates).sum(0)
+    return (probs.t().reshape(*probs.t().shape, *([1] * extra)) * candidates).sum(0)
 
 
 def annealed_temperature(step: int, total_steps: int, start: float = 1.0, end: float = 0.1) -> float:
@@ -129,8 +117,8 @@ def architecture_parameters(module: nn.Module) -> List[nn.Parameter]:
 
 def weight_parameters(module: nn.Module) -> List[nn.Parameter]:
     """The parameters of ``module`` that are not architecture parameters."""
-    arch = {id(p) for p in architecture_parameters(module)}
-    return [p for p in module.parameters() if id(p) not in arch]
+    alphas = {id(p) for p in architecture_parameters(module)}
+    return [p for p in module.parameters() if id(p) not in alphas]
 
 
 @contextlib.contextmanager
