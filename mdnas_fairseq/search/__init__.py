@@ -1,7 +1,8 @@
 """The multi-domain DARTS search core: pure PyTorch, no fairseq import.
 
 Public API:
-    SearchSpace, darts_rnn_space, darts_cnn_space          -- cell shapes
+    SearchSpace, darts_rnn_space, darts_cnn_space,
+    transformer_lm_space                                     -- cell shapes
     ArchitectureParameters, mix, annealed_temperature        -- per-domain alpha (D, E, K), mixed op
     js_structural_loss, batch_hard_triplet_loss              -- the two regularizers
     BilevelArchitect                                         -- first / second order architecture step
@@ -10,6 +11,7 @@ Public API:
     save_genotype, load_genotype, GenotypeError              -- genotypes and their files
 """
 from .arch_params import (
+    MASKED_LOGIT,
     ArchitectureParameters,
     alphas_trainable,
     annealed_temperature,
@@ -37,6 +39,15 @@ from .genotype import (
     save_genotype,
 )
 from .regularizers import batch_hard_triplet_loss, js_structural_loss, pairwise_euclidean
-from .space import CNN_OPERATIONS, RNN_OPERATIONS, SearchSpace, darts_cnn_space, darts_rnn_space
+from .space import (
+    CNN_OPERATIONS,
+    RNN_OPERATIONS,
+    TRANSFORMER_CHANNEL_OPS,
+    SearchSpace,
+    darts_cnn_space,
+    darts_rnn_space,
+    transformer_lm_space,
+    transformer_token_ops,
+)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,217 @@
+"""A searchable decoder-only Transformer language model, one architecture per domain (pure PyTorch).
+
+Network (pre-LayerNorm, as fairseq's ``transformer_lm``): ``s_0 = dropout(sqrt(C) E[tokens] +
+P[positions])``, then a chain of 2L slots, two per layer: node ``j = 2l + 1`` mixes tokens,
+node ``j = 2l + 2`` mixes channels, and every slot is a residual block
+
+    s_j = s_{j-1} + dropout(op_j(LayerNorm_j(s_{j-1})))
+
+followed by a final LayerNorm and the output projection tied to the embedding ``E``. The
+search space is :func:`~mdnas_fairseq.search.transformer_lm_space`: one edge ``(j - 1, j)`` per
+slot, K candidates shared by all slots, each slot allowing only its kind's candidates:
+
+* token mixing: ``attention`` (causal multi-head self-attention), ``lightconv_k`` (GLU
+  projection, causal lightweight convolution of width k, projection), ``dwconv_k`` (causal
+  depthwise convolution), ``identity``, ``none``;
+* channel mixing: ``ffn_relu``, ``ffn_gelu``, ``ffn_sqrelu`` (feed-forward blocks),
+  ``identity``, ``none``.
+
+``none`` contributes 0 (the slot is the residual alone); as in DARTS it is never derived.
+
+* Search mode: a slot sums its allowed candidates weighted by softmax(alpha_d) (one weight
+  matrix for a domain-homogeneous batch, one per sample otherwise), cast to the activations'
+  dtype (alpha stays fp32 under mixed precision). Every candidate's activations are kept for the
+  backward pass: memory grows with the candidates of a slot times the layers.
+* Derived mode: a :class:`MultiDomainGenotype` gives every domain one op per slot; the network
+  holds one module per (slot, op) that some domain chose, shared by the domains that chose it,
+  and a domain runs only its own modules.
+
+Candidate modules come from a factory (op name -> module, see :mod:`.transformer_ops`): the
+fairseq model passes one building fairseq's ``MultiheadAttention`` and ``LightweightConv``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..search import (
+    GenotypeEdge,
+    MultiDomainGenotype,
+    multimodel_param_count,
+    search_architecture,
+    transformer_lm_space,
+)
+from .transformer_ops import CandidateFactory
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class SearchableTransformerLM(nn.Module):
+    """Decoder-only causal Transformer LM whose every slot is searched per domain.
+
+    Args:
+        vocab_size, padding_idx: the (shared) dictionary.
+        embed_dim: C, the model width (embeddings are tied to the output projection).
+        num_layers: L; the network has 2L slots.
+        domains: the data domains, in the order of the domain indices fed to :meth:`forward`.
+        candidates: op name -> a new candidate module (T, B, C) -> (T, B, C), causal.
+        kernel_sizes: widths of the convolution candidates (part of the search space).
+        positions: module mapping tokens (B, T) to position embeddings (B, T, C), or None.
+        genotype: None to search; a genotype to build the derived (concordant) multimodel.
+        shared_architecture: one architecture for all domains (the union baseline): alpha has
+            one row / the genotype has one cell, named ``"+".join(domains)``.
+        dropout: on the embeddings and on every slot's output (fairseq's ``--dropout``).
+        scale_embedding: multiply the embeddings by sqrt(C) (fairseq's default).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        padding_idx: int,
+        embed_dim: int,
+        num_layers: int,
+        domains: Sequence[str],
+        candidates: CandidateFactory,
+        kernel_sizes: Sequence[int] = (3, 7),
+        positions: Optional[nn.Module] = None,
+        genotype: Optional[MultiDomainGenotype] = None,
+        shared_architecture: bool = False,
+        dropout: float = 0.0,
+        scale_embedding: bool = True,
+        alpha_init_scale: float = 1e-3,
+    ):
+        super().__init__()
+        self.domains = list(domains)
+        if not self.domains:
+            raise ValueError("need at least one domain")
+        self.architecture_names = ["+".join(self.domains)] if shared_architecture else list(self.domains)
+        self.space = transformer_lm_space(num_layers, kernel_sizes)
+        self.embed_dim, self.dropout = embed_dim, dropout
+        self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
+        self.temperature, self.gumbel = 1.0, False
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=embed_dim**-0.5)  # as fairseq's Embedding
+        with torch.no_grad():
+            self.embedding.weight[padding_idx].zero_()
+        self.positions = positions
+        self.arch = search_architecture(genotype, self.space, self.architecture_names, alpha_init_scale)
+        self.slot_norms = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in self.space.node_ids)
+        self.final_norm = nn.LayerNorm(embed_dim)
+        self.genotype = genotype
+        if genotype is None:
+            # edge e -> its allowed candidates that compute something (`none` adds 0 and is skipped)
+            self.slot_ops = nn.ModuleList(
+                nn.ModuleDict({op: candidates(op) for op in self._weighted(e)}) for e in range(self.space.num_edges)
+            )
+            self.slot_op_index = [[self.space.op_index(op) for op in self._weighted(e)] for e in range(self.space.num_edges)]
+        else:
+            self.ops = nn.ModuleDict({self._module_name(e): candidates(e.op) for e in genotype.union_edges()})
+            # cell name -> node -> module name
+            self.choices: Dict[str, Dict[int, str]] = {
+                d: {e.node: self._module_name(e) for e in genotype.cells[d]} for d in genotype.domains
+            }
+        self._op_sizes = self._candidate_sizes(candidates)
+        rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
+        self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)
+
+    def _weighted(self, edge: int):
+        return [op for op in self.space.allowed(edge) if op != self.space.none_op]
+
+    @staticmethod
+    def _module_name(edge: GenotypeEdge) -> str:
+        return f"node{edge.node}_{edge.op}"
+
+    def _candidate_sizes(self, candidates: CandidateFactory) -> Dict[str, int]:
+        """Parameters of one module of every candidate (read from this network's modules, built once if absent)."""
+        sizes: Dict[str, int] = {}
+        if self.is_search:
+            for ops in self.slot_ops:
+                sizes.update({op: _numel(m) for op, m in ops.items()})
+        else:
+            sizes.update({name.split("_", 1)[1]: _numel(m) for name, m in self.ops.items()})
+        for op in self.space.operations:
+            if op != self.space.none_op and op not in sizes:
+                sizes[op] = _numel(candidates(op))
+        return sizes
+
+    @property
+    def is_search(self) -> bool:
+        return self.genotype is None
+
+    # ------------------------------------------------------------------ forward
+    def _residual(self, x: Tensor, out: Tensor) -> Tensor:
+        return x + F.dropout(out, self.dropout, self.training)
+
+    def _search_layers(self, x: Tensor, weights: Tensor) -> Tensor:
+        """``weights``: (E, K) for the whole batch or (B, E, K) one per sample."""
+        weights = weights.to(x.dtype)
+        for e in range(self.space.num_edges):
+            h = self.slot_norms[e](x)
+            mixed = 0
+            for module, k in zip(self.slot_ops[e].values(), self.slot_op_index[e]):
+                w = weights[e, k] if weights.dim() == 2 else weights[:, e, k].view(1, -1, 1)
+                mixed = mixed + w * module(h)
+            x = self._residual(x, mixed)
+        return x
+
+    def _derived_layers(self, x: Tensor, cell: str) -> Tensor:
+        choice = self.choices[cell]
+        for e, (_, j) in enumerate(self.space.edges):
+            x = self._residual(x, self.ops[choice[j]](self.slot_norms[e](x)))
+        return x
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Token (+ position) embeddings, (T, B, C)."""
+        x = self.embed_scale * self.embedding(tokens)
+        if self.positions is not None:
+            x = x + self.positions(tokens)
+        return F.dropout(x, self.dropout, self.training).transpose(0, 1)
+
+    def forward(self, tokens: Tensor, domain: Tensor) -> Tuple[Tensor, Tensor]:
+        """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), features (B, T, C))."""
+        if domain.dim() == 0:
+            domain = domain.expand(tokens.shape[0])
+        if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
+            raise IndexError(f"domain index out of range for domains {self.domains}")
+        rows = self.domain_to_architecture[domain.to(self.domain_to_architecture.device)]
+        x = self.embed(tokens)
+        if self.is_search:
+            single = bool((rows == rows[0]).all())
+            weights = self.arch.mixing_weights(
+                int(rows[0]) if single else rows, temperature=self.temperature, gumbel=self.gumbel
+            )
+            x = self._search_layers(x, weights)
+        else:
+            names = [self.architecture_names[r] for r in rows.tolist()]
+            unique = sorted(set(names))
+            if len(unique) == 1:
+                x = self._derived_layers(x, unique[0])
+            else:  # several domains in one batch: each runs its own modules on its samples
+                out = torch.empty_like(x)
+                for cell in unique:
+                    idx = torch.tensor([b for b, n in enumerate(names) if n == cell], device=x.device)
+                    out[:, idx] = self._derived_layers(x[:, idx], cell)
+                x = out
+        features = self.final_norm(x).transpose(0, 1)
+        return F.linear(features, self.embedding.weight), features
+
+    # ------------------------------------------------------------------ sizes
+    def op_param_count(self, edge: GenotypeEdge) -> int:
+        """Parameters of the module of one (slot, op): the same for every slot of a kind."""
+        return self._op_sizes[edge.op]
+
+    def shared_param_count(self) -> int:
+        """Parameters every domain uses: embeddings, positions, the slots' and the final LayerNorms."""
+        shared = [self.embedding, self.slot_norms, self.final_norm] + ([self.positions] if self.positions is not None else [])
+        return sum(_numel(m) for m in shared)
+
+    def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
+        """Parameters of the multimodel built from ``genotype`` (or of the model of some ``cells``)."""
+        return multimodel_param_count(genotype, self.op_param_count, self.shared_param_count(), domains=cells)
