@@ -9,11 +9,14 @@ Rows (each step is forward + backward + Adam update; a search step adds the arch
   derived, transformer_lm cell   - weight step of a derived model whose every layer is attention +
                                    ReLU feed-forward: fairseq's transformer_lm function, our code
   fairseq transformer_lm         - weight step of fairseq's own transformer_lm (pre-LN, tied embeddings)
-Printed: tokens/s and the ratio to transformer_lm.
-Usage: python benchmarks/transformer_speed.py [--layers 4 --dim 256 --ffn 1024 --heads 4 --steps 3]
+The rows are timed in turns (``--rounds`` rounds of ``--steps`` steps each, every row once per
+round), so a change in the machine's load hits every row alike; printed: the median tokens/s
+over the rounds and its ratio to transformer_lm.
+Usage: python benchmarks/transformer_speed.py [--layers 4 --dim 256 --ffn 1024 --heads 4 --steps 2 --rounds 3]
 """
 import argparse
 import logging
+import statistics
 import time
 
 import torch
@@ -36,9 +39,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(step, n_steps, device, warmup=1):
-    for i in range(warmup):
-        step(i)
+def time_steps(step, n_steps, device):
     sync(device)
     start = time.perf_counter()
     for i in range(n_steps):
@@ -59,7 +60,8 @@ def weight_step(model, opt, data, domains=(0,)):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_size_args(p)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     logging.getLogger("mdnas_fairseq").setLevel(logging.WARNING)
     torch.manual_seed(args.seed)
@@ -67,7 +69,7 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(args.seed)
     train_b, val_b = batch(args, gen), batch(args, gen)
     tokens = args.batch * args.length
-    results = {}
+    steps = {}
 
     for order in (1, 2):
         model = mdnas_model(args).train()
@@ -79,25 +81,29 @@ def main(argv=None):
                            lambda: lm_loss(forward(model, val_b[0]), val_b[1]), weight_lr=1e-4)
             weight_step(model, opt, train_b)(i)
 
-        results[f"search, order {order}"] = tokens / time_steps(search_step, args.steps, args.device)
+        steps[f"search, order {order}"] = search_step
         space = model.search_space
-        del model, opt, architect
 
     rows = (("derived multimodel", random_genotype(space), (0, 1)),
             ("derived, transformer_lm cell", transformer_genotype(space), (0,)))
     for name, genotype, domains in rows:
         model = mdnas_model(args, genotype=genotype).train()
-        step = weight_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), train_b, domains)
-        results[name] = tokens / time_steps(step, args.steps, args.device)
-
+        steps[name] = weight_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), train_b, domains)
     baseline = transformer_lm(args).train()
-    step = weight_step(baseline, torch.optim.Adam(baseline.parameters(), lr=1e-4), train_b)
-    results["fairseq transformer_lm"] = tokens / time_steps(step, args.steps, args.device)
+    steps["fairseq transformer_lm"] = weight_step(baseline, torch.optim.Adam(baseline.parameters(), lr=1e-4), train_b)
+
+    for step in steps.values():  # warm-up
+        step(0)
+    timings = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            timings[name].append(tokens / time_steps(step, args.steps, args.device))
+    results = {name: statistics.median(t) for name, t in timings.items()}
 
     base = results["fairseq transformer_lm"]
     print(f"tokens/s, {args.layers} layers, dim {args.dim}, ffn {args.ffn}, heads {args.heads}, kernels {args.kernels}, "
           f"vocab {args.vocab}, batch {args.batch}x{args.length}, {args.device}, {args.threads} thread(s), "
-          f"{args.steps} timed steps each")
+          f"median of {args.rounds} rounds of {args.steps} timed steps each")
     print(f"{'step':<32}{'tokens/s':>12}{'vs transformer_lm':>20}")
     for name, tps in results.items():
         print(f"{name:<32}{tps:>12.0f}{tps / base:>20.3f}")
