@@ -64,7 +64,8 @@ def transformer_lm(args, layers=None):
     )
     base_lm_architecture(ns)
     d = dictionary(args.vocab)
-    return TransformerLanguageModel.build_model(ns, types.SimpleNamespace(source_dictionary=d, target_dictionary=d)).to(args.device)
+    task = types.SimpleNamespace(source_dictionary=d, target_dictionary=d)
+    return TransformerLanguageModel.build_model(ns, task).to(args.device)
 
 
 def transformer_genotype(space, token_op="attention", channel_op="ffn_relu"):

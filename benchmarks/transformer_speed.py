@@ -101,7 +101,8 @@ def main(argv=None):
     results = {name: statistics.median(t) for name, t in timings.items()}
 
     base = results["fairseq transformer_lm"]
-    print(f"tokens/s, {args.layers} layers, dim {args.dim}, ffn {args.ffn}, heads {args.heads}, kernels {args.kernels}, "
+    print(f"tokens/s, {args.layers} layers, dim {args.dim}, ffn {args.ffn}, heads {args.heads}, "
+          f"kernels {args.kernels}, "
           f"vocab {args.vocab}, batch {args.batch}x{args.length}, {args.device}, {args.threads} thread(s), "
           f"median of {args.rounds} rounds of {args.steps} timed steps each")
     print(f"{'step':<32}{'tokens/s':>12}{'vs transformer_lm':>20}")

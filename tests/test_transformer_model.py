@@ -123,3 +123,12 @@ def test_presets_are_registered():
     for name in ("mdnas_transformer_lm", "mdnas_transformer_lm_tiny", "mdnas_transformer_lm_small",
                  "mdnas_transformer_lm_base"):
         assert ARCH_MODEL_REGISTRY[name] is MDNASTransformerModel
+
+
+def test_a_checkpoint_of_another_dictionary_is_rejected():
+    model = MDNASTransformerModel.build_model(config(), task())
+    other = task()
+    other.source_dictionary.symbols[-1] = "mouse"  # same size, another vocabulary
+    with pytest.raises(ValueError, match="different dictionary"):
+        MDNASTransformerModel.build_model(config(), other).load_state_dict(model.state_dict())
+    MDNASTransformerModel.build_model(config(), task()).load_state_dict(model.state_dict())  # same one: fine

@@ -85,7 +85,8 @@ def test_derivation_never_picks_none_or_a_disallowed_operation():
 
 def test_edges_compete_with_their_masked_mixing_weights():
     """DARTS keeps a node's strongest edges by the weights the mixing really used (masked softmax)."""
-    space = SearchSpace("toy", ("none", "a", "b"), 1, 2, 1, allowed_ops=(("none", "a"), ("none", "a"), ("none", "a", "b")))
+    allowed = (("none", "a"), ("none", "a"), ("none", "a", "b"))
+    space = SearchSpace("toy", ("none", "a", "b"), 1, 2, 1, allowed_ops=allowed)
     alpha = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.5, 0.0]]])  # edges (0,1), (0,2), (1,2)
     # edge (0,2): b is disallowed, so a has weight 1/2 > 0.45 = a's weight on (1,2)
     assert derive_genotype(alpha, space, ["x"]).cells["x"] == (E(1, 0, "a"), E(2, 0, "a"))
@@ -113,7 +114,8 @@ def test_transformer_genotype_file_round_trip_and_old_files_still_load(tmp_path)
         "format": "mdnas-genotype", "version": 1,
         "search_space": {"name": "darts_rnn", "operations": ["none", "tanh", "relu", "sigmoid", "identity"],
                          "num_input_nodes": 1, "num_nodes": 2, "edges_per_node": 1, "none_op": "none"},
-        "domains": ["en"], "cells": {"en": [{"node": 1, "input": 0, "op": "relu"}, {"node": 2, "input": 0, "op": "tanh"}]},
+        "domains": ["en"],
+        "cells": {"en": [{"node": 1, "input": 0, "op": "relu"}, {"node": 2, "input": 0, "op": "tanh"}]},
     }
     old_path = tmp_path / "old.json"
     old_path.write_text(json.dumps(old))

@@ -110,7 +110,9 @@ class SearchableTransformerLM(nn.Module):
             self.slot_ops = nn.ModuleList(
                 nn.ModuleDict({op: candidates(op) for op in self._weighted(e)}) for e in range(self.space.num_edges)
             )
-            self.slot_op_index = [[self.space.op_index(op) for op in self._weighted(e)] for e in range(self.space.num_edges)]
+            self.slot_op_index = [
+                [self.space.op_index(op) for op in self._weighted(e)] for e in range(self.space.num_edges)
+            ]
         else:
             self.ops = nn.ModuleDict({self._module_name(e): candidates(e.op) for e in genotype.union_edges()})
             # cell name -> node -> module name
@@ -209,7 +211,9 @@ class SearchableTransformerLM(nn.Module):
 
     def shared_param_count(self) -> int:
         """Parameters every domain uses: embeddings, positions, the slots' and the final LayerNorms."""
-        shared = [self.embedding, self.slot_norms, self.final_norm] + ([self.positions] if self.positions is not None else [])
+        shared = [self.embedding, self.slot_norms, self.final_norm]
+        if self.positions is not None:
+            shared.append(self.positions)
         return sum(_numel(m) for m in shared)
 
     def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:

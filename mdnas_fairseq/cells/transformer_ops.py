@@ -158,7 +158,8 @@ def torch_candidates(dim: int, num_heads: int, ffn_dim: int, attention_dropout: 
         if name == "attention":
             return CausalSelfAttention(dim, num_heads, attention_dropout)
         if name.startswith("lightconv_"):
-            return LightConvBlock(dim, CausalLightweightConv(dim, kernel_of(name, "lightconv_"), num_heads, weight_dropout))
+            conv = CausalLightweightConv(dim, kernel_of(name, "lightconv_"), num_heads, weight_dropout)
+            return LightConvBlock(dim, conv)
         raise ValueError(f"unknown Transformer candidate operation {name!r}")
 
     return build

@@ -49,7 +49,9 @@ class MDNASTransformerConfig(ArchitectureConfig):
     decoder_layers: int = field(default=6, metadata={"help": "layers (each a token-mixing and a channel-mixing slot)"})
     decoder_embed_dim: int = field(default=512, metadata={"help": "model width (embeddings are tied)"})
     decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "hidden size of the feed-forward candidates"})
-    decoder_attention_heads: int = field(default=8, metadata={"help": "heads of attention and lightweight convolutions"})
+    decoder_attention_heads: int = field(
+        default=8, metadata={"help": "heads of attention and lightweight convolutions"}
+    )
     decoder_conv_kernel_sizes: str = field(
         default="3,7", metadata={"help": "widths of the lightweight and depthwise convolution candidates"}
     )
@@ -70,7 +72,9 @@ def kernel_sizes(cfg):
     try:
         return tuple(int(k) for k in str(cfg.decoder_conv_kernel_sizes).split(",") if k.strip())
     except ValueError:
-        raise ValueError(f"--decoder-conv-kernel-sizes must be comma-separated integers, got {cfg.decoder_conv_kernel_sizes!r}")
+        raise ValueError(
+            f"--decoder-conv-kernel-sizes must be comma-separated integers, got {cfg.decoder_conv_kernel_sizes!r}"
+        ) from None
 
 
 class FairseqCausalSelfAttention(nn.Module):
@@ -131,7 +135,11 @@ class MDNASTransformerDecoder(FairseqDecoder):
         return torch.log_softmax(logits, dim=-1) if log_probs else torch.softmax(logits, dim=-1)
 
 
-@register_model("mdnas_transformer_lm", dataclass=MDNASTransformerConfig) if "mdnas_transformer_lm" not in ARCH_MODEL_REGISTRY else (lambda c: c)
+_register = (register_model("mdnas_transformer_lm", dataclass=MDNASTransformerConfig)
+             if "mdnas_transformer_lm" not in ARCH_MODEL_REGISTRY else (lambda c: c))
+
+
+@_register
 class MDNASTransformerModel(SearchableModel, FairseqLanguageModel):
     def __init__(self, decoder, cfg):
         super().__init__(decoder)

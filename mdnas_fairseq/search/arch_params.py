@@ -44,7 +44,9 @@ class ArchitectureParameters(nn.Module):
         if allowed is not None:  # (E, K) booleans, see the module docstring
             mask = torch.as_tensor(allowed, dtype=torch.bool)
             if tuple(mask.shape) != (num_edges, num_ops):
-                raise ValueError(f"allowed-operation mask of shape {tuple(mask.shape)}, expected ({num_edges}, {num_ops})")
+                raise ValueError(
+                    f"allowed-operation mask of shape {tuple(mask.shape)}, expected ({num_edges}, {num_ops})"
+                )
             alpha[:, ~mask] = MASKED_LOGIT
         self.register_buffer("allowed", mask, persistent=False)
         self.alpha = nn.Parameter(alpha, requires_grad=False)

@@ -129,9 +129,10 @@ def _validate(genotype: MultiDomainGenotype, source: str) -> None:
                     f"search space {space.name!r} ({nodes})"
                 ) from None
             if e.op not in space.allowed(index):
+                allowed = [o for o in space.allowed(index) if o != space.none_op]
                 raise GenotypeError(
                     f"{source}: domain {domain!r}: operation {e.op!r} is not allowed on edge {e.input}->{e.node} "
-                    f"of search space {space.name!r} (allowed: {[o for o in space.allowed(index) if o != space.none_op]})"
+                    f"of search space {space.name!r} (allowed: {allowed})"
                 )
             per_node.setdefault(e.node, []).append(e)
         for j in space.node_ids:

@@ -121,7 +121,8 @@ def _new_cell_graph(genotype: MultiDomainGenotype, title_html: str):
     graph = graphviz.Digraph(
         name="cell",
         # a chain of many slots reads best top to bottom, like a layer diagram
-        graph_attr={"rankdir": "LR" if space.topology is None else "TB", "label": f"<{title_html}>", "labelloc": "t", "fontsize": "16",
+        graph_attr={"rankdir": "LR" if space.topology is None else "TB", "label": f"<{title_html}>",
+                    "labelloc": "t", "fontsize": "16",
                     "fontname": "Helvetica"},
         node_attr={"fontname": "Helvetica", "style": "filled"},
         edge_attr={"fontname": "Helvetica", "fontsize": "11"},
