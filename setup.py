@@ -19,6 +19,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "mdnas-derive=mdnas_fairseq.derive:main",
             "mdnas-draw=mdnas_fairseq.viz.draw:main",
             "mdnas-report=mdnas_fairseq.viz.report:main",
         ]

@@ -7,7 +7,9 @@
 Input: a tab-separated UTF-8 file whose first row names the columns (language codes, e.g.
 ``en<TAB>de``); it may hold more columns than ``--langs``. Every field is whitespace-normalised
 (runs of whitespace -> one space, stripped); rows with an empty field in any chosen language
-are dropped.
+are dropped, and so are exact duplicate rows (the same text in every chosen language: one copy is
+kept, so no sentence pair is both trained on and held out; the summary says how many, and how many
+valid/test sentences still occur in train in one language only).
 
 Steps: shuffle the rows with ``--seed`` and split them into train / arch (held-out part of the
 training data for the DARTS architecture step) / valid / test, the same rows for every
@@ -149,8 +151,36 @@ def read_tsv(path, langs, split_column=None):
             n_empty += 1
             continue
         rows.append((lineno, texts, label))
-    info = {"rows_read": len(lines) - 1, "dropped_empty": n_empty, "columns": columns}
+    rows, n_duplicate = drop_duplicate_rows(rows)
+    info = {"rows_read": len(lines) - 1, "dropped_empty": n_empty, "dropped_duplicate": n_duplicate,
+            "columns": columns}
     return rows, info
+
+
+SPLIT_PRIORITY = {"test": 0, "valid": 1, "arch": 2, "train": 3, None: 4}
+
+
+def drop_duplicate_rows(rows):
+    """Keep one row of every group of rows with identical texts in all chosen languages, so no
+    sentence pair is both trained on and held out. Without split labels the first row in file order
+    is kept; with labels the held-out copy (test, then valid, then arch) wins over a train copy.
+    Returns (rows in file order, number dropped)."""
+    best = {}
+    for k, (_, texts, label) in enumerate(rows):
+        key = tuple(texts)
+        if key not in best or SPLIT_PRIORITY[label] < SPLIT_PRIORITY[rows[best[key]][2]]:
+            best[key] = k
+    kept = sorted(best.values())
+    return [rows[k] for k in kept], len(rows) - len(kept)
+
+
+def held_out_overlap(splits, langs):
+    """Per language: valid/test sentences whose text also occurs in train (in a different row)."""
+    out = {}
+    for k, lang in enumerate(langs):
+        train = {r[1][k] for r in splits["train"]}
+        out[lang] = sum(r[1][k] in train for s in ("valid", "test") for r in splits[s])
+    return out
 
 
 def _count(n, fraction, rows, name):
@@ -372,7 +402,9 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
     _check_out(out, force, tsv)
 
     rows, info = read_tsv(tsv, langs, split_column)
-    note = f" (after dropping {info['dropped_empty']} with an empty field)" if info["dropped_empty"] else ""
+    dropped = [f"{info['dropped_empty']} with an empty field"] if info["dropped_empty"] else []
+    dropped += [f"{info['dropped_duplicate']} duplicate rows"] if info["dropped_duplicate"] else []
+    note = f" (after dropping {' and '.join(dropped)})" if dropped else ""
     if not rows:
         raise DataError(f"{tsv}: no usable rows{note}")
     splits = split_rows(rows, seed, tsv, arch_fraction, valid_fraction, test_fraction,
@@ -437,6 +469,8 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
             "seed": seed,
             "rows_read": info["rows_read"],
             "rows_dropped_empty": info["dropped_empty"],
+            "rows_dropped_duplicate": info["dropped_duplicate"],
+            "held_out_sentences_also_in_train": held_out_overlap(splits, langs),
         }
         with open(os.path.join(work, "data-bin", "mdnas_data.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, ensure_ascii=False)
@@ -466,6 +500,7 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
 def print_summary(out, tsv, meta, info, seconds):
     langs = meta["langs"]
     dropped = f", {info['dropped_empty']} dropped (empty field)" if info["dropped_empty"] else ""
+    dropped += f", {info['dropped_duplicate']} dropped (duplicate row)" if info["dropped_duplicate"] else ""
     print(f"{out}: from {tsv} ({info['rows_read']} rows read{dropped}), seed {meta['seed']}, {seconds:.1f}s")
     head = f"  {'split':<6} {'lines':>8}" + "".join(f" {lang + ' tokens':>12} {lang + ' unk':>8}" for lang in langs)
     print(head)
@@ -480,6 +515,10 @@ def print_summary(out, tsv, meta, info, seconds):
     if used < 0.8 * meta["spm_vocab_size"]:
         print(f"  note: only about {used} of the {meta['spm_vocab_size']} sentencepiece pieces occur in the "
               "encoded train split; a smaller --vocab-size would suit this corpus better")
+    overlap = meta["held_out_sentences_also_in_train"]
+    if any(overlap.values()):
+        print("  note: valid/test sentences whose text also occurs in train (in a row that differs in another "
+              "language): " + ", ".join(f"{lang} {n}" for lang, n in overlap.items()))
     held_out = sum(meta["tokens"][s][lang] for s in ("valid", "test") for lang in langs)
     held_unk = sum(meta["unk_tokens"][s][lang] for s in ("valid", "test") for lang in langs)
     if held_out and held_unk > 0.01 * held_out:

@@ -8,6 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "mdnas_fairseq")
 BIN = os.path.dirname(sys.executable)
 EMBEDDED = os.path.join(ROOT, "examples", "data", "en_de_small.tsv")
+EMBEDDED_3 = os.path.join(ROOT, "examples", "data", "en_de_fr_small.tsv")
 
 
 def load_script(name):
@@ -17,11 +18,12 @@ def load_script(name):
     return module
 
 
-def make_tiny_corpus(out_dir, rows=400, langs=("en", "de"), vocab_size=300, seed=1):
-    """First ``rows`` short rows of the embedded corpus, prepared with scripts/prepare_parallel.py."""
+def make_tiny_corpus(out_dir, rows=400, langs=("en", "de"), vocab_size=300, seed=1, source=None):
+    """First ``rows`` short rows of an embedded corpus, prepared with scripts/prepare_parallel.py."""
     os.makedirs(out_dir, exist_ok=True)
     tsv = os.path.join(out_dir, "tiny.tsv")
-    with open(EMBEDDED, encoding="utf-8") as f:
+    source = source or (EMBEDDED if set(langs) <= {"en", "de"} else EMBEDDED_3)
+    with open(source, encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split("\t")
         kept = []
         for line in f:
@@ -47,7 +49,7 @@ def train_args(data_bin, save_dir, domains="en,de", arch="mdnas_rnn_tiny", extra
     return [
         os.path.join(BIN, "fairseq-train"), data_bin, "--user-dir", USER_DIR, "--task", "multidomain_nas",
         "--domains", domains, "--arch", arch, "--criterion", "multidomain_nas_loss",
-        "--sample-break-mode", "eos", "--optimizer", "adam", "--lr", "0.003", "--clip-norm", "0.25",
+        "--optimizer", "adam", "--lr", "0.003", "--clip-norm", "0.25",
         "--batch-size", "16", "--cpu", "--seed", "3", "--save-dir", save_dir, "--no-epoch-checkpoints",
         "--log-format", "simple", "--num-workers", "0", "--no-alpha-heatmaps",
         "--embed-dim", "16", "--hidden-dim", "16", "--num-nodes", "3",
@@ -61,3 +63,33 @@ def run(cmd, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"command failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def build_in_process(data_bin, save_dir, domains="en,de", arch="mdnas_rnn_tiny", extra=()):
+    """task, model, criterion and fairseq optimizer built as fairseq-train builds them (one process)."""
+    return build_from_argv(train_args(data_bin, save_dir, domains=domains, arch=arch, extra=extra)[1:])
+
+
+def build_from_argv(argv):
+    """task, model, criterion and fairseq optimizer of fairseq-train arguments, in this process."""
+    from fairseq import options, optim, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    import mdnas_fairseq  # noqa: F401
+
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optim.build_optimizer(cfg.optimizer, params)
+    task.load_dataset("train")
+    return task, model, criterion, optimizer
+
+
+def first_batches(task, n, seed=1):
+    """The first ``n`` batches of the search's first epoch."""
+    itr = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=task.cfg.batch_size, seed=seed)
+    batches = itr.next_epoch_itr(shuffle=True)
+    return [next(batches) for _ in range(n)]

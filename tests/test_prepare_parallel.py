@@ -235,6 +235,30 @@ def test_split_column(tmp_path):
         pp.prepare(bad, "en,de", str(tmp_path / "b"), split_column="split", quiet=True)
 
 
+def test_duplicate_rows_are_dropped_before_splitting(tmp_path):
+    # 100 distinct rows, each written 4 times: split by row, most held-out pairs would also be trained on
+    rows = embedded_rows(100)
+    tsv = write_tsv(tmp_path / "dup.tsv", ["en", "de"], rows * 4)
+    meta = pp.prepare(tsv, "en,de", str(tmp_path / "dup"), vocab_size=300, test_rows=10, valid_rows=10,
+                      arch_rows=10, workers=1, quiet=True)
+    assert meta["rows_dropped_duplicate"] == 300
+    assert sum(meta["splits"].values()) == 100
+    pairs = {s: {tuple(p) for p in read_lines_pairs(tmp_path / "dup", s)} for s in SPLITS}
+    assert sum(len(v) for v in pairs.values()) == 100  # every pair once
+    for held in ("arch", "valid", "test"):
+        assert not pairs[held] & pairs["train"]
+    assert meta["held_out_sentences_also_in_train"] == {"en": 0, "de": 0}
+    # with split labels the held-out copy of a duplicate wins over its train copy
+    labelled = [(e, d, "train") for e, d in rows[:40]] + [(e, d, "test") for e, d in rows[:5]] + \
+        [(e, d, "valid") for e, d in rows[40:45]]
+    tsv = write_tsv(tmp_path / "lab.tsv", ["en", "de", "split"], labelled)
+    meta = pp.prepare(tsv, "en,de", str(tmp_path / "lab"), vocab_size=200, split_column="split", arch_rows=5,
+                      workers=1, quiet=True)
+    assert meta["rows_dropped_duplicate"] == 5
+    assert meta["splits"] == {"train": 30, "arch": 5, "valid": 5, "test": 5}
+    assert read_lines_pairs(tmp_path / "lab", "test") == [list(r) for r in rows[:5]]
+
+
 # ---------------------------------------------------------------------------------------------
 # errors: clear messages, nothing half-written
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from mdnas_fairseq.search import (
     ArchitectureParameters,
     BilevelArchitect,
+    SGDVirtualStep,
     architecture_parameters,
     mix,
     weight_parameters,
@@ -141,7 +142,7 @@ def test_second_order_gradient_equals_exact_unrolled_gradient(xi):
     model = make_model()
     architect = make_architect(model, order=2)
     train_loss, val_loss = closures(model)
-    got = architect.alpha_gradients(train_loss, val_loss, weight_lr=xi)["grads"]
+    got = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))["grads"]
     assert len(got) == 1 and got[0].shape == (NUM_DOMAINS, NUM_EDGES, K)
     exact, at_virtual, _, _ = exact_hypergradient(model, xi)
     assert rel_err(got[0], exact) < 1e-3
@@ -152,7 +153,7 @@ def test_second_order_gradient_equals_exact_unrolled_gradient(xi):
     assert float(hessian_term.norm() / exact.norm()) > 0.1
     assert rel_err(at_virtual + 2 * hessian_term, exact) > 0.1
     # and it differs from the first-order gradient at w by much more than the tolerance
-    first = make_architect(model, order=1).alpha_gradients(train_loss, val_loss, weight_lr=xi)["grads"][0]
+    first = make_architect(model, order=1).alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))["grads"][0]
     assert rel_err(first, exact) > 0.05
 
 
@@ -167,13 +168,13 @@ def test_second_order_with_momentum_and_weight_decay_in_virtual_step():
     xi, momentum, wd = 0.5, 0.9, 0.03
     train_loss, val_loss = closures(model)
     out = architect.alpha_gradients(
-        train_loss, val_loss, weight_lr=xi, weight_momentum=momentum, weight_decay=wd, momentum_buffers=buffers
+        train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi, momentum=momentum, weight_decay=wd, buffers=buffers)
     )
     exact, _, w_virtual, val_at_virtual = exact_hypergradient(model, xi, wd, momentum, buffers)
     assert rel_err(out["grads"][0], exact) < 1e-3
     assert float(out["val_loss"]) == pytest.approx(val_at_virtual, rel=1e-12)
     # without the buffers the virtual point is different, and so is the loss
-    plain = architect.alpha_gradients(train_loss, val_loss, weight_lr=xi)
+    plain = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
     assert abs(float(plain["val_loss"]) - val_at_virtual) > 1e-4
 
 
@@ -182,7 +183,7 @@ def test_virtual_step_really_moves_the_weights():
     architect = make_architect(model, order=2)
     train_loss, val_loss = closures(model)
     xi = 0.5
-    out = architect.alpha_gradients(train_loss, val_loss, weight_lr=xi)
+    out = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
     # hand-computed virtual weights w' = w - xi * grad_w L_train(w, alpha)
     ws = [model.w1.detach().clone().requires_grad_(True), model.w2.detach().clone().requires_grad_(True),
           model.w3.detach().clone().requires_grad_(True)]
@@ -194,7 +195,7 @@ def test_virtual_step_really_moves_the_weights():
     assert abs(val_at_w - val_at_virtual) > 1e-3
     assert float(out["val_loss"]) == pytest.approx(val_at_virtual, rel=1e-12)
     # first order reports the loss at w
-    first = make_architect(model, order=1).alpha_gradients(train_loss, val_loss, weight_lr=xi)
+    first = make_architect(model, order=1).alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
     assert float(first["val_loss"]) == pytest.approx(val_at_w, rel=1e-12)
 
 
@@ -207,7 +208,7 @@ def test_first_order_gradient_equals_grad_of_val_loss():
         train_calls.append(1)
         return closures(model)[0]()
 
-    out = architect.alpha_gradients(train_loss, closures(model)[1], weight_lr=0.5)
+    out = architect.alpha_gradients(train_loss, closures(model)[1], virtual_step=SGDVirtualStep(lr=0.5))
     alpha = model.arch.alpha.detach().clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(ref_loss([model.w1, model.w2, model.w3], alpha, VAL), alpha)
     torch.testing.assert_close(out["grads"][0], expected, rtol=1e-10, atol=1e-14)
@@ -222,12 +223,12 @@ def test_step_restores_weights_bitwise_changes_alpha_and_is_adam():
     train_loss, val_loss = closures(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     xi = 0.5
-    grad = architect.alpha_gradients(train_loss, val_loss, weight_lr=xi)["grads"][0]
+    grad = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))["grads"][0]
     for p in weight_parameters(model):
         assert p.grad is None
 
-    result = architect.step(train_loss, val_loss, weight_lr=xi)
-    assert set(result) == {"arch_loss"} and isinstance(result["arch_loss"], float)
+    result = architect.step(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
+    assert set(result) == {"arch_loss"} and torch.is_tensor(result["arch_loss"]) and result["arch_loss"].dim() == 0
     for name, p in model.named_parameters():
         if name == "arch.alpha":
             assert not torch.equal(p, before[name])
@@ -262,7 +263,7 @@ def test_state_dict_round_trip_gives_identical_steps():
     def run_steps(model, architect, n):
         train_loss, val_loss = closures(model)
         for _ in range(n):
-            architect.step(train_loss, val_loss, weight_lr=0.5)
+            architect.step(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=0.5))
 
     model_a = make_model(seed=4)
     arch_a = make_architect(model_a, order=2, lr=0.05)
@@ -296,7 +297,7 @@ def test_step_leaves_accumulated_weight_gradients_alone():
     for p in weight_parameters(model):
         p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
     grads_before = [p.grad.clone() for p in weight_parameters(model)]
-    architect.step(*closures(model), weight_lr=0.5)
+    architect.step(*closures(model), virtual_step=SGDVirtualStep(lr=0.5))
     for p, g in zip(weight_parameters(model), grads_before):
         assert torch.equal(p.grad, g)
 
@@ -311,30 +312,32 @@ def test_weights_restored_when_a_loss_raises():
         raise RuntimeError("out of memory (simulated)")
 
     with pytest.raises(RuntimeError, match="simulated"):
-        architect.step(train_loss, failing_val_loss, weight_lr=0.5)
+        architect.step(train_loss, failing_val_loss, virtual_step=SGDVirtualStep(lr=0.5))
     for p, b in zip(weight_parameters(model), before):
         assert torch.equal(p, b)
     assert not model.arch.alpha.requires_grad
 
 
-def test_grad_sync_sees_the_gradients_before_the_update():
+def test_apply_gradients_uses_the_given_gradients():
+    # the fairseq glue reduces the gradients over workers between alpha_gradients and apply_gradients
     model = make_model()
-    seen = []
-
-    def sync(grads):
-        seen.append([g.clone() for g in grads])
-        for g in grads:
-            g.zero_()  # e.g. an all-reduce that happens to give 0
-
-    architect = make_architect(model, order=1, weight_decay=0.0, grad_sync=sync)
+    architect = make_architect(model, order=1, weight_decay=0.0)
     train_loss, val_loss = closures(model)
-    expected = architect.alpha_gradients(train_loss, val_loss, weight_lr=0.5)["grads"][0]
+    grads = architect.alpha_gradients(train_loss, val_loss)["grads"]
+    assert float(grads[0].abs().max()) > 0
     before = model.arch.alpha.detach().clone()
-    architect.step(train_loss, val_loss, weight_lr=0.5)
-    assert len(seen) == 1
-    torch.testing.assert_close(seen[0][0], expected, rtol=0, atol=0)
-    # the synced (zero) gradient is what Adam used: no decay, zero gradient -> no change
+    architect.apply_gradients([torch.zeros_like(g) for g in grads])  # e.g. a reduction that gave 0
+    # zero gradient, no decay: Adam leaves alpha where it was
     assert torch.equal(model.arch.alpha, before)
+    architect.apply_gradients(grads)
+    assert not torch.equal(model.arch.alpha, before)
+
+
+def test_second_order_needs_the_weight_optimizer_rule():
+    model = make_model()
+    architect = make_architect(model, order=2)
+    with pytest.raises(ValueError, match="virtual step"):
+        architect.alpha_gradients(*closures(model))
 
 
 # ------------------------------------------------------------------- parameter separation

@@ -36,10 +36,10 @@ from ..search import (
     search_architecture,
     GenotypeEdge,
     MultiDomainGenotype,
+    ParamTable,
     SearchSpace,
     darts_cnn_space,
     mix,
-    multimodel_param_count,
 )
 
 CONV_OPERATIONS = CNN_OPERATIONS  # the DARTS conv candidates, defined with the search space
@@ -271,26 +271,39 @@ class DartsConvClassifier(nn.Module):
         self.cell = DartsConvCell(channels, self.space, genotype)
         self.classifier = nn.Linear(self.cell.out_channels, num_classes)
         rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
+        self.architecture_rows = rows  # host copy: domain index -> architecture row
         self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)
 
     @property
     def is_search(self) -> bool:
         return self.arch is not None
 
-    def forward(self, images: Tensor, domain: Tensor) -> Tuple[Tensor, Tensor]:
-        """``images`` (B, C_in, H, W), ``domain`` (B,) -> (logits (B, classes), features (B, num_nodes*C))."""
-        if domain.dim() == 0:
-            domain = domain.expand(images.shape[0])
-        if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
-            raise IndexError(f"domain index out of range for domains {self.domains}")
-        rows = self.domain_to_architecture[domain.to(self.domain_to_architecture.device)]
+    def forward(self, images: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """``images`` (B, C_in, H, W), ``domain`` (B,) -> (logits (B, classes), features (B, num_nodes*C)).
+
+        ``batch_domain``: the single domain of the whole batch, known on the host (no device read).
+        """
         s = self.stem(images)
-        if self.is_search:
-            single = bool((rows == rows[0]).all())
-            weights = self.arch.mixing_weights(int(rows[0]) if single else rows, temperature=self.temperature)
-            out = self.cell(s, s, mixing_weights=weights)
-        else:
-            out = self.cell(s, s, cells=[self.architecture_names[r] for r in rows.tolist()])
+        if batch_domain is not None:
+            if not 0 <= batch_domain < len(self.domains):
+                raise IndexError(f"domain {batch_domain} out of range for domains {self.domains}")
+            row = self.architecture_rows[batch_domain]
+            if self.is_search:
+                weights = self.arch.mixing_weights(row, temperature=self.temperature)
+                out = self.cell(s, s, mixing_weights=weights.to(s.dtype))
+            else:
+                out = self.cell(s, s, cells=[self.architecture_names[row]] * images.shape[0])
+        else:  # a batch mixing domains: per-sample architectures (reads the domains on the host)
+            if domain.dim() == 0:
+                domain = domain.expand(images.shape[0])
+            if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
+                raise IndexError(f"domain index out of range for domains {self.domains}")
+            rows = self.domain_to_architecture[domain.to(self.domain_to_architecture.device)]
+            if self.is_search:
+                weights = self.arch.mixing_weights(rows, temperature=self.temperature)
+                out = self.cell(s, s, mixing_weights=weights.to(s.dtype))
+            else:
+                out = self.cell(s, s, cells=[self.architecture_names[r] for r in rows.tolist()])
         features = out.mean(dim=(2, 3))
         logits = self.classifier(F.dropout(features, self.dropout, self.training))
         return logits, features
@@ -300,8 +313,11 @@ class DartsConvClassifier(nn.Module):
         """Parameters every domain uses: stem and classifier."""
         return sum(p.numel() for p in self.stem.parameters()) + sum(p.numel() for p in self.classifier.parameters())
 
+    def param_table(self) -> ParamTable:
+        """Parameter counts of this network's modules: one per (input, node, operation), plus stem and head."""
+        row = [op_param_count(op, self.channels) for op in self.space.operations]
+        return ParamTable(self.space, [row] * self.space.num_edges, "edge", self.shared_param_count())
+
     def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
         """Parameters of the derived multimodel of ``genotype`` (or of the model of ``cells`` only)."""
-        return multimodel_param_count(
-            genotype, lambda e: op_param_count(e.op, self.channels), self.shared_param_count(), domains=cells
-        )
+        return self.param_table().multimodel_count(genotype, cells)

@@ -38,9 +38,9 @@ from ..search import (
     search_architecture,
     GenotypeEdge,
     MultiDomainGenotype,
+    ParamTable,
     SearchSpace,
     darts_rnn_space,
-    multimodel_param_count,
 )
 
 ACTIVATIONS = {
@@ -273,41 +273,60 @@ class DartsRNNLanguageModel(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+        # Every sentence starts from this learned state. A zero start state with a dropped (zero)
+        # first embedding makes every state of the first step exactly 0: the parameter-free
+        # LayerNorm then multiplies gradients by 1/sqrt(eps) per node (an fp16 overflow, and
+        # huge gradients in fp32).
+        self.initial_state = nn.Parameter(torch.empty(hidden_dim).uniform_(-1.0, 1.0))
         self.dropout, self.dropout_emb = dropout, dropout_emb
         self.temperature, self.gumbel = 1.0, False
         self.arch = search_architecture(genotype, self.space, self.architecture_names, alpha_init_scale)
         self.cell = DartsRNNCell(embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h)
         rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
+        self.architecture_rows = rows  # host copy: domain index -> architecture row
         self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)
 
     @property
     def is_search(self) -> bool:
         return self.arch is not None
 
-    def _embed_dropout(self, emb: Tensor) -> Tensor:
-        if not self.training or self.dropout_emb <= 0:
-            return emb
-        # DARTS' embedding dropout drops whole word types
-        keep = torch.empty(emb.shape[0], emb.shape[1], 1, device=emb.device).bernoulli_(1 - self.dropout_emb)
-        return emb * keep / (1 - self.dropout_emb)
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """Input embeddings; in training, DARTS' embedding dropout drops whole word types (rows of the
+        input embedding matrix, one mask per batch; the tied output projection is not masked)."""
+        weight = self.embedding.weight
+        if self.training and self.dropout_emb > 0:
+            keep = torch.empty(weight.shape[0], 1, device=weight.device, dtype=weight.dtype)
+            weight = weight * (keep.bernoulli_(1 - self.dropout_emb) / (1 - self.dropout_emb))
+        return F.embedding(tokens, weight, self.embedding.padding_idx)
 
-    def forward(self, tokens: Tensor, domain: Tensor) -> Tuple[Tensor, Tensor]:
-        """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), states (B, T, H))."""
-        if domain.dim() == 0:
-            domain = domain.expand(tokens.shape[0])
-        if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
-            raise IndexError(f"domain index out of range for domains {self.domains}")
-        rows = self.domain_to_architecture[domain]
-        x = self._embed_dropout(self.embedding(tokens)).transpose(0, 1)  # (T, B, E)
-        if self.is_search:
-            single = bool((rows == rows[0]).all())
-            weights = self.arch.mixing_weights(
-                int(rows[0]) if single else rows, temperature=self.temperature, gumbel=self.gumbel
-            )
-            states = self.cell(x, mixing_weights=weights)
-        else:
-            names = [self.architecture_names[r] for r in rows.tolist()]
-            states = self.cell(x, cells=names)
+    def forward(self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), states (B, T, H)).
+
+        ``batch_domain``: the single domain of the whole batch when the caller knows it on the host
+        (the tasks' batches always hold one domain): then nothing is read back from the device.
+        """
+        x = self._embed(tokens).transpose(0, 1)  # (T, B, E)
+        h0 = self.initial_state.expand(tokens.shape[0], -1)
+        if batch_domain is not None:
+            if not 0 <= batch_domain < len(self.domains):
+                raise IndexError(f"domain {batch_domain} out of range for domains {self.domains}")
+            row = self.architecture_rows[batch_domain]
+            if self.is_search:
+                weights = self.arch.mixing_weights(row, temperature=self.temperature, gumbel=self.gumbel)
+                states = self.cell(x, h0, mixing_weights=weights.to(x.dtype))
+            else:
+                states = self.cell(x, h0, cells=[self.architecture_names[row]] * tokens.shape[0])
+        else:  # a batch mixing domains: per-sample architectures (reads the domains on the host)
+            if domain.dim() == 0:
+                domain = domain.expand(tokens.shape[0])
+            if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
+                raise IndexError(f"domain index out of range for domains {self.domains}")
+            rows = self.domain_to_architecture[domain]
+            if self.is_search:
+                weights = self.arch.mixing_weights(rows, temperature=self.temperature, gumbel=self.gumbel)
+                states = self.cell(x, h0, mixing_weights=weights.to(x.dtype))
+            else:
+                states = self.cell(x, h0, cells=[self.architecture_names[r] for r in rows.tolist()])
         states = states.transpose(0, 1)  # (B, T, H)
         out = F.dropout(states, self.dropout, self.training)
         logits = F.linear(out, self.embedding.weight, self.output_bias)
@@ -315,10 +334,19 @@ class DartsRNNLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ sizes
     def shared_param_count(self) -> int:
-        return self.embedding.weight.numel() + self.output_bias.numel() + self.cell.shared_param_count()
+        return (self.embedding.weight.numel() + self.output_bias.numel() + self.initial_state.numel()
+                + self.cell.shared_param_count())
+
+    def param_table(self) -> ParamTable:
+        """Parameter counts of this network's modules: one matrix per (node, operation) whatever the
+        input (:func:`rnn_share_key`), plus embeddings, output bias and the first matrix."""
+        rows = [
+            [0 if op == self.space.none_op else self.cell.op_param_count(GenotypeEdge(node=j, input=i, op=op))
+             for op in self.space.operations]
+            for i, j in self.space.edges
+        ]
+        return ParamTable(self.space, rows, "node", self.shared_param_count())
 
     def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
         """Parameters of the multimodel built from ``genotype`` (or of the model of some ``cells``)."""
-        return multimodel_param_count(
-            genotype, self.cell.op_param_count, self.shared_param_count(), rnn_share_key, cells
-        )
+        return self.param_table().multimodel_count(genotype, cells)

@@ -1,23 +1,27 @@
 """Criterion ``multidomain_nas_loss``: cross-entropy plus the structural and contrastive terms.
 
-* weight step:       CE_sum + contrastive_coef * L_triplet * sample_size
-  (fairseq divides gradients by sample_size, so the triplet term keeps weight
-  ``contrastive_coef`` relative to the per-token cross-entropy);
-* architecture step: CE_mean + contrastive_coef * L_triplet + struct_coef * L_struct(alpha)
-  (:meth:`MultiDomainNASLoss.architecture_loss`; METHOD.md section 3).
+The loss is written once (:meth:`MultiDomainNASLoss.compute`); its three callers weigh it:
+
+* weight step (``forward``, also validation): ``CE_sum + contrastive_coef * L_triplet * sample_size``
+  (fairseq divides gradients by sample_size, so the triplet term keeps weight ``contrastive_coef``
+  relative to the per-token cross-entropy);
+* the virtual step of second-order search (:meth:`weight_objective`): the same per token,
+  ``CE_mean + contrastive_coef * L_triplet``;
+* architecture step (:meth:`architecture_loss`, on a held-out batch):
+  ``CE_mean + contrastive_coef * L_triplet + struct_coef * L_struct(alpha)`` (docs/method.md).
 
 The contrastive term needs a ``sample["partner"]`` batch of another domain, attached by the
 task: for parallel text the translations of the sentences (labels: line ids), for images a
 batch of another rotation (labels: classes). The representation of a sample is the model's
 ``domain_representation`` (the hidden state at <eos> for the language model).
 
-Logged: per-domain loss and perplexity (``loss_en``, ``ppl_en``), and from the task, the JS
-value, the triplet value, p per domain and the mean entropy of each domain's alpha.
+Logged (see :mod:`mdnas_fairseq.log_schema`): loss and perplexity, per-domain loss sums that the
+task turns into ``loss_<domain>`` / ``ppl_<domain>``, and the triplet value.
 """
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +30,9 @@ from fairseq.criterions import CRITERION_REGISTRY, FairseqCriterion, register_cr
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
+from .. import log_schema
+from ..models.searchable import unwrap_model
 from ..search import architecture_parameters, batch_hard_triplet_loss, js_structural_loss
-
-DOMAIN_LOSS = "dloss:"
-DOMAIN_SIZE = "dsize:"
-STAT = "stat:"
-STAT_COUNT = "stat_count"
 
 
 @dataclass
@@ -46,11 +47,17 @@ class MultiDomainNASLossConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
-def unwrap_model(model):
-    """The model inside fairseq's data-parallel wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
+class Loss(NamedTuple):
+    """The pieces of the loss on one batch."""
+
+    ce_sum: torch.Tensor  # summed token cross-entropy
+    per_sample: torch.Tensor  # (B,) summed cross-entropy of each sample
+    sample_size: int  # tokens (or sentences with --sentence-avg)
+    triplet: Optional[torch.Tensor]  # None without the contrastive term or a partner batch
+
+    @property
+    def ce_mean(self) -> torch.Tensor:
+        return self.ce_sum / max(self.sample_size, 1)
 
 
 class MultiDomainNASLoss(FairseqCriterion):
@@ -63,119 +70,106 @@ class MultiDomainNASLoss(FairseqCriterion):
         self.triplet_margin = triplet_margin
         self.sentence_avg = sentence_avg
 
-    # ------------------------------------------------------------------ pieces
-    def cross_entropy(self, model, net_output, sample) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(summed token loss, per-sample summed loss)."""
+    # ------------------------------------------------------------------ the loss, once
+    def compute(self, model, sample) -> Loss:
+        net_output = model(**sample["net_input"])
         lprobs = model.get_normalized_probs(net_output, log_probs=True)
         target = model.get_targets(sample, net_output)
         per_token = F.nll_loss(
             lprobs.reshape(-1, lprobs.size(-1)), target.reshape(-1), ignore_index=self.padding_idx, reduction="none"
-        ).view(target.shape)
+        )
         per_sample = per_token.reshape(target.shape[0], -1).sum(dim=1)
-        return per_sample.sum(), per_sample
+        sample_size = sample["nsentences"] if self.sentence_avg else sample["ntokens"]
+        triplet = None
+        if self.contrastive_coef > 0 and sample.get("partner") is not None:
+            triplet = self.triplet(model, net_output, sample)
+        return Loss(per_sample.sum(), per_sample, sample_size, triplet)
 
     def triplet(self, model, net_output, sample) -> torch.Tensor:
-        """Batch-hard triplet loss between ``sample`` and its attached ``partner`` batch."""
+        """Batch-hard triplet loss between ``sample`` and its attached ``partner`` batch.
+
+        The partner goes through the unwrapped model: a second forward through a data-parallel
+        wrapper before the backward would confuse its gradient bookkeeping.
+        """
         partner = sample["partner"]
         core = unwrap_model(model)
-        partner_output = model(**partner["net_input"])
+        partner_output = core(**partner["net_input"])
         h_a = core.domain_representation(net_output, sample)
         h_b = core.domain_representation(partner_output, partner)
         return batch_hard_triplet_loss(
             h_a, self.task.triplet_labels(sample), h_b, self.task.triplet_labels(partner), self.triplet_margin
         )
 
-    def _sample_size(self, sample) -> int:
-        return sample["nsentences"] if self.sentence_avg else sample["ntokens"]
-
-    def _use_contrastive(self, sample) -> bool:
-        return self.contrastive_coef > 0 and sample.get("partner") is not None
-
-    # ------------------------------------------------------------------ losses
+    # ------------------------------------------------------------------ its three uses
     def forward(self, model, sample, reduce=True):
         """The weight-step loss (and the validation loss)."""
-        net_output = model(**sample["net_input"])
-        ce_sum, per_sample = self.cross_entropy(model, net_output, sample)
-        sample_size = self._sample_size(sample)
-        loss = ce_sum
-        logging_output: Dict[str, float] = {
-            "loss": ce_sum.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["nsentences"],
-            "sample_size": sample_size,
-        }
-        self._log_per_domain(logging_output, sample, per_sample)
-        if self._use_contrastive(sample):
-            trip = self.triplet(model, net_output, sample)
-            loss = loss + self.contrastive_coef * trip * sample_size
-            logging_output[STAT + "triplet"] = float(trip.detach())
-            logging_output[STAT_COUNT] = 1
-        return loss, sample_size, logging_output
-
-    def architecture_loss(self, model, sample, logging_output: Optional[dict] = None) -> torch.Tensor:
-        """The architecture-step objective on a held-out batch (per-token mean CE + regularizers)."""
-        net_output = model(**sample["net_input"])
-        ce_sum, _ = self.cross_entropy(model, net_output, sample)
-        loss = ce_sum / max(self._sample_size(sample), 1)
-        if self._use_contrastive(sample):
-            loss = loss + self.contrastive_coef * self.triplet(model, net_output, sample)
-        if self.struct_coef > 0:
-            loss = loss + self.struct_coef * self.structural_loss(model)
-        return loss
+        out = self.compute(model, sample)
+        loss = out.ce_sum
+        if out.triplet is not None:
+            loss = loss + self.contrastive_coef * out.triplet * out.sample_size
+        return loss, out.sample_size, self.logging_output(sample, out)
 
     def weight_objective(self, model, sample) -> torch.Tensor:
-        """The training objective as a per-token mean (the architect's virtual step uses it)."""
-        net_output = model(**sample["net_input"])
-        ce_sum, _ = self.cross_entropy(model, net_output, sample)
-        loss = ce_sum / max(self._sample_size(sample), 1)
-        if self._use_contrastive(sample):
-            loss = loss + self.contrastive_coef * self.triplet(model, net_output, sample)
-        return loss
+        """The training objective per token (what the virtual step of second-order search descends)."""
+        out = self.compute(model, sample)
+        return out.ce_mean + (self.contrastive_coef * out.triplet if out.triplet is not None else 0.0)
+
+    def architecture_loss(self, model, sample) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(objective, cross-entropy per token) of the architecture step on a held-out batch.
+
+        The cross-entropy alone is the domain's held-out loss that the robust domain
+        distribution p follows (docs/method.md); the objective adds the regularizers.
+        """
+        out = self.compute(model, sample)
+        objective = out.ce_mean
+        if out.triplet is not None:
+            objective = objective + self.contrastive_coef * out.triplet
+        if self.struct_coef > 0:
+            objective = objective + self.struct_coef * self.structural_loss(model)
+        return objective, out.ce_mean.detach()
 
     @staticmethod
     def structural_loss(model) -> torch.Tensor:
         alphas = architecture_parameters(unwrap_model(model))
         return sum(js_structural_loss(a) for a in alphas)
 
-    def _log_per_domain(self, logging_output, sample, per_sample):
-        names = self.task.domain_names
-        domains = sample["net_input"].get("domain")
-        if domains is None:
-            return
-        sizes = (sample["target"] != self.padding_idx).reshape(len(per_sample), -1).sum(dim=1)
-        if self.sentence_avg:
-            sizes = torch.ones_like(sizes)
-        for d in domains.unique().tolist():
-            mask = domains == d
-            logging_output[DOMAIN_LOSS + names[d]] = float(per_sample[mask].detach().sum())
-            logging_output[DOMAIN_SIZE + names[d]] = int(sizes[mask].sum())
-
     # ------------------------------------------------------------------ metrics
+    def logging_output(self, sample, out: Loss) -> Dict[str, object]:
+        """The same keys, in the same order, for every batch of a run (see :mod:`..log_schema`)."""
+        net_input = sample["net_input"]
+        sizes = out.sample_size
+        batch_domain = net_input.get("batch_domain")
+        if batch_domain is None:  # a batch that mixes domains: sizes per sample
+            nonpad = sample["target"] != self.padding_idx
+            sizes = torch.ones(len(out.per_sample)) if self.sentence_avg else nonpad.reshape(len(out.per_sample), -1).sum(1)
+        logging_output = {
+            "loss": out.ce_sum.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["nsentences"],
+            "sample_size": out.sample_size,
+        }
+        logging_output.update(log_schema.domain_sums(
+            out.per_sample, sizes, net_input.get("domain"), batch_domain, len(self.task.domain_names)))
+        if self.contrastive_coef > 0:
+            computed = out.triplet is not None
+            logging_output[log_schema.TRIPLET] = out.triplet.detach() if computed else out.ce_sum.new_zeros(())
+            logging_output[log_schema.TRIPLET_COUNT] = 1 if computed else 0
+        return logging_output
+
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
+        """Loss and perplexity over all domains; the task logs the per-domain values."""
         def total(key):
             return sum(log.get(key, 0) for log in logging_outputs)
 
         loss_sum, sample_size, ntokens = total("loss"), total("sample_size"), total("ntokens")
-        metrics.log_scalar("loss", float(loss_sum) / max(sample_size, 1) / math.log(2), sample_size, round=3)
+        metrics.log_scalar("loss", loss_sum / max(sample_size, 1) / math.log(2), sample_size, round=3)
         if sample_size != ntokens:
-            metrics.log_scalar("nll_loss", float(loss_sum) / max(ntokens, 1) / math.log(2), ntokens, round=3)
+            metrics.log_scalar("nll_loss", loss_sum / max(ntokens, 1) / math.log(2), ntokens, round=3)
             metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["nll_loss"].avg))
         else:
             metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["loss"].avg))
-        keys = {k for log in logging_outputs for k in log}
-        for key in sorted(k for k in keys if k.startswith(DOMAIN_LOSS)):
-            name = key[len(DOMAIN_LOSS):]
-            size = total(DOMAIN_SIZE + name)
-            if size > 0:
-                metrics.log_scalar(f"loss_{name}", total(key) / size / math.log(2), size, round=3)
-                metrics.log_derived(
-                    f"ppl_{name}", lambda m, n=name: utils.get_perplexity(m[f"loss_{n}"].avg)
-                )
-        count = total(STAT_COUNT)
-        if count > 0:
-            for key in sorted(k for k in keys if k.startswith(STAT)):
-                metrics.log_scalar(key[len(STAT):], total(key) / count, count, round=4)
+        log_schema.log_mean(logging_outputs, log_schema.TRIPLET, log_schema.TRIPLET_COUNT)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

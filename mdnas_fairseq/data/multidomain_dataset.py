@@ -1,9 +1,9 @@
 """Datasets of several domains, batched so that every batch holds one domain.
 
 :class:`MultiDomainDataset` concatenates one fairseq dataset per domain. Its batches never mix
-domains, and every collated batch says which domain it holds: ``sample["domain"]`` (an int)
-and ``sample["net_input"]["domain"]`` (one index per sentence, so models and
-``fairseq-eval-lm``'s scorer get it through ``model(**net_input)``).
+domains, and every collated batch says which domain it holds: ``sample["domain"]`` and
+``net_input["batch_domain"]`` (host ints) and ``net_input["domain"]`` (one index per sentence, a
+tensor; models and ``fairseq-eval-lm``'s scorer get both through ``model(**net_input)``).
 
 :func:`draw_domain_batches` lays out a training epoch: as many batches as the domains have
 together, each drawn from a domain d ~ Categorical(p), cycling through that domain's batches in
@@ -71,14 +71,27 @@ class MultiDomainDataset(FairseqDataset):
         return self.collate_domain(entry, [s["item"] for s in samples])
 
     def collate_domain(self, entry: int, items) -> dict:
-        """Collate items of entry ``entry`` and tag the batch with its domain."""
+        """Collate items of entry ``entry`` and tag the batch with its domain.
+
+        Host-side (never moved to the device, so reading them needs no synchronisation):
+        ``sample["domain"]`` and ``net_input["batch_domain"]``, the batch's domain index, and
+        ``sample["local_ids"]``, the items' indices within their domain (the contrastive partner
+        batch takes the same indices in another domain).
+        """
         batch = self.datasets[entry].collater(items)
         if not batch:
             return batch
         domain = self.domain_indices[entry]
         batch["domain"] = domain
+        batch["local_ids"] = np.asarray([item["id"] for item in items], dtype=np.int64)
         batch["net_input"]["domain"] = torch.full((len(items),), domain, dtype=torch.long)
+        batch["net_input"]["batch_domain"] = domain
         return batch
+
+    def subset_of_domain(self, domain_index: int) -> "MultiDomainDataset":
+        """A dataset of this one domain's entry (same domain index)."""
+        entry = self.entry_for_domain(domain_index)
+        return MultiDomainDataset([self.datasets[entry]], [domain_index], [self.domain_names[entry]])
 
     def aligned_batch(self, entry: int, local_ids: Sequence[int]) -> dict:
         """The batch of entry ``entry`` with the given local (line) indices: translations of a batch."""

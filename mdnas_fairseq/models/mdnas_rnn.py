@@ -58,13 +58,13 @@ class MDNASRNNDecoder(FairseqDecoder):
         super().__init__(dictionary)
         self.lm = lm
 
-    def forward(self, prev_output_tokens, src_lengths=None, domain=None, **kwargs):
+    def forward(self, prev_output_tokens, src_lengths=None, domain=None, batch_domain=None, **kwargs):
         if domain is None:
             raise ValueError(
                 "mdnas_rnn needs the domain of every sentence (net_input['domain']); "
                 "load the data with --task multidomain_nas"
             )
-        logits, states = self.lm(prev_output_tokens, domain.to(prev_output_tokens.device))
+        logits, states = self.lm(prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain)
         return logits, {"states": states, "src_lengths": src_lengths, "attn": [None]}
 
     def max_positions(self):

@@ -55,6 +55,13 @@ def genotype_for_model(cfg, domains: List[str], space: SearchSpace) -> Optional[
     return genotype
 
 
+def unwrap_model(model):
+    """The model inside fairseq's data-parallel wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 class SearchableModel:
     """Mixin for a fairseq model wrapping a searchable pure-PyTorch network.
 

@@ -6,9 +6,14 @@ Public API:
     ArchitectureParameters, mix, annealed_temperature        -- per-domain alpha (D, E, K), mixed op
     js_structural_loss, batch_hard_triplet_loss              -- the two regularizers
     BilevelArchitect                                         -- first / second order architecture step
-    DomainSampler                                            -- fixed or robust domain distribution p
+    VirtualStep, SGDVirtualStep, NAGVirtualStep, AdamVirtualStep -- the weight optimizer's rule (second order)
+    DomainSampler                                            -- the domain distribution p, fixed or robust
     derive_genotype, MultiDomainGenotype, multimodel_param_count,
     save_genotype, load_genotype, GenotypeError              -- genotypes and their files
+    ParamTable, ParamPenalty, DerivationError                -- parameter counts without the model
+    random_genotype, random_matched_genotype                 -- the chance baseline
+    derive_with_budget, budget_sequence, BUDGET_RULE         -- a parameter budget from one search
+    edge_entropy, edge_margin, decisiveness                  -- how decided a search is
 """
 from .arch_params import (
     MASKED_LOGIT,
@@ -22,6 +27,8 @@ from .arch_params import (
 )
 from .architect import BilevelArchitect
 from .atomic import atomic_path, atomic_write_text
+from .budget import BUDGET_RULE, BudgetStep, argmax_genotype, budget_sequence, derive_with_budget
+from .decisiveness import decisiveness, edge_entropy, edge_margin
 from .domains import DomainSampler
 from .genotype import (
     GENOTYPE_FORMAT,
@@ -38,6 +45,8 @@ from .genotype import (
     read_genotype_json,
     save_genotype,
 )
+from .params import DerivationError, ParamPenalty, ParamTable, param_penalty, uniform_param_table
+from .random_genotypes import random_cell, random_genotype, random_matched_genotype
 from .regularizers import batch_hard_triplet_loss, js_structural_loss, pairwise_euclidean
 from .space import (
     CNN_OPERATIONS,
@@ -49,5 +58,6 @@ from .space import (
     transformer_lm_space,
     transformer_token_ops,
 )
+from .virtual_step import AdamVirtualStep, NAGVirtualStep, SGDVirtualStep, VirtualStep
 
 __all__ = [name for name in dir() if not name.startswith("_")]

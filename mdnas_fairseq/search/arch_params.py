@@ -55,6 +55,15 @@ class ArchitectureParameters(nn.Module):
     def num_domains(self) -> int:
         return self.alpha.shape[0]
 
+    def _apply(self, fn, recurse=True):
+        """Move alpha with the model, but keep it fp32: ``model.half()`` (fairseq's ``--fp16``)
+        would make its Adam updates underflow. The mixed operation casts softmax(alpha) to the
+        activations' dtype, so gradients still reach the fp32 alpha."""
+        super()._apply(fn, recurse)
+        if self.alpha.dtype in (torch.float16, torch.bfloat16):
+            self.alpha.data = self.alpha.data.float()
+        return self
+
     @contextlib.contextmanager
     def trainable(self) -> Iterator[Tensor]:
         """Let gradients reach ``alpha`` inside the block (the architecture step)."""

@@ -4,12 +4,14 @@ Given shared weights ``w`` and architecture parameters ``alpha``, the outer prob
 ``L_val(w*(alpha), alpha)``. Its gradient is approximated by
 
 * first order:  ``grad_alpha L_val(w, alpha)``;
-* second order (DARTS): one virtual weight step ``w' = w - xi * grad_w L_train(w, alpha)``
-  (``xi`` the weight optimizer's learning rate), then
-  ``grad_alpha L_val(w', alpha) - xi * H v``, where the Hessian-vector product
-  ``H v = grad^2_{alpha,w} L_train(w, alpha) . grad_w' L_val(w', alpha)`` is the central finite
-  difference ``(grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps)`` with
-  ``w+- = w +- eps * grad_w' L_val`` and ``eps = 0.01 / ||grad_w' L_val||``.
+* second order (DARTS): one virtual weight step ``w' = w - U(g)`` with the weight optimizer's own
+  update rule ``U`` of the training gradient ``g = grad_w L_train(w, alpha)``
+  (:mod:`~mdnas_fairseq.search.virtual_step`; plain SGD: ``U(g) = xi g``), then
+  ``grad_alpha L_val(w', alpha) - H u``, where ``u = dU/dg * grad_w' L_val(w', alpha)`` (the
+  Jacobian of the update is diagonal) and the Hessian-vector product
+  ``H u = grad^2_{alpha,w} L_train(w, alpha) . u`` is the central finite difference
+  ``(grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps)`` with
+  ``w+- = w +- eps * u`` and ``eps = 0.01 / ||u||``.
 
 The losses are given as closures so the architect works with any model: the virtual step is
 applied to the weights in place and undone afterwards, so no copy of the model is needed.
@@ -17,13 +19,14 @@ applied to the weights in place and undone afterwards, so no copy of the model i
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-LossFn = Callable[[], Tensor]
-GradSync = Callable[[List[Tensor]], None]
+from .virtual_step import VirtualStep
+
+LossFn = Callable[[], Union[Tensor, Tuple[Tensor, Any]]]
 
 
 @contextlib.contextmanager
@@ -44,16 +47,24 @@ def _grads(loss: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
+def _split(result) -> Tuple[Tensor, Any]:
+    """A loss closure returns the objective, or (objective, extras) handed back untouched."""
+    if isinstance(result, tuple):
+        return result[0], result[1]
+    return result, None
+
+
 class BilevelArchitect:
-    """Updates architecture parameters from validation-batch gradients.
+    """Updates architecture parameters from held-out-batch gradients.
 
     Args:
         weights: the shared weights ``w`` (those with ``requires_grad`` take part).
         alphas: the architecture parameters; must be disjoint from ``weights``.
         order: 1 (first order) or 2 (DARTS second order).
         lr, betas, weight_decay: the architecture optimizer (Adam, as in DARTS).
-        grad_sync: called with the alpha gradients before each update (e.g. an all-reduce mean
-            over data-parallel workers, so every worker keeps the same alpha).
+
+    The optimizer's state stays in fp32 whatever the model's precision (alpha itself is kept
+    in fp32 by :class:`~mdnas_fairseq.search.ArchitectureParameters`).
     """
 
     def __init__(
@@ -64,7 +75,6 @@ class BilevelArchitect:
         lr: float = 3e-4,
         betas=(0.5, 0.999),
         weight_decay: float = 1e-3,
-        grad_sync: Optional[GradSync] = None,
     ):
         if order not in (1, 2):
             raise ValueError(f"architecture step order must be 1 or 2, got {order}")
@@ -76,63 +86,71 @@ class BilevelArchitect:
         if shared:
             raise ValueError("architecture parameters must not be among the weights")
         self.order = order
-        self.grad_sync = grad_sync
         self.optimizer = torch.optim.Adam(self.alphas, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+    @property
+    def trainable_weights(self) -> List[Tensor]:
+        """The weights the virtual step moves: those that require gradients, in order."""
+        return [w for w in self.weights if w.requires_grad]
 
     # ------------------------------------------------------------------ gradients
     def alpha_gradients(
         self,
         train_loss_fn: LossFn,
         val_loss_fn: LossFn,
-        weight_lr: float,
-        weight_momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        momentum_buffers: Optional[Sequence[Optional[Tensor]]] = None,
+        virtual_step: Optional[VirtualStep] = None,
+        loss_scale: float = 1.0,
     ) -> Dict[str, object]:
         """Compute the architecture gradient without applying it.
 
-        Returns a dict with ``grads`` (one tensor per alpha) and ``val_loss`` (the validation
-        loss the gradient was taken of, at ``w`` for first order and ``w'`` for second order).
+        Args:
+            train_loss_fn, val_loss_fn: closures evaluating the training / held-out objective
+                at the current weights; each returns the objective or ``(objective, extras)``.
+            virtual_step: the weight optimizer's update rule (second order only).
+            loss_scale: the objective is multiplied by it before differentiation and the
+                gradients divided by it (mixed precision: fp16 activations keep small gradients).
+
+        Returns a dict with ``grads`` (one tensor per alpha, possibly non-finite after an fp16
+        overflow: the caller checks), ``val_loss`` (the held-out objective the gradient was taken
+        of, at ``w`` for first order and ``w'`` for second order) and ``extras`` (what
+        ``val_loss_fn`` returned beside the objective, at that point).
         """
         with _requires_grad(self.alphas):
             if self.order == 1:
-                val_loss = val_loss_fn()
-                return {"grads": _grads(val_loss, self.alphas), "val_loss": val_loss.detach()}
-            return self._second_order(
-                train_loss_fn, val_loss_fn, weight_lr, weight_momentum, weight_decay, momentum_buffers
-            )
+                val_loss, extras = _split(val_loss_fn())
+                grads = _grads(val_loss * loss_scale if loss_scale != 1.0 else val_loss, self.alphas)
+                if loss_scale != 1.0:
+                    grads = [g / loss_scale for g in grads]
+                return {"grads": grads, "val_loss": val_loss.detach(), "extras": extras}
+            if virtual_step is None:
+                raise ValueError("a second-order architecture step needs the weight optimizer's virtual step")
+            if loss_scale != 1.0:
+                raise ValueError("the second-order architecture step does not support loss scaling (fp16)")
+            return self._second_order(train_loss_fn, val_loss_fn, virtual_step)
 
-    def _second_order(self, train_loss_fn, val_loss_fn, xi, momentum, weight_decay, momentum_buffers):
-        weights = [w for w in self.weights if w.requires_grad]
-        if momentum_buffers is None:
-            buffers: List[Optional[Tensor]] = [None] * len(weights)
-        else:
-            by_id = {id(w): b for w, b in zip(self.weights, momentum_buffers)}
-            buffers = [by_id.get(id(w)) for w in weights]
+    def _second_order(self, train_loss_fn, val_loss_fn, virtual_step: VirtualStep):
+        weights = self.trainable_weights
         backup = [w.detach().clone() for w in weights]
         try:
-            # 1. virtual step w' = w - xi * (momentum * v + grad_w L_train + wd * w)
-            train_grads = _grads(train_loss_fn(), weights)
-            with torch.no_grad():
-                for w, g, buf in zip(weights, train_grads, buffers):
-                    step = g + weight_decay * w
-                    if momentum and buf is not None:
-                        step = step + momentum * buf
-                    w.sub_(xi * step)
-            # 2. validation gradients at w'
-            val_loss = val_loss_fn()
+            # 1. virtual step w' = w - U(g), g = grad_w L_train(w, alpha), the optimizer's own rule
+            train_grads = _grads(_split(train_loss_fn())[0], weights)
+            jacobian = virtual_step.jacobian(backup, train_grads)
+            virtual_step.apply(weights, train_grads)
+            # 2. held-out gradients at w'
+            val_loss, extras = _split(val_loss_fn())
             grads = _grads(val_loss, self.alphas + weights)
             d_alpha, d_weights = grads[: len(self.alphas)], grads[len(self.alphas) :]
-            norm = torch.sqrt(sum((g.double() ** 2).sum() for g in d_weights)) if d_weights else torch.tensor(0.0)
-            if float(norm) > 0.0:
-                # 3. Hessian-vector product by central finite differences around w
-                eps = 0.01 / float(norm)
-                grads_plus = self._alpha_grads_at(weights, backup, d_weights, eps, train_loss_fn)
-                grads_minus = self._alpha_grads_at(weights, backup, d_weights, -eps, train_loss_fn)
-                d_alpha = [
-                    da - xi * (gp - gm) / (2.0 * eps) for da, gp, gm in zip(d_alpha, grads_plus, grads_minus)
-                ]
-            return {"grads": d_alpha, "val_loss": val_loss.detach()}
+            # 3. (dw'/dalpha)^T v = -H_{alpha w} u with u = dU/dg * v, by central finite differences
+            #    around w: (grad_alpha L_train(w + eps u) - grad_alpha L_train(w - eps u)) / (2 eps)
+            direction = [j * v for j, v in zip(jacobian, d_weights)]
+            if direction:
+                norm = torch.sqrt(sum((u.double() ** 2).sum() for u in direction))
+                # eps = 0.01 / ||u|| (a zero direction gives equal gradients, hence no term)
+                eps = (0.01 / norm.clamp_min(1e-30)).to(direction[0].dtype)
+                grads_plus = self._alpha_grads_at(weights, backup, direction, eps, train_loss_fn)
+                grads_minus = self._alpha_grads_at(weights, backup, direction, -eps, train_loss_fn)
+                d_alpha = [da - (gp - gm) / (2.0 * eps) for da, gp, gm in zip(d_alpha, grads_plus, grads_minus)]
+            return {"grads": d_alpha, "val_loss": val_loss.detach(), "extras": extras}
         finally:
             with torch.no_grad():
                 for w, b in zip(weights, backup):
@@ -143,26 +161,22 @@ class BilevelArchitect:
         with torch.no_grad():
             for w, o, d in zip(weights, origin, direction):
                 w.copy_(o + eps * d)
-        return _grads(loss_fn(), self.alphas)
+        return _grads(_split(loss_fn())[0], self.alphas)
 
     # ------------------------------------------------------------------ update
-    def step(self, train_loss_fn: LossFn, val_loss_fn: LossFn, weight_lr: float, **virtual_step) -> Dict[str, float]:
-        """One architecture update. Weights are left exactly as they were.
+    def step(self, train_loss_fn: LossFn, val_loss_fn: LossFn, virtual_step: Optional[VirtualStep] = None,
+             ) -> Dict[str, Tensor]:
+        """One architecture update on one process. Weights are left exactly as they were.
 
-        Returns ``{"arch_loss": value}``, the validation loss the gradient was taken of.
+        Returns ``{"arch_loss": value}``, the held-out objective the gradient was taken of (a
+        tensor: reading it is left to the caller, so no host synchronisation happens here).
         """
-        result = self.alpha_gradients(train_loss_fn, val_loss_fn, weight_lr, **virtual_step)
+        result = self.alpha_gradients(train_loss_fn, val_loss_fn, virtual_step)
         self.apply_gradients(result["grads"])
-        return {"arch_loss": float(result["val_loss"])}
+        return {"arch_loss": result["val_loss"]}
 
-    def apply_gradients(self, grads: List[Tensor]) -> None:
-        """Synchronise ``grads`` (``grad_sync``) and take one architecture optimizer step with them.
-
-        A data-parallel worker without a batch (fairseq's dummy batch) calls this with zeros so
-        that it still joins the all-reduce and applies the same update as the others.
-        """
-        if self.grad_sync is not None:
-            self.grad_sync(grads)
+    def apply_gradients(self, grads: Sequence[Tensor]) -> None:
+        """One architecture optimizer step with ``grads`` (already reduced over workers)."""
         self.optimizer.zero_grad(set_to_none=True)
         for alpha, g in zip(self.alphas, grads):
             alpha.grad = g.detach().to(alpha.dtype)

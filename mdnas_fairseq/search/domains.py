@@ -7,14 +7,14 @@ weight step, set ``p = softmax(eta_p * L_hat)``, so domains that do worse are sa
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Sequence
 
 import torch
 
 
 class DomainSampler:
-    """Draws the domain of each batch from Categorical(p) and updates p."""
+    """The domain distribution p and its robust update (the draws themselves are laid out per
+    epoch by :func:`mdnas_fairseq.data.draw_domain_batches`)."""
 
     def __init__(self, num_domains: int, probs: Optional[Sequence[float]] = None, eta_p: float = 0.0,
                  loss_ema: float = 0.9):
@@ -42,32 +42,35 @@ class DomainSampler:
     def num_domains(self) -> int:
         return self.probs.numel()
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> int:
-        """One domain index drawn from Categorical(p)."""
-        return int(torch.multinomial(self.probs, 1, generator=generator))
+    def to(self, device) -> "DomainSampler":
+        """Keep p and the loss estimates on ``device`` (the model's), so updates need no host sync."""
+        self.probs = self.probs.to(device)
+        self.loss_estimates = self.loss_estimates.to(device)
+        return self
 
-    def observe(self, domain: int, loss: float) -> None:
-        """Record a validation-loss value of ``domain`` (moving average).
+    def observe(self, losses: torch.Tensor, seen: torch.Tensor) -> None:
+        """Record held-out losses: ``losses[d]`` for every domain with ``seen[d]`` (moving average).
 
-        A non-finite loss (e.g. an fp16 overflow) is ignored: one inf would otherwise make
-        ``softmax(eta_p * L_hat)`` NaN and every later draw fail.
+        Tensor operations only (no host synchronisation). A non-finite loss (e.g. an fp16
+        overflow) is ignored: one inf would otherwise make ``softmax(eta_p * L_hat)`` NaN.
         """
-        if not math.isfinite(float(loss)):
-            return
-        old = self.loss_estimates[domain]
-        if torch.isnan(old):
-            self.loss_estimates[domain] = float(loss)
-        else:
-            self.loss_estimates[domain] = self.loss_ema * old + (1.0 - self.loss_ema) * float(loss)
+        old = self.loss_estimates
+        losses = torch.as_tensor(losses).to(old)
+        seen = torch.as_tensor(seen).to(old.device).bool() & torch.isfinite(losses)
+        averaged = torch.where(torch.isnan(old), losses, self.loss_ema * old + (1.0 - self.loss_ema) * losses)
+        self.loss_estimates = torch.where(seen, averaged, old)
 
     def update(self) -> torch.Tensor:
         """Robust update ``p = softmax(eta_p * L_hat)``; no change while eta_p = 0 or a domain is unseen."""
-        if self.eta_p > 0 and not torch.isnan(self.loss_estimates).any():
-            self.probs = torch.softmax(self.eta_p * self.loss_estimates, dim=0)
+        if self.eta_p > 0:
+            all_seen = ~torch.isnan(self.loss_estimates).any()
+            robust = torch.softmax(self.eta_p * self.loss_estimates.nan_to_num(0.0), dim=0)
+            self.probs = torch.where(all_seen, robust, self.probs)
         return self.probs
 
     def state_dict(self) -> Dict[str, object]:
-        return {"probs": self.probs.clone(), "loss_estimates": self.loss_estimates.clone(), "eta_p": self.eta_p}
+        return {"probs": self.probs.cpu().clone(), "loss_estimates": self.loss_estimates.cpu().clone(),
+                "eta_p": self.eta_p}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         probs = torch.as_tensor(state["probs"], dtype=torch.float64)
@@ -75,5 +78,6 @@ class DomainSampler:
             raise ValueError(
                 f"saved domain probabilities are for {probs.numel()} domains, this run has {self.num_domains}"
             )
-        self.probs = probs.clone()
-        self.loss_estimates = torch.as_tensor(state["loss_estimates"], dtype=torch.float64).clone()
+        device = self.probs.device
+        self.probs = probs.clone().to(device)
+        self.loss_estimates = torch.as_tensor(state["loss_estimates"], dtype=torch.float64).clone().to(device)

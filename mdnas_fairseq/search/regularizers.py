@@ -62,9 +62,9 @@ def batch_hard_triplet_loss(
     dist = pairwise_euclidean(h_a, h_b)  # (N, M)
     same = labels_a[:, None] == labels_b[None, :]
     valid = same.any(dim=1) & (~same).any(dim=1)
-    if not bool(valid.any()):
-        return (h_a.sum() + h_b.sum()) * 0.0
     hardest_pos = dist.masked_fill(~same, float("-inf")).max(dim=1).values
     hardest_neg = dist.masked_fill(same, float("inf")).min(dim=1).values
-    losses = F.relu(margin + hardest_pos[valid] - hardest_neg[valid])
-    return losses.mean()
+    # anchors without a positive or a negative get -inf here, so 0 after the hinge (no host read
+    # of ``valid`` is needed: the mean is over the valid anchors, 0 when there is none)
+    losses = torch.where(valid, F.relu(margin + hardest_pos - hardest_neg), torch.zeros_like(hardest_pos))
+    return losses.sum() / valid.sum().clamp_min(1) + (h_a.sum() + h_b.sum()) * 0.0

@@ -18,7 +18,7 @@ from typing import List, Tuple
 from fairseq import utils
 from fairseq.data.indexed_dataset import dataset_exists
 from fairseq.tasks import TASK_REGISTRY, register_task
-from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
+from fairseq.tasks.language_modeling import SAMPLE_BREAK_MODE_CHOICES, LanguageModelingConfig, LanguageModelingTask
 
 from ..data import MultiDomainDataset
 from .bilevel import BilevelSearchConfig, BilevelSearchMixin, parse_domains
@@ -30,6 +30,9 @@ DATA_METADATA = "mdnas_data.json"
 
 @dataclass
 class MultiDomainNASConfig(BilevelSearchConfig, LanguageModelingConfig):
+    sample_break_mode: SAMPLE_BREAK_MODE_CHOICES = field(
+        default="eos", metadata={"help": "multidomain_nas works on sentences: every sample is one line (eos)"}
+    )
     eval_domain: str = field(
         default="", metadata={"help": "load only this domain for evaluation subsets (fairseq-eval-lm)"}
     )
@@ -81,7 +84,8 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
                 "(one shared dictionary, subsets named {split}.{domain})"
             )
         if args.sample_break_mode != "eos":
-            raise ValueError("multidomain_nas works on sentences: use --sample-break-mode eos")
+            raise ValueError(f"multidomain_nas works on sentences: --sample-break-mode must be eos (its default), "
+                             f"got {args.sample_break_mode}")
         return super().setup_task(args, **kwargs)
 
     # ------------------------------------------------------------------ domains of a subset
@@ -132,9 +136,9 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         )
         return self.datasets[split]
 
-    def require_parallel(self, split: str) -> None:
+    @staticmethod
+    def require_parallel(ds: MultiDomainDataset, split: str) -> None:
         """The contrastive term pairs line i of one domain with line i of another."""
-        ds = self.datasets[split]
         lengths = {name: len(d) for name, d in zip(ds.domain_names, ds.datasets)}
         if len(set(lengths.values())) > 1:
             raise ValueError(
@@ -153,15 +157,11 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if self.uses_contrastive(criterion) and not getattr(self, "_parallel_checked", False):
-            self.require_parallel(self.train_subset_name())
+            self.require_parallel(self.datasets[self.train_subset_name()], self.train_subset_name())
             if self.architect is not None:
-                self.require_parallel(self.arch_dataset_name())
+                self.require_parallel(self.search.heldout.dataset(), self.cfg.arch_subset)
             self._parallel_checked = True
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
-
-    def arch_dataset_name(self) -> str:
-        self.arch_dataset()
-        return self.cfg.arch_subset
 
 
 if "multidomain_nas" not in TASK_REGISTRY:

@@ -64,11 +64,11 @@ class MDNASConvModel(SearchableModel, BaseFairseqModel):
                         f"(genotype count {net.genotype_param_count(genotype)})")
         return model
 
-    def forward(self, images, domain=None, **kwargs):
+    def forward(self, images, domain=None, batch_domain=None, **kwargs):
         if domain is None:
             raise ValueError("mdnas_conv needs the domain of every image (net_input['domain']); "
                              "load the data with --task rotated_mnist_nas")
-        logits, features = self.net(images, domain.to(images.device))
+        logits, features = self.net(images, domain.to(images.device), batch_domain)
         return logits, {"features": features}
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):

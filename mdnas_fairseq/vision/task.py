@@ -26,14 +26,15 @@ from fairseq import metrics
 from fairseq.tasks import TASK_REGISTRY, FairseqTask, register_task
 from omegaconf import II
 
+from .. import log_schema
 from ..data import MultiDomainDataset
 from ..tasks.bilevel import BilevelSearchConfig, BilevelSearchMixin
 from .data import MNISTData, RotatedImageDataset, load_mnist, make_splits, parse_rotations, rotate, rotation_name
 
 logger = logging.getLogger(__name__)
 
-CORRECT = "vcorrect:"
-COUNT = "vcount:"
+CORRECT = "domain_correct"  # (D,) correct predictions per domain
+COUNT = "domain_images"  # (D,) images per domain
 
 
 @dataclass
@@ -160,40 +161,43 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
         return settings
 
     # ------------------------------------------------------------------ accuracy
-    @staticmethod
-    def count_correct(model, sample) -> Dict[int, Tuple[int, int]]:
-        """domain -> (correct, count) of one batch."""
+    def count_correct(self, model, sample) -> Dict[str, torch.Tensor]:
+        """Per-domain vectors over all domains: correct predictions (device) and images (CPU)."""
         with torch.no_grad():
             net_output = model(**sample["net_input"])
-        pred = net_output[0].argmax(dim=-1)
-        correct = pred == sample["target"]
-        domains = sample["net_input"]["domain"].to(correct.device)
-        return {d: (int(correct[domains == d].sum()), int((domains == d).sum())) for d in domains.unique().tolist()}
+        correct = (net_output[0].argmax(dim=-1) == sample["target"]).float()
+        num_domains = len(self.domain_names)
+        counts = torch.zeros(num_domains, dtype=torch.float64)
+        batch_domain = sample["net_input"].get("batch_domain")
+        if batch_domain is not None:
+            hits = correct.new_zeros(num_domains)
+            hits[batch_domain] = correct.sum()
+            counts[batch_domain] = float(len(correct))
+        else:
+            domains = sample["net_input"]["domain"].to(correct.device)
+            hits = correct.new_zeros(num_domains).index_add_(0, domains, correct)
+            counts.index_add_(0, domains.cpu(), torch.ones(len(correct), dtype=torch.float64))
+        return {CORRECT: hits, COUNT: counts}
 
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        for d, (c, n) in self.count_correct(model, sample).items():
-            name = self.domain_names[d]
-            logging_output[CORRECT + name] = logging_output.get(CORRECT + name, 0) + c
-            logging_output[COUNT + name] = logging_output.get(COUNT + name, 0) + n
+        logging_output.update(self.count_correct(model, sample))
         return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):
-        stripped = [{k: v for k, v in log.items() if not k.startswith((CORRECT, COUNT))} for log in logging_outputs]
-        super().reduce_metrics(stripped, criterion)
-        keys = {k for log in logging_outputs for k in log if k.startswith(COUNT)}
-        if not keys:
+        super().reduce_metrics(log_schema.strip(logging_outputs, [CORRECT, COUNT]), criterion)
+        if not any(COUNT in log for log in logging_outputs):
             return
-        for key in sorted(keys):
-            name = key[len(COUNT):]
-            n = sum(log.get(key, 0) for log in logging_outputs)
-            c = sum(log.get(CORRECT + name, 0) for log in logging_outputs)
+        hits = sum(log.get(CORRECT, 0) for log in logging_outputs)
+        counts = torch.as_tensor(sum(log.get(COUNT, 0) for log in logging_outputs)).cpu()
+        for d, name in enumerate(self.domain_names):
+            n = float(counts[d])
             if n > 0:
-                metrics.log_scalar(f"acc_{name}", 100.0 * c / n, n, round=2)
+                metrics.log_scalar(f"acc_{name}", 100.0 * hits[d] / n, n, round=2)
         names = list(self.domain_names)
 
         def mean_acc(meters):
-            accs = [meters[f"acc_{n}"].avg for n in names if f"acc_{n}" in meters]
+            accs = [float(meters[f"acc_{n}"].avg) for n in names if f"acc_{n}" in meters]
             return round(sum(accs) / len(accs), 2) if accs else 0.0
 
         metrics.log_derived("acc", mean_acc)

@@ -4,6 +4,9 @@
   every cell annotated with its weight (blank where the edge does not allow the operation). Called by the search at every epoch end.
 * :func:`plot_alpha_history`: from ``alpha_history.jsonl``, per domain the mean over edges of each
   operation's weight against the epoch (how the search moves towards its operations).
+* :func:`plot_decisiveness`: from ``alpha_history.jsonl``, per domain the mean entropy of
+  softmax(alpha) over edges and the mean best-vs-second margin (non-``none`` operations) against
+  the epoch (:mod:`mdnas_fairseq.search.decisiveness`; how firmly the search decides).
 
 matplotlib is used through its object API on the Agg canvas: no display is needed and the
 process-wide pyplot backend is left alone. Every file is written atomically.
@@ -18,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..search.atomic import atomic_path
+from ..search.decisiveness import edge_entropy, edge_margin
 from ..search.space import SearchSpace
 from .common import as_weight_array, domain_colors, edge_labels, unique_file_stems
 
@@ -229,5 +233,67 @@ def plot_alpha_history(history_jsonl: str, out_png: str, operations: Optional[Se
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle("softmax(alpha) per operation over the search")
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    return _save_png(fig, out_png)
+
+
+# ------------------------------------------------------------------------------ decisiveness
+def decisiveness_series(
+    entries: Sequence[Dict[str, Any]], space: SearchSpace, source: str = "alpha history"
+) -> Tuple[List[str], Dict[str, Tuple[List[int], np.ndarray, np.ndarray]]]:
+    """Per domain, the epochs, the mean edge entropy and the mean edge margin of softmax(alpha).
+
+    Returns ``(domains, {domain: (epochs, entropy, margin)})``; domains in order of first appearance.
+    """
+    import torch
+
+    domains: List[str] = []
+    rows: Dict[str, Tuple[List[int], List[float], List[float]]] = {}
+    for entry in entries:
+        for domain, weights in entry["alpha"].items():
+            try:
+                array = np.asarray(weights, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights are not numbers"
+                ) from None
+            if array.shape != (space.num_edges, space.num_ops):
+                raise ValueError(
+                    f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights of shape {array.shape}, expected "
+                    f"{space.num_edges} edges x {space.num_ops} operations of search space {space.name!r}"
+                )
+            probs = torch.from_numpy(array)
+            if domain not in rows:
+                domains.append(domain)
+                rows[domain] = ([], [], [])
+            rows[domain][0].append(int(entry["epoch"]))
+            rows[domain][1].append(float(edge_entropy(probs)))
+            rows[domain][2].append(float(edge_margin(probs, space)))
+    return domains, {d: (e, np.asarray(h), np.asarray(m)) for d, (e, h, m) in rows.items()}
+
+
+def plot_decisiveness(history_jsonl: str, out_png: str, space: SearchSpace) -> str:
+    """Plot, per domain, the mean edge entropy and margin of softmax(alpha) against the epoch."""
+    domains, series = decisiveness_series(read_alpha_history(history_jsonl), space, source=history_jsonl)
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure((11.0, 3.8))
+    colors = domain_colors(domains)
+    panels = [
+        ("mean entropy of softmax(alpha) over edges (nats)", 1, (0.0, math.log(space.num_ops))),
+        (f"mean margin best - second (without {space.none_op!r})", 2, (0.0, 1.0)),
+    ]
+    for index, (label, column, limits) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, index + 1)
+        for domain in domains:
+            ax.plot(series[domain][0], series[domain][column], marker="o", markersize=3, color=colors[domain],
+                    label=domain)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_ylim(limits[0], limits[1] * 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("How decided the search is, per domain")
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     return _save_png(fig, out_png)

@@ -10,7 +10,9 @@ settings, each domain's cell (node / input / op), the concordant union with the 
 each op, parameter counts per domain and of the multimodel (from ``param_counts``) beside the
 number of distinct (edge, op) modules, the share of edges on which the domains agree
 (:meth:`MultiDomainGenotype.agreement`), the final metrics, the same figures per saved epoch,
-and links to the pictures.
+how decided the search is per epoch and domain (mean edge entropy of softmax(alpha) and mean
+best-vs-second margin, computed from ``alpha_history.jsonl``, table and plot), and links to the
+pictures.
 
 A missing optional field or file, or a missing Graphviz ``dot``, is stated in the report instead
 of failing. Command line (console script ``mdnas-report``)::
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -38,7 +41,14 @@ from .draw import (
     node_label,
     union_key,
 )
-from .heatmap import heatmap_paths, plot_alpha_history, save_alpha_heatmaps
+from .heatmap import (
+    decisiveness_series,
+    heatmap_paths,
+    plot_alpha_history,
+    plot_decisiveness,
+    read_alpha_history,
+    save_alpha_heatmaps,
+)
 
 GENOTYPE_FILE = "genotype.json"
 HISTORY_FILE = "alpha_history.jsonl"
@@ -219,11 +229,9 @@ def _epochs_section(search_dir: str) -> List[str]:
     paths = [p for p in paths if _epoch_of(p) >= 0]
     if not paths:
         return [f"_No per-epoch genotypes (`{EPOCH_GENOTYPES_GLOB}`) in the search directory._", ""]
-    shown = paths
+    shown = _evenly(paths)
     note = []
-    if len(paths) > MAX_EPOCH_ROWS:
-        step = (len(paths) - 1) / (MAX_EPOCH_ROWS - 1)
-        shown = [paths[round(k * step)] for k in range(MAX_EPOCH_ROWS)]
+    if len(shown) < len(paths):
         note = [f"_{len(paths)} epochs saved; {MAX_EPOCH_ROWS} shown, evenly spaced._", ""]
     rows = []
     for path in shown:
@@ -244,6 +252,53 @@ def _epochs_section(search_dir: str) -> List[str]:
             format_number(multimodel),
         ])
     return _table(["epoch", "agreement", "distinct (edge, op) modules", "multimodel parameters"], rows) + note
+
+
+def _evenly(items: Sequence[Any]) -> List[Any]:
+    if len(items) <= MAX_EPOCH_ROWS:
+        return list(items)
+    step = (len(items) - 1) / (MAX_EPOCH_ROWS - 1)
+    return [items[round(k * step)] for k in range(MAX_EPOCH_ROWS)]
+
+
+def _decisiveness_section(search_dir, genotype, figures_dir, report_dir) -> List[str]:
+    """Per epoch and domain: mean edge entropy and margin of softmax(alpha), a table and a plot."""
+    history = os.path.join(search_dir, HISTORY_FILE)
+    if not os.path.isfile(history):
+        return [f"_Not available: `{HISTORY_FILE}` is missing from the search directory._", ""]
+    space = genotype.space
+    try:
+        domains, series = decisiveness_series(read_alpha_history(history), space, source=HISTORY_FILE)
+    except (ValueError, OSError) as e:
+        return [f"_Decisiveness not computed: {e}_", ""]
+    lines = [
+        f"Per domain and epoch, from `{HISTORY_FILE}`: **entropy** = mean over the {space.num_edges} edges of "
+        f"the entropy of softmax(alpha) over all {space.num_ops} operations (nats; uniform = "
+        f"{format_number(math.log(space.num_ops))}, decided = 0); **margin** = mean over edges of the best "
+        f"minus the second-best weight among the operations other than `{space.none_op}` (0 = undecided, "
+        f"1 = one-hot).",
+        "",
+    ]
+    epochs = sorted({e for d in domains for e in series[d][0]})
+    shown = _evenly(epochs)
+    header = ["epoch"] + [f"{name} {d}" for d in domains for name in ("entropy", "margin")]
+    rows = []
+    for epoch in shown:
+        row = [epoch]
+        for d in domains:
+            values = dict(zip(series[d][0], zip(series[d][1].tolist(), series[d][2].tolist())))
+            row += [f"{v:.4f}" for v in values[epoch]] if epoch in values else ["", ""]
+        rows.append(row)
+    lines += _table(header, rows)
+    if len(shown) < len(epochs):
+        lines += [f"_{len(epochs)} epochs in the history; {len(shown)} shown, evenly spaced._", ""]
+    out_png = os.path.join(figures_dir, "decisiveness.png")
+    if not _fresh([out_png], os.path.getmtime(history)):
+        try:
+            plot_decisiveness(history, out_png, space)
+        except (ValueError, ImportError, OSError) as e:
+            return lines + [f"_Decisiveness not plotted: {e}_", ""]
+    return lines + [f"![entropy and margin of softmax(alpha) over epochs]({_link(out_png, report_dir)})", ""]
 
 
 # ------------------------------------------------------------------------------ report
@@ -329,6 +384,9 @@ def write_report(search_dir: str, out: Optional[str] = None) -> str:
 
     lines += ["## Over the epochs", ""]
     lines += _epochs_section(search_dir)
+
+    lines += ["## Decisiveness over the search", ""]
+    lines += _decisiveness_section(search_dir, genotype, figures_dir, report_dir)
 
     lines += ["## Figures", "", "### Cells", ""]
     lines += _diagram_section(genotype, figures_dir, source_mtime, report_dir)

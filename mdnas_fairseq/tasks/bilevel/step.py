@@ -1,0 +1,118 @@
+"""The architecture half of the bilevel step: one alpha update per weight update.
+
+With ``--update-freq k`` fairseq calls the task's ``train_step`` k times per update (same
+``update_num``); the architecture step runs on the FIRST of them, on a held-out batch of that
+sub-batch's domain, so every update takes exactly one alpha step (and one update of p), and the k
+weight gradients all see the new alpha.
+
+Data-parallel workers: each computes its alpha gradient (a padding/dummy batch contributes zeros
+and is not counted), then one all-reduce on the model's device sums, in one buffer, the
+gradients, the number of contributing workers and the per-domain held-out cross-entropies; the
+mean gradient is applied by every worker's Adam, so alpha stays identical on all workers. An
+fp16 step whose scaled gradient overflowed (on any worker) is skipped by all of them and the
+architecture loss scale halved.
+"""
+import logging
+from typing import Dict, List
+
+import torch
+
+from ... import log_schema
+from ...search import architecture_parameters, js_structural_loss
+from . import distributed, partners
+from .optimizers import virtual_step_for
+from .precision import is_fp16, loss_scale, to_model
+
+logger = logging.getLogger(__name__)
+
+
+def alpha_step(host, sample, core, criterion, optimizer, update_num: int, dummy: bool) -> Dict[str, object]:
+    """Take this update's architecture step if it is due; returns the search statistics to log."""
+    first = update_num != host.search.last_alpha_update
+    host.search.last_alpha_update = update_num
+    due = first and update_num >= host.cfg.arch_start_update
+    loss, counted, skipped = None, 0, 0
+    if due:
+        loss, counted, skipped = _step(host, sample, core, criterion, optimizer, update_num, dummy)
+    return search_statistics(host, core, first, loss, counted, skipped)
+
+
+def _step(host, sample, core, criterion, optimizer, update_num, dummy):
+    architect = host.search.architect
+    num_domains = len(host.domain_names)
+    alphas = architect.alphas
+    grads: List[torch.Tensor] = [torch.zeros_like(a) for a in alphas]
+    ce_sum = alphas[0].new_zeros(num_domains)
+    ce_count = alphas[0].new_zeros(num_domains)
+    loss = None
+    if not dummy:
+        domain = sample["domain"]
+        heldout = to_model(host.search.heldout.next(domain), core)
+        if host.uses_contrastive(criterion):
+            other = partners.partner_domain(domain, host.search.epoch_probs_host, host.cfg.seed, update_num, salt=1)
+            partners.attach_partner(heldout, host.search.heldout.dataset(), other, core)
+        virtual = virtual_step_for(optimizer, architect.trainable_weights) if architect.order == 2 else None
+        scale = loss_scale(optimizer) * host.search.alpha_scale_factor if is_fp16(optimizer) else 1.0
+        result = architect.alpha_gradients(
+            lambda: criterion.weight_objective(core, sample),
+            lambda: criterion.architecture_loss(core, heldout),
+            virtual_step=virtual, loss_scale=scale,
+        )
+        grads = [g.to(a.dtype) for g, a in zip(result["grads"], alphas)]
+        loss = result["val_loss"].float()
+        ce_sum[domain] = result["extras"].float()
+        ce_count[domain] = 1.0
+    # one all-reduce: [gradients..., contributing workers, per-domain CE sums, per-domain CE counts]
+    flat = torch.cat([g.reshape(-1) for g in grads]
+                     + [alphas[0].new_full((1,), 0.0 if dummy else 1.0), ce_sum, ce_count])
+    distributed.all_reduce_sum_(flat)
+    if is_fp16(optimizer) and not bool(torch.isfinite(flat).all()):  # fp16 only: one host read per update
+        host.search.alpha_scale_factor /= 2.0
+        logger.warning(f"update {update_num}: architecture gradient overflowed in fp16; step skipped, "
+                       f"architecture loss scale factor now {host.search.alpha_scale_factor:g}")
+        return loss, 0, 1
+    sizes = [a.numel() for a in alphas]
+    pieces = torch.split(flat, sizes + [1, num_domains, num_domains])
+    workers = pieces[len(alphas)].clamp_min(1.0)
+    architect.apply_gradients([p.view_as(a) / workers for p, a in zip(pieces, alphas)])
+    sampler = host.search.domain_sampler
+    if sampler.eta_p > 0:
+        sums, counts = pieces[-2], pieces[-1]
+        sampler.observe(sums / counts.clamp_min(1.0), counts > 0)
+        sampler.update()
+    return loss, (0 if dummy else 1), 0
+
+
+def search_statistics(host, core, first: bool, loss, counted: int, skipped: int) -> Dict[str, object]:
+    """The search's log record of one train step: the same keys, in the same order, on every worker
+    and every sub-batch (only the update's first sub-batch counts), see :mod:`...log_schema`."""
+    alpha = architecture_parameters(core)[0].detach()
+    with torch.no_grad():
+        probs = torch.softmax(alpha.double(), dim=-1)
+        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean(-1)
+        js = js_structural_loss(alpha.double())
+    p = host.search.domain_sampler.probs
+    if not first:
+        entropy, js, p = torch.zeros_like(entropy), torch.zeros_like(js), torch.zeros_like(p)
+    return {
+        log_schema.SEARCH_COUNT: 1 if first else 0,
+        log_schema.JS: js,
+        log_schema.ENTROPY: entropy,
+        log_schema.PROBS: p.to(alpha.device),
+        log_schema.ALPHA_LOSS: loss if loss is not None else alpha.new_zeros(()).float(),
+        log_schema.ALPHA_COUNT: counted,
+        log_schema.ALPHA_SKIPPED: skipped,
+    }
+
+
+def log_search_metrics(logging_outputs, domain_names, architecture_names) -> None:
+    """Means over updates of the search statistics (train only)."""
+    log_schema.log_mean(logging_outputs, log_schema.JS, log_schema.SEARCH_COUNT)
+    log_schema.log_mean(logging_outputs, log_schema.ENTROPY, log_schema.SEARCH_COUNT, list(architecture_names))
+    log_schema.log_mean(logging_outputs, log_schema.PROBS, log_schema.SEARCH_COUNT, list(domain_names))
+    log_schema.log_mean(logging_outputs, log_schema.ALPHA_LOSS, log_schema.ALPHA_COUNT)
+    skipped = sum(log.get(log_schema.ALPHA_SKIPPED, 0) for log in logging_outputs)
+    if any(log_schema.ALPHA_SKIPPED in log for log in logging_outputs) and float(skipped) > 0:
+        from fairseq import metrics
+
+        metrics.log_scalar_sum(log_schema.ALPHA_SKIPPED, skipped)

@@ -1,0 +1,5 @@
+"""Shared test configuration."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs fairseq commands in subprocesses (seconds to minutes)")
