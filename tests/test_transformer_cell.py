@@ -2,13 +2,21 @@
 the network in both modes, derived vs search mode, per-sample domains, parameter counts, dtypes."""
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from mdnas_fairseq.cells.transformer import SearchableTransformerLM
 from mdnas_fairseq.cells.transformer_ops import torch_candidates
-from mdnas_fairseq.search import TRANSFORMER_CHANNEL_OPS, derive_genotype, transformer_lm_space
+from mdnas_fairseq.search import (
+    TRANSFORMER_CHANNEL_OPS,
+    MultiDomainGenotype,
+    budget_sequence,
+    derive_genotype,
+    random_genotype,
+    transformer_lm_space,
+)
 from transformer_helpers import assert_candidate_causal, assert_network_causal, uniform_genotype
 
 C, F, H, V, LAYERS, KERNELS = 8, 16, 2, 40, 2, (3, 7)
@@ -89,6 +97,9 @@ def test_a_batch_mixing_domains_equals_each_sample_alone(mode):
     for b in range(3):
         alone, alone_feats = net(tokens[b:b + 1], domains[b:b + 1])
         assert torch.allclose(logits[b], alone[0], atol=1e-10) and torch.allclose(feats[b], alone_feats[0], atol=1e-10)
+    for d in (0, 1):  # a batch of one domain given on the host computes the same
+        same = torch.full((3,), d)
+        assert torch.equal(net(tokens, same, batch_domain=d)[0], net(tokens, same)[0])
 
 
 def closed_form_op_params(op):
@@ -129,3 +140,28 @@ def test_low_precision_activations_with_fp32_alpha():
     net.arch.alpha.data = net.arch.alpha.data.float()  # alpha stays fp32, as under mixed precision
     logits, feats = net(torch.randint(4, V, (2, 5)), torch.tensor([0, 1]))
     assert logits.dtype == feats.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_param_table_random_genotypes_and_budgets_over_the_chain():
+    names = ["en", "de", "fr"]
+    table = SearchableTransformerLM(V, 1, C, LAYERS, names, torch_candidates(C, H, F), KERNELS).param_table()
+    build = lambda g: SearchableTransformerLM(V, 1, C, LAYERS, names, torch_candidates(C, H, F), KERNELS, genotype=g)  # noqa
+    for e in range(SPACE.num_edges):  # one module per (slot, op), 0 where the slot does not allow it
+        assert [table.op_params[e][k] for k in range(SPACE.num_ops)] == [
+            closed_form_op_params(op) if op in SPACE.allowed(e) else 0 for op in SPACE.operations]
+    # every valid choice of a slot is one allowed op on its single edge, kept with probability 1
+    assert list(table.node_choices(2)) == [((1, op),) for op in CHANNEL_OPS]
+    assert table.expected_cost_matrix() == [list(map(float, row)) for row in table.op_params]
+    for seed in range(3):
+        g = random_genotype(SPACE, names, np.random.default_rng(seed))
+        MultiDomainGenotype(SPACE, g.domains, g.cells)  # valid: the validator checks topology and mask
+        assert table.multimodel_count(g) == sum(p.numel() for p in build(g).parameters())
+    probs = torch.softmax(torch.randn(3, SPACE.num_edges, SPACE.num_ops).masked_fill(
+        ~torch.tensor(SPACE.allowed_mask()), float("-inf")), -1)
+    counts = [table.multimodel_count(derive_genotype(probs.log(), SPACE, names))]
+    for step, g in budget_sequence(probs.numpy(), table, names):
+        assert step.params_after == table.multimodel_count(g) == sum(p.numel() for p in build(g).parameters())
+        counts.append(step.params_after)
+    assert counts == sorted(counts, reverse=True) and counts[-1] == table.smallest_multimodel()
+    # the smallest multimodel: identity in every slot, shared by all domains
+    assert table.smallest_multimodel() == table.shared_params

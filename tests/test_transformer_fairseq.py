@@ -4,16 +4,21 @@ search (second order with struct + contrastive; first order, data-parallel, of t
 mdnas-report."""
 import json
 import os
+import socket
 import subprocess
 import sys
+import traceback
 
 import pytest
 import torch
 
-from lm_helpers import ROOT, make_tiny_corpus, run, train_args
+from lm_helpers import ROOT, build_from_argv, first_batches, make_tiny_corpus, run, train_args
 from mdnas_fairseq.search import MASKED_LOGIT, load_genotype, transformer_lm_space
-from test_lm_fairseq import _direct_ppl, _eval_lm_ppl, _free_port, load_ckpt
+from test_lm_fairseq import _direct_ppl, _eval_lm_ppl, load_ckpt
+from test_search_step import PACKAGE, READERS
 
+pytestmark = pytest.mark.slow
+CAPTURE = os.path.join(ROOT, "tests", "fairseq_capture.py")
 ALPHA = "decoder.lm.arch.alpha"
 RNN_SIZES = ["--embed-dim", "16", "--hidden-dim", "16", "--num-nodes", "3"]
 SIZES = ["--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2",
@@ -91,14 +96,19 @@ def test_retrained_multimodel_size_modules_and_eval_lm(search_dir, data_bin, tmp
     assert 2 ** loss2 == pytest.approx(_direct_ppl(data_bin, checkpoint, "de"), rel=1e-3)
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_distributed_first_order_union_search_keeps_alpha_identical(data_bin, tmp_path):
     """Two gloo workers search the --shared-architecture baseline (first order)."""
     dump = tmp_path / "dump"
-    dump.mkdir()
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        cmd = [sys.executable, os.path.join(ROOT, "tests", "distributed_rank.py"), str(dump)] + tf_args(
+        cmd = [sys.executable, CAPTURE, str(dump), "train"] + tf_args(
             data_bin, str(tmp_path / "ckpt"),
             ["--max-epoch", "1", "--shared-architecture", "--arch-lr", "0.02", "--eta-p", "0.5",
              "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-world-size", "2",
@@ -116,6 +126,43 @@ def test_distributed_first_order_union_search_keeps_alpha_identical(data_bin, tm
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
     assert list(load_genotype(str(tmp_path / "ckpt" / "genotype.json"), space=SPACE).domains) == ["en+de"]
+
+
+def test_fp16_search_keeps_alpha_fp32(data_bin, tmp_path):
+    """fairseq's --fp16 on CPU (as tests/test_fp16.py runs it): half weights, fp32 alpha, no overflow."""
+    save = str(tmp_path / "fp16")
+    proc = run(tf_args(data_bin, save, ["--max-epoch", "1", "--struct-coef", "0.5", "--arch-lr", "0.05", "--fp16",
+                                        "--fp16-no-flatten-grads", "--fp16-init-scale", "4"]))
+    log = proc.stdout + proc.stderr
+    assert "overflow" not in log and "loss_scale 4" in log  # the fp16 optimizer ran, never overflowed
+    alpha = load_ckpt(os.path.join(save, "checkpoint_last.pt"))["model"][ALPHA]
+    assert alpha.dtype == torch.float32 and torch.isfinite(alpha).all()
+    assert torch.all(alpha[:, ~torch.tensor(SPACE.allowed_mask())] < MASKED_LOGIT / 2)
+    assert torch.isfinite(alpha).all() and alpha[:, torch.tensor(SPACE.allowed_mask())].abs().max() > 1e-2
+    load_genotype(os.path.join(save, "genotype.json"), space=SPACE)
+
+
+def test_hot_path_reads_nothing_back_from_tensors(data_bin, tmp_path, monkeypatch):
+    """As tests/test_search_step.py checks for the recurrent model: no host reads from the package's
+    code in a second-order train step or a valid step of the Transformer."""
+    task, model, criterion, optimizer = build_from_argv(tf_args(data_bin, str(tmp_path), SEARCH)[1:])
+    batches = first_batches(task, 2)
+    task.train_step(batches[0], model, criterion, optimizer, update_num=0)  # warm-up
+    calls = []
+    for name in READERS:
+        original = getattr(torch.Tensor, name)
+
+        def reader(self, *args, _original=original, _name=name, **kwargs):
+            caller = traceback.extract_stack()[-2]
+            if caller.filename.startswith(PACKAGE):
+                calls.append(f"{_name} at {caller.filename}:{caller.lineno}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, reader)
+    task.train_step(batches[1], model, criterion, optimizer, update_num=1)
+    model.eval()
+    task.valid_step(batches[1], model, criterion)
+    assert calls == []
 
 
 def test_draw_and_report_on_the_transformer_search(search_dir, tmp_path, capsys):

@@ -39,13 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..search import (
-    GenotypeEdge,
-    MultiDomainGenotype,
-    multimodel_param_count,
-    search_architecture,
-    transformer_lm_space,
-)
+from ..search import GenotypeEdge, MultiDomainGenotype, ParamTable, search_architecture, transformer_lm_space
 from .transformer_ops import CandidateFactory
 
 
@@ -121,6 +115,7 @@ class SearchableTransformerLM(nn.Module):
             }
         self._op_sizes = self._candidate_sizes(candidates)
         rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
+        self.architecture_rows = rows  # host copy: domain index -> architecture row
         self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)
 
     def _weighted(self, edge: int):
@@ -176,33 +171,46 @@ class SearchableTransformerLM(nn.Module):
             x = x + self.positions(tokens)
         return F.dropout(x, self.dropout, self.training).transpose(0, 1)
 
-    def forward(self, tokens: Tensor, domain: Tensor) -> Tuple[Tensor, Tensor]:
-        """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), features (B, T, C))."""
-        if domain.dim() == 0:
-            domain = domain.expand(tokens.shape[0])
-        if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
-            raise IndexError(f"domain index out of range for domains {self.domains}")
-        rows = self.domain_to_architecture[domain.to(self.domain_to_architecture.device)]
+    def forward(self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), features (B, T, C)).
+
+        ``batch_domain``: the single domain of the whole batch when the caller knows it on the host
+        (the tasks' batches always hold one domain): then nothing is read back from the device.
+        """
         x = self.embed(tokens)
-        if self.is_search:
-            single = bool((rows == rows[0]).all())
-            weights = self.arch.mixing_weights(
-                int(rows[0]) if single else rows, temperature=self.temperature, gumbel=self.gumbel
-            )
-            x = self._search_layers(x, weights)
-        else:
-            names = [self.architecture_names[r] for r in rows.tolist()]
-            unique = sorted(set(names))
-            if len(unique) == 1:
-                x = self._derived_layers(x, unique[0])
-            else:  # several domains in one batch: each runs its own modules on its samples
-                out = torch.empty_like(x)
-                for cell in unique:
-                    idx = torch.tensor([b for b, n in enumerate(names) if n == cell], device=x.device)
-                    out[:, idx] = self._derived_layers(x[:, idx], cell)
-                x = out
+        if batch_domain is not None:
+            if not 0 <= batch_domain < len(self.domains):
+                raise IndexError(f"domain {batch_domain} out of range for domains {self.domains}")
+            row = self.architecture_rows[batch_domain]
+            if self.is_search:
+                x = self._search_layers(x, self._mixing_weights(row))
+            else:
+                x = self._derived_layers(x, self.architecture_names[row])
+        else:  # per-sample domains (reads them on the host)
+            if domain.dim() == 0:
+                domain = domain.expand(tokens.shape[0])
+            if int(domain.min()) < 0 or int(domain.max()) >= len(self.domains):
+                raise IndexError(f"domain index out of range for domains {self.domains}")
+            rows = self.domain_to_architecture[domain.to(self.domain_to_architecture.device)]
+            if self.is_search:
+                single = bool((rows == rows[0]).all())
+                x = self._search_layers(x, self._mixing_weights(int(rows[0]) if single else rows))
+            else:
+                names = [self.architecture_names[r] for r in rows.tolist()]
+                unique = sorted(set(names))
+                if len(unique) == 1:
+                    x = self._derived_layers(x, unique[0])
+                else:  # several domains in one batch: each runs its own modules on its samples
+                    out = torch.empty_like(x)
+                    for cell in unique:
+                        idx = torch.tensor([b for b, n in enumerate(names) if n == cell], device=x.device)
+                        out[:, idx] = self._derived_layers(x[:, idx], cell)
+                    x = out
         features = self.final_norm(x).transpose(0, 1)
         return F.linear(features, self.embedding.weight), features
+
+    def _mixing_weights(self, rows) -> Tensor:
+        return self.arch.mixing_weights(rows, temperature=self.temperature, gumbel=self.gumbel)
 
     # ------------------------------------------------------------------ sizes
     def op_param_count(self, edge: GenotypeEdge) -> int:
@@ -216,6 +224,16 @@ class SearchableTransformerLM(nn.Module):
             shared.append(self.positions)
         return sum(_numel(m) for m in shared)
 
+    def param_table(self) -> ParamTable:
+        """Parameter counts of this network's modules: one per (slot, operation) (share rule "edge";
+        an operation a slot does not allow counts 0), plus what every domain uses."""
+        rows = [
+            [self._op_sizes[op] if op in self.space.allowed(e) and op != self.space.none_op else 0
+             for op in self.space.operations]
+            for e in range(self.space.num_edges)
+        ]
+        return ParamTable(self.space, rows, "edge", self.shared_param_count())
+
     def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
         """Parameters of the multimodel built from ``genotype`` (or of the model of some ``cells``)."""
-        return multimodel_param_count(genotype, self.op_param_count, self.shared_param_count(), domains=cells)
+        return self.param_table().multimodel_count(genotype, cells)

@@ -118,13 +118,13 @@ class MDNASTransformerDecoder(FairseqDecoder):
         self.lm = lm
         self.max_target_positions = max_target_positions
 
-    def forward(self, prev_output_tokens, src_lengths=None, domain=None, **kwargs):
+    def forward(self, prev_output_tokens, src_lengths=None, domain=None, batch_domain=None, **kwargs):
         if domain is None:
             raise ValueError(
                 "mdnas_transformer_lm needs the domain of every sentence (net_input['domain']); "
                 "load the data with --task multidomain_nas"
             )
-        logits, features = self.lm(prev_output_tokens, domain.to(prev_output_tokens.device))
+        logits, features = self.lm(prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain)
         return logits, {"states": features, "src_lengths": src_lengths, "attn": [None]}
 
     def max_positions(self):
