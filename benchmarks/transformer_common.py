@@ -91,8 +91,9 @@ def lm_loss(output, targets):
 
 
 def forward(model, tokens, domain=0):
-    if isinstance(model, MDNASTransformerModel):
-        return model(tokens, domain=torch.full((tokens.shape[0],), domain, dtype=torch.long, device=tokens.device))
+    if isinstance(model, MDNASTransformerModel):  # as the task's batches: one domain, known on the host
+        domains = torch.full((tokens.shape[0],), domain, dtype=torch.long, device=tokens.device)
+        return model(tokens, domain=domains, batch_domain=domain)
     return model(tokens)
 
 

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from mdnas_fairseq.search import BilevelArchitect, architecture_parameters, weight_parameters
+from mdnas_fairseq.search import AdamVirtualStep, BilevelArchitect, architecture_parameters, weight_parameters
 from transformer_common import (
     add_size_args,
     batch,
@@ -76,9 +76,11 @@ def main(argv=None):
         opt = torch.optim.Adam(weight_parameters(model), lr=1e-4)
         architect = BilevelArchitect(weight_parameters(model), architecture_parameters(model), order=order)
 
-        def search_step(i, model=model, opt=opt, architect=architect):
+        def search_step(i, model=model, opt=opt, architect=architect, order=order):
+            # second order: the virtual step is the weight optimizer's own (Adam) update
+            virtual = AdamVirtualStep(lr=1e-4, states=[opt.state.get(w, {}) for w in architect.trainable_weights])
             architect.step(lambda: lm_loss(forward(model, train_b[0]), train_b[1]),
-                           lambda: lm_loss(forward(model, val_b[0]), val_b[1]), weight_lr=1e-4)
+                           lambda: lm_loss(forward(model, val_b[0]), val_b[1]), virtual if order == 2 else None)
             weight_step(model, opt, train_b)(i)
 
         steps[f"search, order {order}"] = search_step
