@@ -9,29 +9,20 @@ Thin glue over :class:`mdnas_fairseq.cells.rnn.DartsRNNLanguageModel`:
 Named sizes: ``mdnas_rnn_tiny`` (tests, demo), ``mdnas_rnn_small``, ``mdnas_rnn_base``.
 """
 
-import hashlib
 from dataclasses import dataclass, field
 
-import torch
-from fairseq.models import (
-    ARCH_MODEL_REGISTRY,
-    MODEL_REGISTRY,
-    FairseqDecoder,
-    FairseqLanguageModel,
-    register_model,
-    register_model_architecture,
-)
+from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY, register_model, register_model_architecture
 from fairseq.utils import safe_getattr
-from omegaconf import II
 
 from ..cells.rnn import DartsRNNLanguageModel
 from ..registry import register_once
-from ..search import annealed_temperature, darts_rnn_space
-from .searchable import ArchitectureConfig, SearchableModel, genotype_for_model
+from ..search import darts_rnn_space
+from .language_model import LanguageModelSearchConfig, SearchableDecoder, SearchableLanguageModel
+from .searchable import genotype_for_model
 
 
 @dataclass
-class MDNASRNNConfig(ArchitectureConfig):
+class MDNASRNNConfig(LanguageModelSearchConfig):
     embed_dim: int = field(default=256, metadata={"help": "embedding size (= hidden size, embeddings are tied)"})
     hidden_dim: int = field(default=256, metadata={"help": "recurrent state size"})
     num_nodes: int = field(default=8, metadata={"help": "intermediate nodes of the DARTS recurrent cell"})
@@ -39,46 +30,9 @@ class MDNASRNNConfig(ArchitectureConfig):
     dropout_emb: float = field(default=0.0, metadata={"help": "word-type dropout on the embeddings"})
     dropout_x: float = field(default=0.0, metadata={"help": "variational dropout on the cell input"})
     dropout_h: float = field(default=0.0, metadata={"help": "variational dropout on the recurrent states"})
-    gumbel_softmax: bool = field(default=False, metadata={"help": "Gumbel-softmax mixing weights while searching"})
-    temperature_start: float = field(default=1.0, metadata={"help": "(Gumbel-)softmax temperature at update 0"})
-    temperature_end: float = field(default=1.0, metadata={"help": "temperature at --max-update (exponential)"})
-    max_target_positions: int = field(default=1024, metadata={"help": "longest sentence"})
-    max_update: int = II("optimization.max_update")
 
 
-def dictionary_fingerprint(dictionary) -> int:
-    """A stable 63-bit fingerprint of the dictionary's symbols (to detect a mismatched dict.txt)."""
-    digest = hashlib.sha1("\n".join(dictionary.symbols).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class MDNASRNNDecoder(FairseqDecoder):
-    def __init__(self, dictionary, lm: DartsRNNLanguageModel):
-        super().__init__(dictionary)
-        self.lm = lm
-
-    def forward(self, prev_output_tokens, src_lengths=None, domain=None, batch_domain=None, **kwargs):
-        if domain is None:
-            raise ValueError(
-                "mdnas_rnn needs the domain of every sentence (net_input['domain']); "
-                "load the data with --task multidomain_nas"
-            )
-        logits, states = self.lm(prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain)
-        return logits, {"states": states, "src_lengths": src_lengths, "attn": [None]}
-
-    def max_positions(self):
-        return self.max_target_positions
-
-    def get_normalized_probs(self, net_output, log_probs, sample=None):
-        logits = net_output[0].float()
-        return torch.log_softmax(logits, dim=-1) if log_probs else torch.softmax(logits, dim=-1)
-
-
-class MDNASRNNModel(SearchableModel, FairseqLanguageModel):
-    def __init__(self, decoder, cfg):
-        super().__init__(decoder)
-        self.cfg = cfg
-
+class MDNASRNNModel(SearchableLanguageModel):
     @classmethod
     def build_model(cls, cfg, task):
         domains = list(task.domain_names)
@@ -99,48 +53,7 @@ class MDNASRNNModel(SearchableModel, FairseqLanguageModel):
             dropout_h=cfg.dropout_h,
             alpha_init_scale=cfg.alpha_init_scale,
         )
-        lm.register_buffer("dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary)))
-        decoder = MDNASRNNDecoder(dictionary, lm)
-        decoder.max_target_positions = cfg.max_target_positions
-        return cls(decoder, cfg)
-
-    # ------------------------------------------------------------------ search API used by task / criterion
-    @property
-    def lm(self) -> DartsRNNLanguageModel:
-        return self.decoder.lm
-
-    network = lm
-
-    def domain_representation(self, net_output, sample):
-        """The state at <eos> of each sentence: the position whose target is <eos>."""
-        states = net_output[1]["states"]
-        lengths = sample["net_input"]["src_lengths"].to(states.device)
-        return states[torch.arange(states.shape[0], device=states.device), lengths - 1]
-
-    def set_num_updates(self, num_updates):
-        super().set_num_updates(num_updates)
-        max_update = self.cfg.max_update or 0
-        self.lm.gumbel = self.cfg.gumbel_softmax
-        self.lm.temperature = (
-            annealed_temperature(num_updates, max_update, self.cfg.temperature_start, self.cfg.temperature_end)
-            if max_update > 0
-            else self.cfg.temperature_start
-        )
-
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        key = "decoder.lm.dictionary_fingerprint"
-        if key in state_dict and int(state_dict[key]) != int(self.lm.dictionary_fingerprint):
-            raise ValueError(
-                "checkpoint was trained with a different dictionary than this data directory's dict.txt "
-                f"(vocabulary of {len(self.decoder.dictionary)} types here); use the data-bin the model was trained on"
-            )
-        emb = "decoder.lm.embedding.weight"
-        if emb in state_dict and state_dict[emb].shape != self.lm.embedding.weight.shape:
-            raise ValueError(
-                f"checkpoint vocabulary has {state_dict[emb].shape[0]} types, this data directory's dict.txt has "
-                f"{self.lm.embedding.weight.shape[0]}: mismatched dictionary"
-            )
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        return cls(SearchableDecoder(dictionary, lm, cfg.max_target_positions, "mdnas_rnn"), cfg)
 
 
 def _sizes(args, dim, dropout, dropout_h, dropout_x, dropout_emb):

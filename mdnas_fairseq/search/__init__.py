@@ -1,7 +1,8 @@
 """The multi-domain DARTS search core: pure PyTorch, no fairseq import.
 
 Public API:
-    SearchSpace, darts_rnn_space, darts_cnn_space          -- cell shapes
+    SearchSpace, darts_rnn_space, darts_cnn_space,
+    transformer_lm_space                                     -- cell shapes
     ArchitectureParameters, mix, annealed_temperature        -- per-domain alpha (D, E, K), mixed op
     js_structural_loss, batch_hard_triplet_loss              -- the two regularizers
     BilevelArchitect                                         -- first / second order alpha step
@@ -15,6 +16,7 @@ Public API:
     edge_entropy, edge_margin, decisiveness                  -- how decided a search is
 """
 from .alpha import (
+    MASKED_LOGIT,
     ArchitectureParameters,
     alphas_trainable,
     annealed_temperature,
@@ -46,7 +48,16 @@ from .genotype import (
 from .params import DerivationError, ParamPenalty, ParamTable, param_penalty, uniform_param_table
 from .random_genotypes import random_cell, random_genotype, random_matched_genotype
 from .regularizers import batch_hard_triplet_loss, js_structural_loss, pairwise_euclidean
+from .space import (
+    CNN_OPERATIONS,
+    RNN_OPERATIONS,
+    TRANSFORMER_CHANNEL_OPS,
+    SearchSpace,
+    darts_cnn_space,
+    darts_rnn_space,
+    transformer_lm_space,
+    transformer_token_ops,
+)
 from .virtual_step import AdamVirtualStep, NAGVirtualStep, SGDVirtualStep, VirtualStep
-from .space import CNN_OPERATIONS, RNN_OPERATIONS, SearchSpace, darts_cnn_space, darts_rnn_space
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -6,6 +6,12 @@ operation on edge ``e`` for domain ``d`` mixes the K candidate outputs with the 
 belong to different domains: :meth:`ArchitectureParameters.mixing_probs` then returns one
 weight matrix per sample.
 
+A search space may forbid some operations on some edges (:meth:`SearchSpace.allowed_mask`): their
+probability is then exactly 0 in :meth:`ArchitectureParameters.mixing_probs`, and their entries of
+``alpha`` hold :data:`MASKED_LOGIT`, so that code computing ``softmax(alpha)`` itself (the JS
+regularizer, genotype files, heatmaps) also gives them weight 0 (``exp(-1e4)`` underflows to 0)
+and no gradient.
+
 ``alpha`` is an ``nn.Parameter`` (so it is saved in the model's state dict and moved with the
 model) whose ``requires_grad`` is False except inside :meth:`ArchitectureParameters.trainable`.
 Optimizers built from ``filter(lambda p: p.requires_grad, model.parameters())`` (fairseq's
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, List, Union
+from typing import Iterator, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -23,16 +29,27 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DomainSelector = Union[None, int, Tensor]
+MASKED_LOGIT = -1e4  # finite (also in fp16), so log-space code stays finite; its softmax weight is 0
 
 
 class ArchitectureParameters(nn.Module):
     """Architecture parameters ``alpha`` (D, E, K) of one cell type."""
 
-    def __init__(self, num_domains: int, num_edges: int, num_ops: int, init_scale: float = 1e-3):
+    def __init__(self, num_domains: int, num_edges: int, num_ops: int, init_scale: float = 1e-3, allowed=None):
         super().__init__()
         if min(num_domains, num_edges, num_ops) < 1:
             raise ValueError(f"need D, E, K >= 1, got D={num_domains} E={num_edges} K={num_ops}")
-        self.alpha = nn.Parameter(init_scale * torch.randn(num_domains, num_edges, num_ops), requires_grad=False)
+        alpha = init_scale * torch.randn(num_domains, num_edges, num_ops)
+        mask = None
+        if allowed is not None:  # (E, K) booleans, see the module docstring
+            mask = torch.as_tensor(allowed, dtype=torch.bool)
+            if tuple(mask.shape) != (num_edges, num_ops):
+                raise ValueError(
+                    f"allowed-operation mask of shape {tuple(mask.shape)}, expected ({num_edges}, {num_ops})"
+                )
+            alpha[:, ~mask] = MASKED_LOGIT
+        self.register_buffer("allowed", mask, persistent=False)
+        self.alpha = nn.Parameter(alpha, requires_grad=False)
 
     @property
     def num_domains(self) -> int:
@@ -74,6 +91,8 @@ class ArchitectureParameters(nn.Module):
             hard: with ``gumbel``, straight-through one-hot probabilities.
         """
         alpha = self.alpha
+        if self.allowed is not None:
+            alpha = alpha.masked_fill(~self.allowed, float("-inf"))
         if domains is not None:
             if isinstance(domains, int):
                 if not 0 <= domains < self.num_domains:

@@ -56,4 +56,5 @@ class DomainArchitectures:
         if genotype is not None:
             self.check_genotype(genotype, space)
             return None
-        return ArchitectureParameters(len(self.names), space.num_edges, space.num_ops, init_scale)
+        allowed = space.allowed_mask() if space.allowed_ops is not None else None
+        return ArchitectureParameters(len(self.names), space.num_edges, space.num_ops, init_scale, allowed)

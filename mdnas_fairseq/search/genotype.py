@@ -2,7 +2,8 @@
 
 * :func:`derive_genotype` turns alpha (D, E, K) into one cell per domain: every node keeps the
   ``edges_per_node`` incoming edges whose strongest non-``none`` operation has the largest
-  softmax weight, each with that operation (DARTS' rule; ``none`` is never chosen).
+  softmax weight, each with that operation (DARTS' rule; ``none`` is never chosen, nor an
+  operation the edge does not allow, see :meth:`SearchSpace.allowed`).
 * :meth:`MultiDomainGenotype.union` is the concordant multimodel of docs/method.md, section 4: on each
   edge the set of operations chosen by some domain, each with the domains that use it.
 * :func:`multimodel_param_count` counts the parameters of the multimodel built from a genotype,
@@ -119,10 +120,19 @@ def _validate(genotype: MultiDomainGenotype, source: str) -> None:
                     f"{source}: domain {domain!r}: unknown operation {e.op!r} "
                     f"(search space {space.name!r} allows {[o for o in space.operations if o != space.none_op]})"
                 )
-            if e.node not in space.node_ids or not 0 <= e.input < e.node:
+            try:
+                index = space.edge_index(e.input, e.node)
+            except KeyError:
+                nodes = f"nodes {space.node_ids[0]}..{space.node_ids[-1]}"
                 raise GenotypeError(
                     f"{source}: domain {domain!r}: edge from state {e.input} to node {e.node} does not exist in "
-                    f"search space {space.name!r} (nodes {space.node_ids[0]}..{space.node_ids[-1]})"
+                    f"search space {space.name!r} ({nodes})"
+                ) from None
+            if e.op not in space.allowed(index):
+                allowed = [o for o in space.allowed(index) if o != space.none_op]
+                raise GenotypeError(
+                    f"{source}: domain {domain!r}: operation {e.op!r} is not allowed on edge {e.input}->{e.node} "
+                    f"of search space {space.name!r} (allowed: {allowed})"
                 )
             per_node.setdefault(e.node, []).append(e)
         for j in space.node_ids:
@@ -141,19 +151,21 @@ def derive_cell(probs: Tensor, space: SearchSpace) -> Cell:
             f"mixing probabilities of shape {tuple(probs.shape)} do not match search space {space.name!r} "
             f"({space.num_edges} edges x {space.num_ops} operations)"
         )
-    none = space.operations.index(space.none_op) if space.none_op in space.operations else None
     w = probs.detach().double().clone()
-    if none is not None:
-        w[:, none] = float("-inf")
+    # never `none`, never an operation the edge does not allow
+    w[~torch.tensor(space.allowed_mask(), dtype=torch.bool, device=w.device)] = float("-inf")
+    if space.none_op in space.operations:
+        w[:, space.operations.index(space.none_op)] = float("-inf")
     best_weight, best_op = w.max(dim=1)
     edges: List[GenotypeEdge] = []
     for j in space.node_ids:
+        inputs = space.node_inputs(j)
         sl = space.node_edge_slice(j)
         scores = best_weight[sl]
         # stable: on equal scores the earlier input wins
-        order = sorted(range(j), key=lambda i: (-float(scores[i]), i))[: space.edges_per_node]
-        for i in sorted(order):
-            edges.append(GenotypeEdge(node=j, input=i, op=space.operations[int(best_op[sl][i])]))
+        order = sorted(range(len(inputs)), key=lambda n: (-float(scores[n]), n))[: space.edges_per_node]
+        for n in sorted(order):
+            edges.append(GenotypeEdge(node=j, input=inputs[n], op=space.operations[int(best_op[sl][n])]))
     return tuple(edges)
 
 
@@ -161,7 +173,11 @@ def derive_genotype(alpha: Tensor, space: SearchSpace, domains: Sequence[str]) -
     """Per-domain argmax genotype from alpha of shape (D, E, K)."""
     if alpha.dim() != 3 or alpha.shape[0] != len(domains):
         raise GenotypeError(f"alpha of shape {tuple(alpha.shape)} does not hold one row per domain of {list(domains)}")
-    probs = torch.softmax(alpha.detach().double(), dim=-1)
+    logits = alpha.detach().double()
+    if space.allowed_ops is not None and tuple(logits.shape[1:]) == (space.num_edges, space.num_ops):
+        mask = torch.tensor(space.allowed_mask(), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
     return MultiDomainGenotype(space, tuple(domains), {d: derive_cell(probs[k], space) for k, d in enumerate(domains)})
 
 
@@ -206,7 +222,7 @@ def genotype_from_dict(data: Any, source: str = "genotype") -> MultiDomainGenoty
             raise GenotypeError(f"{source}: missing field {key!r}")
     try:
         space = SearchSpace.from_dict(data["search_space"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, IndexError, TypeError, ValueError) as e:
         raise GenotypeError(f"{source}: bad field 'search_space': {e}") from None
     domains = data["domains"]
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):

@@ -122,11 +122,13 @@ class ParamTable:
 
     # ------------------------------------------------------------------ extremes
     def node_choices(self, node: int) -> Iterator[NodeChoice]:
-        """Every valid choice at ``node``: ``edges_per_node`` distinct inputs, each with a non-none op
-        (inputs in increasing combinations, operations in the space's order)."""
-        ops = [op for op in self.space.operations if op != self.space.none_op]
-        for inputs in itertools.combinations(range(node), self.space.edges_per_node):
-            for chosen in itertools.product(ops, repeat=len(inputs)):
+        """Every valid choice at ``node``: ``edges_per_node`` distinct inputs (among the node's
+        incoming edges), each with a non-none op its edge allows (inputs in increasing combinations,
+        operations in the space's order)."""
+        space = self.space
+        for inputs in itertools.combinations(space.node_inputs(node), space.edges_per_node):
+            per_edge = [[op for op in space.allowed(space.edge_index(i, node)) if op != space.none_op] for i in inputs]
+            for chosen in itertools.product(*per_edge):
                 yield tuple(zip(inputs, chosen))
 
     def cheapest_node_choice(self, node: int) -> Tuple[NodeChoice, int]:
@@ -147,16 +149,18 @@ class ParamTable:
 
     # ------------------------------------------------------------------ expected size
     def expected_cost_matrix(self) -> List[List[float]]:
-        """(E, K): ``w_e * op_params[e][k]`` with ``w_e = edges_per_node / j`` for an edge into node j.
+        """(E, K): ``w_e * op_params[e][k]`` with ``w_e = edges_per_node / n_j`` for an edge into node j
+        with ``n_j`` incoming edges (``n_j = j`` in the DARTS DAG).
 
         ``sum_{e,k} softmax(alpha_d)[e,k] * matrix[e][k]`` is the expected parameter count of a cell
-        whose every node keeps ``edges_per_node`` of its ``j`` incoming edges drawn uniformly, each
+        whose every node keeps ``edges_per_node`` of its ``n_j`` incoming edges drawn uniformly, each
         with an operation drawn from softmax(alpha_d(e)) (``none`` counts 0). With ``module_sharing``
         'node' and more than one edge per node it ignores two kept edges sharing a matrix.
         """
         space = self.space
         return [
-            [space.edges_per_node / j * c for c in self.op_params[e]] for e, (_, j) in enumerate(space.edges)
+            [space.edges_per_node / len(space.node_inputs(j)) * c for c in self.op_params[e]]
+            for e, (_, j) in enumerate(space.edges)
         ]
 
     def expected_cell_params(self, probs: Tensor) -> Tensor:

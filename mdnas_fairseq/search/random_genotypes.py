@@ -1,8 +1,9 @@
 """Random genotypes: the chance baseline of a search (does the search beat random cells?).
 
 :func:`random_genotype` draws every cell uniformly among the valid cells of the search space: at
-every node, ``edges_per_node`` distinct inputs uniformly among the earlier states, each with an
-operation drawn uniformly among the non-``none`` operations, independently for every node and
+every node, ``edges_per_node`` distinct inputs uniformly among its incoming edges' states (all
+earlier states in the DARTS DAG), each with an operation drawn uniformly among the non-``none``
+operations its edge allows, independently for every node and
 every cell name. Draws come from a ``numpy.random.Generator`` (``numpy.random.default_rng(seed)``),
 in the order names, nodes, then inputs before operations, so a seed gives one genotype.
 
@@ -21,12 +22,14 @@ from .space import SearchSpace
 
 
 def random_cell(space: SearchSpace, rng: np.random.Generator) -> Tuple[GenotypeEdge, ...]:
-    """One uniformly random valid cell of ``space``."""
-    ops = [op for op in space.operations if op != space.none_op]
+    """One uniformly random valid cell of ``space`` (inputs among a node's incoming edges, operations
+    among those the edge allows; for the DARTS DAG, inputs among all earlier states, any operation)."""
     edges = []
     for j in space.node_ids:
-        inputs = sorted(int(i) for i in rng.choice(j, size=space.edges_per_node, replace=False))
-        for i in inputs:
+        candidates = space.node_inputs(j)
+        picked = rng.choice(len(candidates), size=space.edges_per_node, replace=False)
+        for i in sorted(candidates[int(n)] for n in picked):
+            ops = [op for op in space.allowed(space.edge_index(i, j)) if op != space.none_op]
             edges.append(GenotypeEdge(node=j, input=i, op=ops[int(rng.integers(len(ops)))]))
     return tuple(edges)
 

@@ -1,10 +1,12 @@
 """Cell diagrams of a multi-domain genotype: one per domain and one of the concordant union.
 
 Every diagram shows the cell's input states (RNN: ``x_t, h_{t-1}`` as state 0; conv:
-``c_{k-2}``, ``c_{k-1}``), its intermediate nodes (labelled with their state id, as in the
-genotype file), one edge per chosen operation labelled with the operation, and dashed edges from
-every intermediate node to the cell output (the RNN cell averages its intermediate nodes, the
-conv cell concatenates them).
+``c_{k-2}``, ``c_{k-1}``; Transformer: the embeddings), its intermediate nodes (labelled with
+their state id, as in the genotype file; a Transformer slot also with its layer and kind), one
+edge per chosen operation labelled with the operation, and dashed edges from the nodes the cell
+output combines (:attr:`SearchSpace.output_nodes`: every intermediate node for the RNN cell,
+which averages them, and the conv cell, which concatenates them; the last slot of the
+Transformer's chain).
 
 In the union diagram (the concordant multimodel of docs/method.md, section 4) an edge may carry several
 operations; an operation chosen by more than one domain is one shared module and is drawn bold
@@ -81,7 +83,17 @@ def input_state_labels(space: SearchSpace) -> List[str]:
         return ["x_t, h_{t-1}"]
     if space.name.startswith("darts_cnn") and space.num_input_nodes == 2:
         return ["c_{k-2}", "c_{k-1}"]
+    if space.name.startswith("transformer") and space.num_input_nodes == 1:
+        return ["embeddings + positions"]
     return [f"input {i}" for i in range(space.num_input_nodes)]
+
+
+def node_label(space: SearchSpace, node: int) -> str:
+    """Display name of an intermediate node: its state id (a Transformer slot: with layer and kind)."""
+    if space.name.startswith("transformer") and space.num_input_nodes == 1:
+        kind = "token mixing" if node % 2 == 1 else "channel mixing"
+        return f"{node}: layer {(node + 1) // 2}, {kind}"
+    return str(node)
 
 
 def output_label(space: SearchSpace) -> str:
@@ -90,7 +102,9 @@ def output_label(space: SearchSpace) -> str:
         return "h_t (mean of nodes)"
     if space.name.startswith("darts_cnn"):
         return "c_k (concat of nodes)"
-    return "output (combines all nodes)"
+    if space.name.startswith("transformer"):
+        return "final LayerNorm, tied output projection"
+    return "output (combines all nodes)" if len(space.output_nodes) > 1 else "output"
 
 
 def union_key(genotype: MultiDomainGenotype) -> str:
@@ -106,7 +120,9 @@ def _new_cell_graph(genotype: MultiDomainGenotype, title_html: str):
     space = genotype.space
     graph = graphviz.Digraph(
         name="cell",
-        graph_attr={"rankdir": "LR", "label": f"<{title_html}>", "labelloc": "t", "fontsize": "16",
+        # a chain of many slots reads best top to bottom, like a layer diagram
+        graph_attr={"rankdir": "LR" if space.topology is None else "TB", "label": f"<{title_html}>",
+                    "labelloc": "t", "fontsize": "16",
                     "fontname": "Helvetica"},
         node_attr={"fontname": "Helvetica", "style": "filled"},
         edge_attr={"fontname": "Helvetica", "fontsize": "11"},
@@ -114,13 +130,15 @@ def _new_cell_graph(genotype: MultiDomainGenotype, title_html: str):
     for i, label in enumerate(input_state_labels(space)):
         graph.node(state_node_name(i), graphviz.escape(label), shape="box", fillcolor="#cfe2f3")
     for j in space.node_ids:
-        graph.node(state_node_name(j), str(j), shape="circle", fillcolor="#fff2cc")
+        label = node_label(space, j)
+        graph.node(state_node_name(j), graphviz.escape(label), shape="circle" if label == str(j) else "box",
+                   fillcolor="#fff2cc")
     graph.node(OUTPUT_NODE, graphviz.escape(output_label(space)), shape="box", fillcolor="#d9ead3")
     return graph
 
 
 def _add_output_edges(graph, space: SearchSpace) -> None:
-    for j in space.node_ids:
+    for j in space.output_nodes:
         graph.edge(state_node_name(j), OUTPUT_NODE, style="dashed", color="#999999", arrowhead="vee")
 
 

@@ -1,7 +1,7 @@
 """Pictures of the architecture weights softmax(alpha).
 
 * :func:`save_alpha_heatmaps`: one PNG per domain, rows = edges ``"i->j"``, columns = operations,
-  every cell annotated with its weight. Called by the search at every epoch end.
+  every cell annotated with its weight (blank where the edge does not allow the operation). Called by the search at every epoch end.
 * :func:`plot_alpha_history`: from ``alpha_history.jsonl``, per domain the mean over edges of each
   operation's weight against the epoch (how the search moves towards its operations).
 * :func:`plot_decisiveness`: from ``alpha_history.jsonl``, per domain the mean entropy of
@@ -61,9 +61,12 @@ def alpha_heatmap_figure(weights: np.ndarray, space: SearchSpace, title: str):
             f"({space.num_edges} edges x {space.num_ops} operations)"
         )
     num_edges, num_ops = weights.shape
+    allowed = np.asarray(space.allowed_mask(), dtype=bool)
     fig = _figure((2.2 + 1.05 * num_ops, 1.4 + 0.32 * num_edges))
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(np.ma.masked_invalid(weights), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    # operations an edge does not allow are left blank (no colour, no number)
+    image = ax.imshow(np.ma.masked_invalid(np.where(allowed, weights, np.nan)), cmap="viridis", vmin=0.0, vmax=1.0,
+                      aspect="auto")
     ax.set_xticks(range(num_ops), labels=list(space.operations), rotation=35, ha="right")
     ax.set_yticks(range(num_edges), labels=edge_labels(space))
     ax.set_xlabel("operation")
@@ -71,6 +74,8 @@ def alpha_heatmap_figure(weights: np.ndarray, space: SearchSpace, title: str):
     ax.set_title(title)
     for e in range(num_edges):
         for k in range(num_ops):
+            if not allowed[e, k]:
+                continue
             value = weights[e, k]
             text = f"{value:.2f}" if math.isfinite(value) else "nan"
             color = "black" if math.isfinite(value) and value > 0.55 else "white"

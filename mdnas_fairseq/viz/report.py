@@ -38,6 +38,7 @@ from .draw import (
     diagram_path_stems,
     draw_genotype,
     input_state_labels,
+    node_label,
     union_key,
 )
 from .heatmap import (
@@ -368,7 +369,7 @@ def write_report(search_dir: str, out: Optional[str] = None) -> str:
         lines += [f"### Domain {domain}", ""]
         lines += _table(
             ["node", "input", "op"],
-            [[e.node, _state_label(genotype, e.input), f"`{e.op}`"] for e in genotype.cells[domain]],
+            [[node_label(space, e.node), _state_label(genotype, e.input), f"`{e.op}`"] for e in genotype.cells[domain]],
         )
 
     lines += ["## Concordant union (the multimodel's cell)", ""]
@@ -378,7 +379,8 @@ def write_report(search_dir: str, out: Optional[str] = None) -> str:
             kind = "shared" if len(users) > 1 else "domain-specific"
             rows.append([j, _state_label(genotype, i), f"`{op}`", ", ".join(users), kind, i])
     rows.sort(key=lambda row: (row[0], row[5], row[2]))  # by node, then input, then op
-    lines += _table(["node", "input", "op", "domains using it", "module"], [row[:5] for row in rows])
+    lines += _table(["node", "input", "op", "domains using it", "module"],
+                    [[node_label(space, row[0])] + row[1:5] for row in rows])
 
     lines += ["## Over the epochs", ""]
     lines += _epochs_section(search_dir)

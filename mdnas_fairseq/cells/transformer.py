@@ -1,0 +1,202 @@
+"""A searchable decoder-only Transformer language model, one architecture per domain (pure PyTorch).
+
+Network (pre-LayerNorm, as fairseq's ``transformer_lm``): ``s_0 = dropout(sqrt(C) E[tokens] +
+P[positions])``, then a chain of 2L slots, two per layer: node ``j = 2l + 1`` mixes tokens,
+node ``j = 2l + 2`` mixes channels, and every slot is a residual block
+
+    s_j = s_{j-1} + dropout(op_j(LayerNorm_j(s_{j-1})))
+
+followed by a final LayerNorm and the output projection tied to the embedding ``E``. The
+search space is :func:`~mdnas_fairseq.search.transformer_lm_space`: one edge ``(j - 1, j)`` per
+slot, K candidates shared by all slots, each slot allowing only its kind's candidates:
+
+* token mixing: ``attention`` (causal multi-head self-attention), ``lightconv_k`` (GLU
+  projection, causal lightweight convolution of width k, projection), ``dwconv_k`` (causal
+  depthwise convolution), ``identity``, ``none``;
+* channel mixing: ``ffn_relu``, ``ffn_gelu``, ``ffn_sqrelu`` (feed-forward blocks),
+  ``identity``, ``none``.
+
+``none`` contributes 0 (the slot is the residual alone); as in DARTS it is never derived.
+
+* Search mode: a slot sums its allowed candidates weighted by softmax(alpha_d) (one weight
+  matrix for a domain-homogeneous batch, one per sample otherwise), cast to the activations'
+  dtype (alpha stays fp32 under mixed precision). Every candidate's activations are kept for the
+  backward pass: memory grows with the candidates of a slot times the layers.
+* Derived mode: a :class:`MultiDomainGenotype` gives every domain one op per slot; the network
+  holds one module per (slot, op) that some domain chose, shared by the domains that chose it,
+  and a domain runs only its own modules.
+
+Candidate modules come from a factory (op name -> module, see :mod:`.transformer_ops`): the
+fairseq model passes one building fairseq's ``MultiheadAttention`` and ``LightweightConv``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..search import GenotypeEdge, MultiDomainGenotype, ParamTable, transformer_lm_space
+from .network import MultiDomainNetwork
+from .transformer_ops import CandidateFactory
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class SearchableTransformerLM(MultiDomainNetwork):
+    """Decoder-only causal Transformer LM whose every slot is searched per domain.
+
+    Args:
+        vocab_size, padding_idx: the (shared) dictionary.
+        embed_dim: C, the model width (embeddings are tied to the output projection).
+        num_layers: L; the network has 2L slots.
+        domains: the data domains, in the order of the domain indices fed to :meth:`forward`.
+        candidates: op name -> a new candidate module (T, B, C) -> (T, B, C), causal.
+        kernel_sizes: widths of the convolution candidates (part of the search space).
+        positions: module mapping tokens (B, T) to position embeddings (B, T, C), or None.
+        genotype, shared_architecture, alpha_init_scale: see :class:`MultiDomainNetwork`.
+        dropout: on the embeddings and on every slot's output (fairseq's ``--dropout``).
+        scale_embedding: multiply the embeddings by sqrt(C) (fairseq's default).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        padding_idx: int,
+        embed_dim: int,
+        num_layers: int,
+        domains: Sequence[str],
+        candidates: CandidateFactory,
+        kernel_sizes: Sequence[int] = (3, 7),
+        positions: Optional[nn.Module] = None,
+        genotype: Optional[MultiDomainGenotype] = None,
+        shared_architecture: bool = False,
+        dropout: float = 0.0,
+        scale_embedding: bool = True,
+        alpha_init_scale: float = 1e-3,
+    ):
+        super().__init__(domains, transformer_lm_space(num_layers, kernel_sizes), genotype, shared_architecture,
+                         alpha_init_scale)
+        self.embed_dim, self.dropout = embed_dim, dropout
+        self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=embed_dim**-0.5)  # as fairseq's Embedding
+        with torch.no_grad():
+            self.embedding.weight[padding_idx].zero_()
+        self.positions = positions
+        self.slot_norms = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in self.space.node_ids)
+        self.final_norm = nn.LayerNorm(embed_dim)
+        self.genotype = genotype
+        if genotype is None:
+            # edge e -> its allowed candidates that compute something (`none` adds 0 and is skipped)
+            self.slot_ops = nn.ModuleList(
+                nn.ModuleDict({op: candidates(op) for op in self._weighted(e)}) for e in range(self.space.num_edges)
+            )
+            self.slot_op_index = [
+                [self.space.op_index(op) for op in self._weighted(e)] for e in range(self.space.num_edges)
+            ]
+        else:
+            self.ops = nn.ModuleDict({self._module_name(e): candidates(e.op) for e in genotype.union_edges()})
+            # cell name -> node -> module name
+            self.choices: Dict[str, Dict[int, str]] = {
+                d: {e.node: self._module_name(e) for e in genotype.cells[d]} for d in genotype.domains
+            }
+        self._op_sizes = self._candidate_sizes(candidates)
+
+    def _weighted(self, edge: int):
+        return [op for op in self.space.allowed(edge) if op != self.space.none_op]
+
+    @staticmethod
+    def _module_name(edge: GenotypeEdge) -> str:
+        return f"node{edge.node}_{edge.op}"
+
+    def _candidate_sizes(self, candidates: CandidateFactory) -> Dict[str, int]:
+        """Parameters of one module of every candidate (read from this network's modules, built once if absent)."""
+        sizes: Dict[str, int] = {}
+        if self.is_search:
+            for ops in self.slot_ops:
+                sizes.update({op: _numel(m) for op, m in ops.items()})
+        else:
+            sizes.update({name.split("_", 1)[1]: _numel(m) for name, m in self.ops.items()})
+        for op in self.space.operations:
+            if op != self.space.none_op and op not in sizes:
+                sizes[op] = _numel(candidates(op))
+        return sizes
+
+    # ------------------------------------------------------------------ forward
+    def _residual(self, x: Tensor, out: Tensor) -> Tensor:
+        return x + F.dropout(out, self.dropout, self.training)
+
+    def _search_layers(self, x: Tensor, probs: Tensor) -> Tensor:
+        """``probs``: mixing probabilities, (E, K) for the whole batch or (B, E, K) one per sample."""
+        for e in range(self.space.num_edges):
+            h = self.slot_norms[e](x)
+            mixed = 0
+            for module, k in zip(self.slot_ops[e].values(), self.slot_op_index[e]):
+                w = probs[e, k] if probs.dim() == 2 else probs[:, e, k].view(1, -1, 1)
+                mixed = mixed + w * module(h)
+            x = self._residual(x, mixed)
+        return x
+
+    def _derived_layers(self, x: Tensor, cell: str) -> Tensor:
+        choice = self.choices[cell]
+        for e, (_, j) in enumerate(self.space.edges):
+            x = self._residual(x, self.ops[choice[j]](self.slot_norms[e](x)))
+        return x
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Token (+ position) embeddings, (T, B, C)."""
+        x = self.embed_scale * self.embedding(tokens)
+        if self.positions is not None:
+            x = x + self.positions(tokens)
+        return F.dropout(x, self.dropout, self.training).transpose(0, 1)
+
+    def forward(self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), features (B, T, C)).
+
+        ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
+        """
+        x = self.embed(tokens)
+        routing = self.route(domain, batch_domain, tokens.shape[0], x.dtype)
+        if self.is_search:
+            x = self._search_layers(x, routing["mixing_probs"])
+        else:
+            names = routing["cells"]
+            unique = sorted(set(names))
+            if len(unique) == 1:
+                x = self._derived_layers(x, unique[0])
+            else:  # several domains in one batch: each runs its own modules on its samples
+                out = torch.empty_like(x)
+                for cell in unique:
+                    idx = torch.tensor([b for b, n in enumerate(names) if n == cell], device=x.device)
+                    out[:, idx] = self._derived_layers(x[:, idx], cell)
+                x = out
+        features = self.final_norm(x).transpose(0, 1)
+        return F.linear(features, self.embedding.weight), features
+
+    # ------------------------------------------------------------------ sizes
+    def op_param_count(self, edge: GenotypeEdge) -> int:
+        """Parameters of the module of one (slot, op): the same for every slot of a kind."""
+        return self._op_sizes[edge.op]
+
+    def shared_param_count(self) -> int:
+        """Parameters every domain uses: embeddings, positions, the slots' and the final LayerNorms."""
+        shared = [self.embedding, self.slot_norms, self.final_norm]
+        if self.positions is not None:
+            shared.append(self.positions)
+        return sum(_numel(m) for m in shared)
+
+    def param_table(self) -> ParamTable:
+        """Parameter counts of this network's modules: one per (slot, operation) (share rule "edge";
+        an operation a slot does not allow counts 0), plus what every domain uses."""
+        rows = [
+            [self._op_sizes[op] if op in self.space.allowed(e) and op != self.space.none_op else 0
+             for op in self.space.operations]
+            for e in range(self.space.num_edges)
+        ]
+        return ParamTable(self.space, rows, "edge", self.shared_param_count())

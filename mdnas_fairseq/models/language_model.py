@@ -1,0 +1,99 @@
+"""What the searchable language models (``mdnas_rnn``, ``mdnas_transformer_lm``) share in fairseq: the
+options of the mixing, a decoder that passes each sentence's domain to the network, the sentence
+representation for the contrastive term, the temperature schedule and the dictionary check."""
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from fairseq.models import FairseqDecoder, FairseqLanguageModel
+from omegaconf import II
+
+from ..search import annealed_temperature
+from .searchable import ArchitectureConfig, SearchableModel
+
+
+@dataclass
+class LanguageModelSearchConfig(ArchitectureConfig):
+    gumbel_softmax: bool = field(default=False, metadata={"help": "Gumbel-softmax mixing probabilities while searching"})
+    temperature_start: float = field(default=1.0, metadata={"help": "(Gumbel-)softmax temperature at update 0"})
+    temperature_end: float = field(default=1.0, metadata={"help": "temperature at --max-update (exponential)"})
+    max_target_positions: int = field(default=1024, metadata={"help": "longest sentence"})
+    max_update: int = II("optimization.max_update")
+
+
+def dictionary_fingerprint(dictionary) -> int:
+    """A stable 63-bit fingerprint of the dictionary's symbols (to detect a mismatched dict.txt)."""
+    digest = hashlib.sha1("\n".join(dictionary.symbols).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class SearchableDecoder(FairseqDecoder):
+    """fairseq decoder over a searchable network ``lm(tokens, domain, batch_domain) -> (logits, states)``."""
+
+    def __init__(self, dictionary, lm, max_target_positions: int, model_name: str):
+        super().__init__(dictionary)
+        self.lm = lm
+        self.max_target_positions = max_target_positions
+        self.model_name = model_name
+        lm.register_buffer("dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary)))
+
+    def forward(self, prev_output_tokens, src_lengths=None, domain=None, batch_domain=None, **kwargs):
+        if domain is None:
+            raise ValueError(
+                f"{self.model_name} needs the domain of every sentence (net_input['domain']); "
+                "load the data with --task multidomain_nas"
+            )
+        logits, states = self.lm(prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain)
+        return logits, {"states": states, "src_lengths": src_lengths, "attn": [None]}
+
+    def max_positions(self):
+        return self.max_target_positions
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        logits = net_output[0].float()
+        return torch.log_softmax(logits, dim=-1) if log_probs else torch.softmax(logits, dim=-1)
+
+
+class SearchableLanguageModel(SearchableModel, FairseqLanguageModel):
+    """A fairseq LM whose decoder is a :class:`SearchableDecoder`; subclasses define ``build_model``."""
+
+    def __init__(self, decoder, cfg):
+        super().__init__(decoder)
+        self.cfg = cfg
+
+    @property
+    def lm(self):
+        return self.decoder.lm
+
+    network = lm
+
+    def domain_representation(self, net_output, sample):
+        """The state at <eos> of each sentence: the position whose target is <eos>."""
+        states = net_output[1]["states"]
+        lengths = sample["net_input"]["src_lengths"].to(states.device)
+        return states[torch.arange(states.shape[0], device=states.device), lengths - 1]
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        max_update = self.cfg.max_update or 0
+        self.lm.gumbel = self.cfg.gumbel_softmax
+        self.lm.temperature = (
+            annealed_temperature(num_updates, max_update, self.cfg.temperature_start, self.cfg.temperature_end)
+            if max_update > 0
+            else self.cfg.temperature_start
+        )
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        key = "decoder.lm.dictionary_fingerprint"
+        if key in state_dict and int(state_dict[key]) != int(self.lm.dictionary_fingerprint):
+            raise ValueError(
+                "checkpoint was trained with a different dictionary than this data directory's dict.txt "
+                f"(vocabulary of {len(self.decoder.dictionary)} types here); use the data-bin the model was trained on"
+            )
+        emb = "decoder.lm.embedding.weight"
+        if emb in state_dict and state_dict[emb].shape != self.lm.embedding.weight.shape:
+            raise ValueError(
+                f"checkpoint vocabulary has {state_dict[emb].shape[0]} types, this data directory's dict.txt has "
+                f"{self.lm.embedding.weight.shape[0]}: mismatched dictionary"
+            )
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

@@ -1,0 +1,163 @@
+"""fairseq model ``mdnas_transformer_lm``: a searchable decoder-only Transformer language model.
+
+Thin glue over :class:`mdnas_fairseq.cells.transformer.SearchableTransformerLM` (the network,
+the search space and the cell design are described there and in ``docs/transformer.md``):
+
+* without ``--genotype`` it is the search model (per-domain alpha over every slot's candidates);
+* with ``--genotype FILE`` it is the derived concordant multimodel of that genotype;
+* ``--shared-architecture`` gives the "single model on the union of domains" baseline.
+
+The candidates come from fairseq where fairseq has them: ``attention`` is fairseq's
+``MultiheadAttention`` (``self_attention=True``) under a causal (upper-triangular -inf) mask, as
+in fairseq's ``TransformerDecoder``; ``lightconv_k`` is fairseq's lightweight-convolution block
+around ``LightweightConv1dTBC`` with ``padding_l = k - 1`` (causal, tested). The class is used
+directly rather than through the ``LightweightConv`` factory, which on a CUDA machine switches to
+the ``lightconv_cuda`` extension when it is built and prints an ImportError for every module when
+it is not (fairseq-fixed ships it unbuilt); the two compute the same function. Positions are
+fairseq's ``PositionalEmbedding`` (sinusoidal, or learned with ``--decoder-learned-pos``).
+
+Named sizes: ``mdnas_transformer_lm_tiny`` (tests: 2 layers, 64 dims), ``_small``, ``_base``.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from fairseq.models import (
+    ARCH_MODEL_REGISTRY,
+    MODEL_REGISTRY,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import LightweightConv1dTBC, MultiheadAttention, PositionalEmbedding
+from fairseq.utils import safe_getattr
+
+from ..cells.transformer import SearchableTransformerLM
+from ..cells.transformer_ops import LightConvBlock, build_common_candidate, kernel_of
+from ..registry import register_once
+from ..search import transformer_lm_space
+from .language_model import LanguageModelSearchConfig, SearchableDecoder, SearchableLanguageModel
+from .searchable import genotype_for_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MDNASTransformerConfig(LanguageModelSearchConfig):
+    decoder_layers: int = field(default=6, metadata={"help": "layers (each a token-mixing and a channel-mixing slot)"})
+    decoder_embed_dim: int = field(default=512, metadata={"help": "model width (embeddings are tied)"})
+    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "hidden size of the feed-forward candidates"})
+    decoder_attention_heads: int = field(
+        default=8, metadata={"help": "heads of attention and lightweight convolutions"}
+    )
+    decoder_conv_kernel_sizes: str = field(
+        default="3,7", metadata={"help": "widths of the lightweight and depthwise convolution candidates"}
+    )
+    decoder_learned_pos: bool = field(default=False, metadata={"help": "learned (not sinusoidal) positions"})
+    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale the embeddings by sqrt(dim)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings and slot outputs"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the feed-forward activation"})
+    weight_dropout: float = field(default=0.0, metadata={"help": "dropout on lightweight-convolution kernels"})
+
+
+def kernel_sizes(cfg):
+    try:
+        return tuple(int(k) for k in str(cfg.decoder_conv_kernel_sizes).split(",") if k.strip())
+    except ValueError:
+        raise ValueError(
+            f"--decoder-conv-kernel-sizes must be comma-separated integers, got {cfg.decoder_conv_kernel_sizes!r}"
+        ) from None
+
+
+class FairseqCausalSelfAttention(nn.Module):
+    """fairseq's ``MultiheadAttention`` as a causal self-attention candidate (T, B, C) -> (T, B, C)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = MultiheadAttention(dim, heads, dropout=dropout, self_attention=True)
+
+    def forward(self, x):
+        steps = x.shape[0]
+        # fairseq's TransformerDecoder.buffered_future_mask: -inf above the diagonal
+        mask = torch.triu(torch.full((steps, steps), float("-inf"), device=x.device), 1).to(x.dtype)
+        out, _ = self.attn(query=x, key=x, value=x, need_weights=False, attn_mask=mask)
+        return out
+
+
+def fairseq_candidates(cfg):
+    """The candidate factory of the fairseq model: fairseq's modules where fairseq has them."""
+    dim, heads = cfg.decoder_embed_dim, cfg.decoder_attention_heads
+
+    def build(name: str) -> nn.Module:
+        module = build_common_candidate(name, dim, cfg.decoder_ffn_embed_dim, cfg.activation_dropout)
+        if module is not None:
+            return module
+        if name == "attention":
+            return FairseqCausalSelfAttention(dim, heads, cfg.attention_dropout)
+        if name.startswith("lightconv_"):
+            k = kernel_of(name, "lightconv_")
+            conv = LightweightConv1dTBC(dim, kernel_size=k, padding_l=k - 1, num_heads=heads,
+                                        weight_dropout=cfg.weight_dropout, weight_softmax=True, bias=False)
+            return LightConvBlock(dim, conv)
+        raise ValueError(f"unknown Transformer candidate operation {name!r}")
+
+    return build
+
+
+class MDNASTransformerModel(SearchableLanguageModel):
+    @classmethod
+    def build_model(cls, cfg, task):
+        domains = list(task.domain_names)
+        genotype = genotype_for_model(cfg, domains, transformer_lm_space(cfg.decoder_layers, kernel_sizes(cfg)))
+        dictionary = task.source_dictionary
+        positions = PositionalEmbedding(cfg.max_target_positions, cfg.decoder_embed_dim, dictionary.pad(),
+                                        learned=cfg.decoder_learned_pos)
+        lm = SearchableTransformerLM(
+            vocab_size=len(dictionary),
+            padding_idx=dictionary.pad(),
+            embed_dim=cfg.decoder_embed_dim,
+            num_layers=cfg.decoder_layers,
+            domains=domains,
+            candidates=fairseq_candidates(cfg),
+            kernel_sizes=kernel_sizes(cfg),
+            positions=positions,
+            genotype=genotype,
+            shared_architecture=cfg.shared_architecture,
+            dropout=cfg.dropout,
+            scale_embedding=not cfg.no_scale_embedding,
+            alpha_init_scale=cfg.alpha_init_scale,
+        )
+        model = cls(SearchableDecoder(dictionary, lm, cfg.max_target_positions, "mdnas_transformer_lm"), cfg)
+        if genotype is not None:
+            logger.info(f"derived multimodel: {sum(p.numel() for p in model.parameters())} parameters "
+                        f"(genotype count {lm.genotype_param_count(genotype)})")
+        return model
+
+
+def _sizes(args, layers, dim, ffn, heads, dropout):
+    args.decoder_layers = safe_getattr(args, "decoder_layers", layers)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", dim)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", ffn)
+    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", heads)
+    args.dropout = safe_getattr(args, "dropout", dropout)
+
+
+def mdnas_transformer_lm_tiny(args):
+    _sizes(args, 2, 64, 256, 4, 0.1)
+
+
+def mdnas_transformer_lm_small(args):
+    _sizes(args, 4, 256, 1024, 4, 0.1)
+
+
+def mdnas_transformer_lm_base(args):
+    _sizes(args, 6, 512, 2048, 8, 0.1)
+
+
+register_once(MODEL_REGISTRY, "mdnas_transformer_lm",
+              lambda: register_model("mdnas_transformer_lm", dataclass=MDNASTransformerConfig)(MDNASTransformerModel))
+for _preset in (mdnas_transformer_lm_tiny, mdnas_transformer_lm_small, mdnas_transformer_lm_base):
+    register_once(ARCH_MODEL_REGISTRY, _preset.__name__,
+                  lambda p=_preset: register_model_architecture("mdnas_transformer_lm", p.__name__)(p))
