@@ -27,6 +27,7 @@ SEARCH_COUNT = "search_count"
 JS = "js"
 ENTROPY = "alpha_entropy"  # (A,) one per architecture: mean entropy of softmax(alpha) over edges
 MARGIN = "alpha_margin"  # (A,) mean best-minus-second weight per edge (non-none operations)
+EXPECTED_PARAMS = "alpha_params"  # (A,) expected cell parameters under softmax(alpha) / the largest cell
 PROBS = "p"  # (D,) the domain distribution
 ALPHA_LOSS, ALPHA_COUNT = "alpha_loss", "alpha_count"
 ALPHA_SKIPPED = "alpha_skipped"

@@ -17,6 +17,15 @@ Models (``--models``):
     multi          all domains, one architecture per domain, no regularizer
     multi_struct   ... with the structural (JS) regularizer (--struct-coef)
     multi_contr    ... with the contrastive (triplet) regularizer (--contrastive-coef)
+    multi_param    ... with the parameter penalty (--param-coef)
+    random         --random-count random multimodel genotypes whose size is within 10% of the
+                   --random-reference model's search (run that model first), retrained with the same
+                   protocol; the row gives their mean, spread and best
+    baseline       a plain fairseq LM (--baseline-arch, --baseline-flags) on the union of the domains
+
+With ``--search-seeds 1,2,3 --select-by-retrain-epochs N`` every searched model runs one search per
+seed, retrains each genotype N epochs, keeps the one with the best VALIDATION loss and retrains it
+fully; the candidates' scores go into table.json.
 
 Example (the demo): ``python scripts/lm_pipeline.py --data build/demo-data/data-bin --out build/demo-run``
 """
@@ -65,36 +74,49 @@ def run(cmd, log_path):
     return text, time.time() - start
 
 
+SEARCHED = ("union", "multi", "multi_struct", "multi_contr", "multi_param")
+
+
 def model_settings(name, domains, args):
-    """(domains of the model, extra fairseq-train flags) of a model name."""
+    """(domains of the model, extra fairseq-train flags of its search) of a model name."""
     if name.startswith("single_"):
         lang = name[len("single_"):]
         if lang not in domains:
             raise SystemExit(f"model {name}: {lang!r} is not one of the data's domains {domains}")
         return [lang], []
-    if name == "union":
-        return domains, ["--shared-architecture"]
-    if name == "multi":
-        return domains, []
-    if name == "multi_struct":
-        return domains, ["--struct-coef", str(args.struct_coef)]
-    if name == "multi_contr":
-        return domains, ["--contrastive-coef", str(args.contrastive_coef)]
-    raise SystemExit(f"unknown model {name!r}: use single_<lang>, union, multi, multi_struct, multi_contr")
+    flags = {
+        "union": ["--shared-architecture"],
+        "multi": [],
+        "multi_struct": ["--struct-coef", str(args.struct_coef)],
+        "multi_contr": ["--contrastive-coef", str(args.contrastive_coef)],
+        "multi_param": ["--param-coef", str(args.param_coef)],
+        "random": [],
+        "baseline": [],
+    }
+    if name not in flags:
+        raise SystemExit(f"unknown model {name!r}: use single_<lang>, {', '.join(flags)}")
+    return domains, flags[name]
 
 
-def train_flags(args, domains, save_dir, epochs):
+def train_flags(args, domains, save_dir, epochs, seed=None, arch=None):
+    """fairseq-train flags of the table's protocol; the flags after ``--`` are the searchable model's
+    (a baseline of another ``arch`` gets ``--baseline-flags`` instead)."""
     flags = [
         args.data, "--user-dir", USER_DIR, "--task", "multidomain_nas", "--domains", ",".join(domains),
-        "--arch", args.arch, "--criterion", "multidomain_nas_loss", "--sample-break-mode", "eos",
+        "--arch", arch or args.arch, "--criterion", "multidomain_nas_loss",
         "--optimizer", "adam", "--lr", str(args.lr), "--clip-norm", str(args.clip_norm),
-        "--batch-size", str(args.batch_size), "--max-epoch", str(epochs), "--seed", str(args.seed),
+        "--batch-size", str(args.batch_size), "--max-epoch", str(epochs),
+        "--seed", str(args.seed if seed is None else seed),
         "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "50",
         "--num-workers", "0",
     ]
     if args.cpu:
         flags.append("--cpu")
-    return flags + args.extra
+    return flags + (args.extra if arch is None else [])
+
+
+def search_flags(args):
+    return ["--alpha-order", str(args.alpha_order), "--alpha-lr", str(args.alpha_lr)] + args.search_flags.split()
 
 
 def count_parameters(checkpoint):
@@ -104,10 +126,14 @@ def count_parameters(checkpoint):
     return sum(v.numel() for k, v in state.items() if not k.endswith("dictionary_fingerprint"))
 
 
-def evaluate(args, checkpoint, domain, log_path):
-    cmd = [fairseq_cmd("fairseq-eval-lm"), args.data, "--user-dir", USER_DIR, "--task", "multidomain_nas",
-           "--path", checkpoint, "--gen-subset", "test", "--eval-domain", domain, "--sample-break-mode", "eos",
-           "--batch-size", str(args.batch_size), "--num-workers", "0"]
+def evaluate(args, checkpoint, domain, log_path, task="multidomain_nas"):
+    """Test perplexity of one domain by fairseq-eval-lm (a plain fairseq LM: task language_modeling)."""
+    if task == "multidomain_nas":
+        subset = ["--task", "multidomain_nas", "--gen-subset", "test", "--eval-domain", domain]
+    else:
+        subset = ["--task", "language_modeling", "--gen-subset", f"test.{domain}"]
+    cmd = [fairseq_cmd("fairseq-eval-lm"), args.data, "--user-dir", USER_DIR, "--path", checkpoint,
+           "--sample-break-mode", "eos", "--batch-size", str(args.batch_size), "--num-workers", "0"] + subset
     if args.cpu:
         cmd.append("--cpu")
     text, _ = run(cmd, log_path)
@@ -117,38 +143,128 @@ def evaluate(args, checkpoint, domain, log_path):
     return float(found[-1][1])
 
 
+def best_valid_loss(log_text):
+    """The best validation loss a fairseq-train log reports (its last 'best_loss', else the min loss)."""
+    best = re.findall(r"\| valid on 'valid' subset \| loss ([0-9.]+)", log_text)
+    if not best:
+        raise SystemExit("no validation loss in the log")
+    return min(float(x) for x in best)
+
+
+def retrain_and_test(args, domains, genotype, base, shared, tag="retrain", epochs=None):
+    """Retrain a genotype from scratch with the table's protocol; test perplexity per domain."""
+    train = fairseq_cmd("fairseq-train")
+    retrain_dir = os.path.join(base, tag)
+    text, seconds = run([train] + train_flags(args, domains, retrain_dir, epochs or args.retrain_epochs)
+                        + ["--genotype", genotype] + shared, os.path.join(base, f"{tag}.log"))
+    checkpoint = os.path.join(retrain_dir, "checkpoint_best.pt")
+    if epochs is not None:  # a short selection retrain: its validation loss only
+        return {"valid_loss": best_valid_loss(text), "seconds": round(seconds, 1)}
+    ppl = {d: evaluate(args, checkpoint, d, os.path.join(base, f"eval_{tag}_{d}.log")) for d in domains}
+    return {"test_ppl": ppl, "params": count_parameters(checkpoint), "seconds": round(seconds, 1)}
+
+
+def search(args, domains, extra, base, seed):
+    """One search; returns its genotype.json path and wall seconds."""
+    search_dir = os.path.join(base, f"search_seed{seed}" if len(args.search_seed_list) > 1 else "search")
+    _, seconds = run([fairseq_cmd("fairseq-train")] + train_flags(args, domains, search_dir, args.search_epochs, seed)
+                     + search_flags(args) + extra, os.path.join(base, f"{os.path.basename(search_dir)}.log"))
+    return os.path.join(search_dir, "genotype.json"), round(seconds, 1)
+
+
 def run_model(name, domains_all, args):
     domains, extra = model_settings(name, domains_all, args)
     base = os.path.join(args.out, name)
     if os.path.isdir(base):  # fairseq-train would resume from an old checkpoint_last.pt
         shutil.rmtree(base)
-    search_dir, retrain_dir = os.path.join(base, "search"), os.path.join(base, "retrain")
-    train = fairseq_cmd("fairseq-train")
-    _, t_search = run([train] + train_flags(args, domains, search_dir, args.search_epochs)
-                      + ["--alpha-order", str(args.alpha_order), "--alpha-lr", str(args.alpha_lr)] + extra,
-                      os.path.join(base, "search.log"))
-    genotype = os.path.join(search_dir, "genotype.json")
+    if name == "random":
+        return run_random(domains, args, base)
+    if name == "baseline":
+        return run_baseline(domains, args, base)
+    shared = ["--shared-architecture"] if "--shared-architecture" in extra else []
+    candidates = []
+    for seed in args.search_seed_list:
+        genotype, t_search = search(args, domains, extra, base, seed)
+        candidates.append({"seed": seed, "genotype": genotype, "search_seconds": t_search})
+    chosen = candidates[0]
+    if len(candidates) > 1 and args.select_by_retrain_epochs > 0:
+        for c in candidates:  # selection on the validation split, never the test split
+            c.update(retrain_and_test(args, domains, c["genotype"], base, shared, tag=f"select_seed{c['seed']}",
+                                      epochs=args.select_by_retrain_epochs))
+        chosen = min(candidates, key=lambda c: c["valid_loss"])
+    genotype = os.path.join(base, "genotype.json")  # the chosen search's genotype
+    shutil.copyfile(chosen["genotype"], genotype)
+    result = retrain_and_test(args, domains, genotype, base, shared)
     with open(genotype, encoding="utf-8") as f:
         g = json.load(f)
-    shared = ["--shared-architecture"] if "--shared-architecture" in extra else []
-    _, t_retrain = run([train] + train_flags(args, domains, retrain_dir, args.retrain_epochs)
-                       + ["--genotype", genotype] + shared, os.path.join(base, "retrain.log"))
-    checkpoint = os.path.join(retrain_dir, "checkpoint_best.pt")
-    ppl = {d: evaluate(args, checkpoint, d, os.path.join(base, f"eval_{d}.log")) for d in domains}
-    search_ppl = {d: evaluate(args, os.path.join(search_dir, "checkpoint_best.pt"), d,
-                              os.path.join(base, f"eval_search_{d}.log")) for d in domains}
     return {
         "model": name,
         "domains": domains,
-        "test_ppl": ppl,
-        "search_model_test_ppl": search_ppl,
-        "params": count_parameters(checkpoint),
+        "test_ppl": result["test_ppl"],
+        "params": result["params"],
         "params_from_genotype": g["param_counts"]["multimodel"],
         "agreement_edges": _agreement(g),
-        "search_seconds": round(t_search, 1),
-        "retrain_seconds": round(t_retrain, 1),
+        "decisiveness": _decisiveness(g),
+        "search_seed": chosen["seed"],
+        "search_candidates": [{k: (display_path(v) if k == "genotype" else v) for k, v in c.items()}
+                              for c in candidates],
+        "search_seconds": sum(c["search_seconds"] for c in candidates),
+        "retrain_seconds": result["seconds"],
         "genotype": display_path(genotype),
     }
+
+
+def run_random(domains, args, base):
+    """``args.random_count`` random multimodel genotypes, each within 10% of the parameters of the
+    reference search (``--random-reference``), retrained with the searched rows' protocol."""
+    import numpy as np
+
+    from mdnas_fairseq.derive import load_search
+    from mdnas_fairseq.search import random_matched_genotype, save_genotype
+
+    reference = os.path.join(args.out, args.random_reference, "genotype.json")
+    if not os.path.isfile(reference):
+        raise SystemExit(f"model random: {reference} not found: run --models {args.random_reference},random")
+    data, searched, table = load_search(reference)
+    target = table.multimodel_count(searched)
+    runs = []
+    for k in range(args.random_count):
+        rng = np.random.default_rng(args.seed * 1000 + k)
+        genotype, draws = random_matched_genotype(searched.space, searched.domains, table, target, rng)
+        path = os.path.join(base, f"random{k}", "genotype.json")
+        save_genotype(path, genotype, {"param_counts": table.param_counts(genotype), "param_table": table.to_dict(),
+                                       "derived_by": {"random_seed": args.seed * 1000 + k, "draws": draws,
+                                                      "matched_to": display_path(reference)}})
+        result = retrain_and_test(args, domains, path, os.path.join(base, f"random{k}"), [])
+        runs.append({"genotype": display_path(path), "draws": draws, **result})
+        print(f"   random {k}: test ppl {result['test_ppl']}, params {result['params']:,}", flush=True)
+    ppl = {d: [r["test_ppl"][d] for r in runs] for d in domains}
+    return {
+        "model": "random",
+        "domains": domains,
+        "test_ppl": {d: float(np.mean(v)) for d, v in ppl.items()},
+        "test_ppl_std": {d: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for d, v in ppl.items()},
+        "test_ppl_best": {d: float(min(v)) for d, v in ppl.items()},
+        "params": int(round(float(np.mean([r["params"] for r in runs])))),
+        "params_target": target,
+        "agreement_edges": None,
+        "runs": runs,
+        "retrain_seconds": sum(r["seconds"] for r in runs),
+    }
+
+
+def run_baseline(domains, args, base):
+    """A plain fairseq LM (``--baseline-arch``, default fairseq's transformer_lm) on the union of the
+    domains, with the same data, epochs, optimizer and seed; tested with task language_modeling."""
+    train = fairseq_cmd("fairseq-train")
+    save = os.path.join(base, "train")
+    _, seconds = run([train] + train_flags(args, domains, save, args.retrain_epochs, arch=args.baseline_arch)
+                     + args.baseline_flags.split(), os.path.join(base, "train.log"))
+    checkpoint = os.path.join(save, "checkpoint_best.pt")
+    ppl = {d: evaluate(args, checkpoint, d, os.path.join(base, f"eval_{d}.log"), task="language_modeling")
+           for d in domains}
+    return {"model": "baseline", "arch": args.baseline_arch, "domains": domains, "test_ppl": ppl,
+            "params": count_parameters(checkpoint), "agreement_edges": None, "retrain_seconds": round(seconds, 1)}
 
 
 def _agreement(g):
@@ -158,13 +274,39 @@ def _agreement(g):
     return genotype_from_dict(g).agreement()
 
 
+def _decisiveness(g):
+    """Per architecture: mean entropy and best-minus-second margin of the final softmax(alpha)."""
+    import torch
+
+    from mdnas_fairseq.search import edge_entropy, edge_margin, genotype_from_dict
+
+    space = genotype_from_dict(g).space
+    out = {}
+    for name, probs in g.get("alpha", {}).items():
+        p = torch.tensor(probs, dtype=torch.float64)
+        out[name] = {"entropy": float(edge_entropy(p)), "margin": float(edge_margin(p, space))}
+    return out
+
+
 def format_table(rows, domains):
     head = "| model | " + " | ".join(f"{d} ppl" for d in domains) + " | params | edges agreed |"
     lines = [head, "|" + "---|" * (len(domains) + 3)]
     for r in rows:
-        cells = [f"{r['test_ppl'][d]:.2f}" if d in r["test_ppl"] else "-" for d in domains]
-        agreed = f"{100 * r['agreement_edges']:.0f}%" if len(r["domains"]) > 1 and r["model"] != "union" else "-"
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['params']:,} | {agreed} |")
+        cells = []
+        for d in domains:
+            if d not in r["test_ppl"]:
+                cells.append("-")
+            elif "test_ppl_std" in r:
+                cells.append(f"{r['test_ppl'][d]:.2f} ± {r['test_ppl_std'][d]:.2f} (best {r['test_ppl_best'][d]:.2f})")
+            else:
+                cells.append(f"{r['test_ppl'][d]:.2f}")
+        agreed = "-"
+        if r.get("agreement_edges") is not None and len(r["domains"]) > 1 and r["model"] != "union":
+            agreed = f"{100 * r['agreement_edges']:.0f}%"
+        label = f"{r['model']} ({len(r['runs'])} genotypes)" if "runs" in r else r["model"]
+        if r["model"] == "baseline":
+            label = f"baseline ({r['arch']})"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['params']:,} | {agreed} |")
     return "\n".join(lines)
 
 
@@ -183,10 +325,22 @@ def main(argv=None):
     p.add_argument("--alpha-lr", type=float, default=0.003)
     p.add_argument("--struct-coef", type=float, default=0.1)
     p.add_argument("--contrastive-coef", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--param-coef", type=float, default=0.1, help="beta_param of the multi_param model")
+    p.add_argument("--search-flags", default="", help="more fairseq-train flags for the searches only")
+    p.add_argument("--seed", type=int, default=1, help="seed of the retraining (and of the search, by default)")
+    p.add_argument("--search-seeds", default="", help="search seeds, e.g. 1,2,3 (default: --seed)")
+    p.add_argument("--select-by-retrain-epochs", type=int, default=0,
+                   help="with several search seeds: retrain each genotype this many epochs and keep the one with "
+                        "the best validation loss (the DARTS authors' selection protocol)")
+    p.add_argument("--random-count", type=int, default=5, help="random genotypes of the random model")
+    p.add_argument("--random-reference", default="multi_struct",
+                   help="searched model whose multimodel size the random genotypes match (within 10%%)")
+    p.add_argument("--baseline-arch", default="transformer_lm", help="fairseq architecture of the baseline model")
+    p.add_argument("--baseline-flags", default="", help="fairseq-train flags of the baseline only (its sizes)")
     p.add_argument("--no-cpu", dest="cpu", action="store_false", help="let fairseq use a GPU")
     p.add_argument("extra", nargs="*", help="more fairseq-train flags, after --")
     args = p.parse_args(argv)
+    args.search_seed_list = [int(x) for x in args.search_seeds.split(",") if x.strip()] or [args.seed]
     meta_path = os.path.join(args.data, "mdnas_data.json")
     if not os.path.isfile(meta_path):
         raise SystemExit(f"{meta_path} not found: make the data with scripts/prepare_parallel.py")
@@ -198,7 +352,7 @@ def main(argv=None):
         print(f"== {name}: search {args.search_epochs} epochs, retrain {args.retrain_epochs} epochs", flush=True)
         row = run_model(name, domains, args)
         print(f"   test ppl {row['test_ppl']}, params {row['params']:,} "
-              f"(search {row['search_seconds']}s, retrain {row['retrain_seconds']}s)", flush=True)
+              f"(search {row.get('search_seconds', 0)}s, retrain {row['retrain_seconds']}s)", flush=True)
         rows.append(row)
     table = format_table(rows, domains)
     settings = {k: v for k, v in vars(args).items()}

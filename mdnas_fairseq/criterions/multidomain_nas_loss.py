@@ -31,9 +31,9 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
 from .. import log_schema
-from ..models.searchable import unwrap_model
+from ..models.searchable import SearchableModel, unwrap_model
 from ..registry import register_once
-from ..search import architecture_parameters, batch_hard_triplet_loss, js_structural_loss
+from ..search import ParamPenalty, architecture_parameters, batch_hard_triplet_loss, js_structural_loss
 
 
 @dataclass
@@ -45,6 +45,11 @@ class MultiDomainNASLossConfig(FairseqDataclass):
         default=0.0, metadata={"help": "beta_trip: weight of the cross-domain triplet (contrastive) regularizer"}
     )
     triplet_margin: float = field(default=1.0, metadata={"help": "margin of the batch-hard triplet loss"})
+    param_coef: float = field(
+        default=0.0,
+        metadata={"help": "beta_param: adds beta_param * the expected parameter count of the batch's architecture "
+                          "under softmax(alpha), as a fraction of the largest cell, to the alpha step's objective"},
+    )
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
@@ -62,18 +67,22 @@ class Loss(NamedTuple):
 
 
 class MultiDomainNASLoss(FairseqCriterion):
-    def __init__(self, task, struct_coef=0.0, contrastive_coef=0.0, triplet_margin=1.0, sentence_avg=False):
+    def __init__(self, task, struct_coef=0.0, contrastive_coef=0.0, triplet_margin=1.0, param_coef=0.0,
+                 sentence_avg=False):
         super().__init__(task)
-        if struct_coef < 0 or contrastive_coef < 0:
-            raise ValueError(f"--struct-coef and --contrastive-coef must be >= 0, got {struct_coef}, {contrastive_coef}")
+        if min(struct_coef, contrastive_coef, param_coef) < 0:
+            raise ValueError(f"--struct-coef, --contrastive-coef and --param-coef must be >= 0, got {struct_coef}, "
+                             f"{contrastive_coef}, {param_coef}")
         self.struct_coef = struct_coef
         self.contrastive_coef = contrastive_coef
         self.triplet_margin = triplet_margin
+        self.param_coef = param_coef
         self.sentence_avg = sentence_avg
+        self._penalty: Optional[ParamPenalty] = None
 
     # ------------------------------------------------------------------ the loss, once
     def compute(self, model, sample) -> Loss:
-        net_output = model(**sample["net_input"])
+        net_output = model(**self.net_input(model, sample))
         lprobs = model.get_normalized_probs(net_output, log_probs=True)
         target = model.get_targets(sample, net_output)
         per_token = F.nll_loss(
@@ -85,6 +94,14 @@ class MultiDomainNASLoss(FairseqCriterion):
         if self.contrastive_coef > 0 and sample.get("partner") is not None:
             triplet = self.triplet(model, net_output, sample)
         return Loss(per_sample.sum(), per_sample, sample_size, triplet)
+
+    @staticmethod
+    def net_input(model, sample) -> dict:
+        """The model's inputs: a plain fairseq model (a baseline trained on the union of the domains)
+        gets the sample without its domain tags."""
+        if isinstance(unwrap_model(model), SearchableModel):
+            return sample["net_input"]
+        return {k: v for k, v in sample["net_input"].items() if k not in ("domain", "batch_domain")}
 
     def triplet(self, model, net_output, sample) -> torch.Tensor:
         """Batch-hard triplet loss between ``sample`` and its attached ``partner`` batch.
@@ -127,12 +144,26 @@ class MultiDomainNASLoss(FairseqCriterion):
             objective = objective + self.contrastive_coef * out.triplet
         if self.struct_coef > 0:
             objective = objective + self.struct_coef * self.structural_loss(model)
+        if self.param_coef > 0:
+            objective = objective + self.param_coef * self.parameter_penalty(model, sample)
         return objective, out.ce_mean.detach()
 
     @staticmethod
     def structural_loss(model) -> torch.Tensor:
         alphas = architecture_parameters(unwrap_model(model))
         return sum(js_structural_loss(a) for a in alphas)
+
+    def parameter_penalty(self, model, sample) -> torch.Tensor:
+        """Expected parameters of the batch's architecture under its mixing probabilities, as a fraction
+        of the largest cell (:class:`~mdnas_fairseq.search.ParamPenalty`; differentiable in alpha)."""
+        network = unwrap_model(model).network
+        if self._penalty is None:
+            self._penalty = ParamPenalty(network.param_table())
+        batch_domain = sample["net_input"].get("batch_domain")
+        if batch_domain is not None:
+            return self._penalty(network.alphas.mixing_probs(network.architectures.row(batch_domain)))
+        rows = network.architectures.rows_of(sample["net_input"]["domain"])
+        return self._penalty(network.alphas.mixing_probs(rows)).mean()
 
     # ------------------------------------------------------------------ metrics
     def logging_output(self, sample, out: Loss) -> Dict[str, object]:

@@ -107,3 +107,34 @@ def test_struct_coefficient_reaches_the_architecture_gradient(tmp_path):
     js_grad = js_grad.double()
     assert float(js_grad.abs().max()) > 1e-3
     torch.testing.assert_close((with_struct - plain).double(), coef * js_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_param_coefficient_pushes_alpha_toward_cheaper_operations(tmp_path):
+    from mdnas_fairseq.criterions.multidomain_nas_loss import MultiDomainNASLoss
+    from mdnas_fairseq.search import alphas_trainable, architecture_parameters
+
+    coef = 2.0
+    task, model, criterion, _ = build_from_argv(_search_argv(str(tmp_path), "0,90", ["--param-coef", str(coef)]))
+    without = MultiDomainNASLoss(task, param_coef=0.0)
+    alpha = architecture_parameters(model)[0]
+    batch = task.search.heldout.next(1)
+    with alphas_trainable(model):
+        (with_penalty,) = torch.autograd.grad(criterion.alpha_objective(model, batch)[0], alpha)
+        (plain,) = torch.autograd.grad(without.alpha_objective(model, batch)[0], alpha)
+    # by hand: the expected parameters of domain 1's cell, each edge's softmax-weighted operation sizes,
+    # an edge into node j weighted 2/j (two of its j inputs are kept), over the largest cell
+    table = model.network.param_table()
+    space = model.search_space
+    reference = alpha.detach().clone().requires_grad_(True)
+    probs = torch.softmax(reference[1].double(), -1)
+    sizes = torch.tensor(table.op_params, dtype=torch.float64)
+    weights = torch.tensor([2.0 / j for (_, j) in space.edges], dtype=torch.float64)
+    expected = (probs * sizes * weights[:, None]).sum() / (sizes.max(1).values * weights).sum()
+    (penalty_grad,) = torch.autograd.grad(expected, reference)
+    difference = (with_penalty - plain).double()
+    assert float(difference[0].abs().max()) == 0.0  # only the batch's architecture is penalised
+    torch.testing.assert_close(difference, coef * penalty_grad.double(), rtol=1e-4, atol=1e-7)
+    # on every edge the gradient raises the most expensive operation's logit's cost (it goes down in
+    # the step) and lowers a parameter-free one's
+    costly, free = space.op_index("sep_conv_5x5"), space.op_index("skip_connect")
+    assert bool((difference[1, :, costly] > 0).all()) and bool((difference[1, :, free] < 0).all())

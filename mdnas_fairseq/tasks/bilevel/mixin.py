@@ -33,6 +33,7 @@ class SearchState:
         self.heldout = HeldoutBatches(host)
         self.last_alpha_update: Optional[int] = None
         self.alpha_scale_factor = 1.0  # fp16: halved after an overflowed alpha gradient
+        self.penalty = None  # ParamPenalty of the model, for the logged expected cell sizes
         self.pending_architect: Optional[dict] = None  # state read before the model was built
         self.trained_epoch: Optional[int] = None  # the epoch this process is training
         self.model = None  # the trainer's model, for the files written at the end of an epoch
@@ -73,7 +74,7 @@ class BilevelSearchMixin:
     def check_data_parallel(self, core) -> None:
         """A derived multimodel runs only its batch's domain modules: under PyTorch's DDP the other
         domains' parameters get no gradient, which DDP must be told about."""
-        several = not core.is_search and len(core.architecture_names) > 1
+        several = not getattr(core, "is_search", True) and len(core.architecture_names) > 1
         if (several and self.cfg.distributed_world_size > 1 and self.cfg.ddp_backend in ("pytorch_ddp", "c10d")
                 and not self.cfg.find_unused_parameters):
             raise ValueError(
@@ -85,7 +86,8 @@ class BilevelSearchMixin:
     def build_criterion(self, cfg, *args, **kwargs):
         criterion = super().build_criterion(cfg, *args, **kwargs)
         self.criterion_settings = {
-            k: getattr(criterion, k) for k in ("struct_coef", "contrastive_coef", "triplet_margin") if hasattr(criterion, k)
+            k: getattr(criterion, k) for k in ("struct_coef", "contrastive_coef", "triplet_margin", "param_coef")
+            if hasattr(criterion, k)
         }
         return criterion
 

@@ -18,7 +18,7 @@ from typing import Dict, List
 import torch
 
 from ... import log_schema
-from ...search import architecture_parameters, decisiveness, js_structural_loss
+from ...search import ParamPenalty, architecture_parameters, decisiveness, js_structural_loss
 from . import distributed, partners
 from .optimizers import virtual_step_for
 from .precision import is_fp16, loss_scale, to_model
@@ -87,17 +87,21 @@ def search_statistics(host, core, first: bool, loss, counted: int, skipped: int)
     """The search's log record of one train step: the same keys, in the same order, on every worker
     and every sub-batch (only the update's first sub-batch counts), see :mod:`...log_schema`."""
     alpha = architecture_parameters(core)[0].detach()
+    if host.search.penalty is None:
+        host.search.penalty = ParamPenalty(core.network.param_table())
     with torch.no_grad():
         entropy, margin = decisiveness(alpha.double(), core.search_space, logits=True)
         js = js_structural_loss(alpha.double())
+        expected = host.search.penalty(core.network.alphas.mixing_probs().double())
     p = host.search.domain_sampler.probs
     if not first:
-        entropy, margin, js, p = (torch.zeros_like(t) for t in (entropy, margin, js, p))
+        entropy, margin, js, p, expected = (torch.zeros_like(t) for t in (entropy, margin, js, p, expected))
     return {
         log_schema.SEARCH_COUNT: 1 if first else 0,
         log_schema.JS: js,
         log_schema.ENTROPY: entropy,
         log_schema.MARGIN: margin,
+        log_schema.EXPECTED_PARAMS: expected,
         log_schema.PROBS: p.to(alpha.device),
         log_schema.ALPHA_LOSS: loss if loss is not None else alpha.new_zeros(()).float(),
         log_schema.ALPHA_COUNT: counted,
@@ -110,6 +114,7 @@ def log_search_metrics(logging_outputs, domain_names, architecture_names) -> Non
     log_schema.log_mean(logging_outputs, log_schema.JS, log_schema.SEARCH_COUNT)
     log_schema.log_mean(logging_outputs, log_schema.ENTROPY, log_schema.SEARCH_COUNT, list(architecture_names))
     log_schema.log_mean(logging_outputs, log_schema.MARGIN, log_schema.SEARCH_COUNT, list(architecture_names))
+    log_schema.log_mean(logging_outputs, log_schema.EXPECTED_PARAMS, log_schema.SEARCH_COUNT, list(architecture_names))
     log_schema.log_mean(logging_outputs, log_schema.PROBS, log_schema.SEARCH_COUNT, list(domain_names))
     log_schema.log_mean(logging_outputs, log_schema.ALPHA_LOSS, log_schema.ALPHA_COUNT)
     skipped = sum(log.get(log_schema.ALPHA_SKIPPED, 0) for log in logging_outputs)
