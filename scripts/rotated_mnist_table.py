@@ -51,7 +51,8 @@ SEED_TABLE = {  # (D, model) -> (accuracy %, params), docs/method.md, section 5
     (4, "struct"): (63.15, 7872),
     (4, "contr"): (67.98, 13685),
 }
-MODEL_LABEL = {"single": "single, union", "struct": "multimodel, struct", "contr": "multimodel, contr"}
+MODEL_LABEL = {"single": "single, union", "struct": "multimodel, struct", "contr": "multimodel, contr",
+               "param": "multimodel, param penalty", "random": "random multimodels"}
 
 
 def parse_int_list(text, name):
@@ -87,15 +88,25 @@ def get_args(argv=None):
     p.add_argument("--augment-shift", type=int, default=2, help="random translations (pixels) of training images")
     p.add_argument("--struct-coef", type=float, default=5.0)
     p.add_argument("--contrastive-coef", type=float, default=0.1)
+    p.add_argument("--param-coef", type=float, default=1.0, help="beta_param of the param model")
+    p.add_argument("--search-flags", default="", help="more fairseq-train flags for the searches only")
+    p.add_argument("--random-count", type=int, default=5, help="random genotypes per seed of the random model")
+    p.add_argument("--random-reference", default="struct",
+                   help="searched model (same D and seed, run before) whose multimodel size the random genotypes "
+                        "match within 10%%")
+    p.add_argument("--search-seeds", default="",
+                   help="k1,k2,...: every table seed s runs one search per k, with seed 1000 s + k, and keeps the "
+                        "genotype with the best held-out accuracy after --select-by-retrain-epochs epochs")
+    p.add_argument("--select-by-retrain-epochs", type=int, default=0)
     p.add_argument("--work-dir", default="", help="where checkpoints go (default: a temporary directory, removed)")
     p.add_argument("--keep-work", action="store_true", help="keep the work directory")
     p.add_argument("--eval-batch-size", type=int, default=1000)
     return p.parse_args(argv)
 
 
-def train_argv(a, run_dir, D, seed, model, stage, genotype=None):
+def train_argv(a, run_dir, D, seed, model, stage, genotype=None, epochs=None):
     rotations = ",".join(str(90 * k) for k in range(D))
-    epochs = a.search_epochs if stage == "search" else a.retrain_epochs
+    epochs = epochs or (a.search_epochs if stage == "search" else a.retrain_epochs)
     steps = D * math.ceil(a.train_images_per_domain / a.batch_size) * epochs
     argv = [
         "--user-dir", USER_DIR, "--task", "rotated_mnist_nas", "--rotations", rotations,
@@ -119,8 +130,10 @@ def train_argv(a, run_dir, D, seed, model, stage, genotype=None):
         argv += ["--struct-coef", str(a.struct_coef)]
     if model == "contr":
         argv += ["--contrastive-coef", str(a.contrastive_coef)]
+    if model == "param":
+        argv += ["--param-coef", str(a.param_coef)]
     if stage == "search":
-        argv += ["--no-save", "--validate-interval", str(epochs)]
+        argv += ["--no-save", "--validate-interval", str(epochs)] + a.search_flags.split()
     else:
         argv += ["--genotype", genotype, "--disable-validation", "--no-epoch-checkpoints"]
     return argv
@@ -137,8 +150,8 @@ def fairseq_train(argv):
     train_main(cfg)
 
 
-def evaluate(checkpoint, a, D):
-    """Accuracy per domain on the full rotated test set and the model's parameter count."""
+def evaluate(checkpoint, a, D, subset="test"):
+    """Accuracy per domain on the full rotated test set (or ``subset``) and the model's parameter count."""
     import torch
     from fairseq import checkpoint_utils
 
@@ -147,7 +160,7 @@ def evaluate(checkpoint, a, D):
     overrides = {"mnist_root": a.mnist_root} if a.mnist_root else {}
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
     model = models[0].eval()
-    ds = task.load_dataset("test")
+    ds = task.load_dataset(subset)
     itr = task.get_batch_iterator(dataset=ds, max_sentences=a.eval_batch_size, seed=1).next_epoch_itr(shuffle=False)
     correct, count = {}, {}
     with torch.no_grad():
@@ -181,17 +194,71 @@ def run_one(a, work, D, seed, model, result_path):
 
     run_dir = os.path.join(work, f"D{D}_{model}_seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)
+    if model == "random":
+        results = run_random(a, work, run_dir, D, seed)
+    else:
+        results = [run_searched(a, run_dir, D, seed, model)]
+    with open(result_path, "w") as f:
+        json.dump(results, f)
+
+
+def run_searched(a, run_dir, D, seed, model):
+    """Search (several candidate seeds with --search-seeds), derive, retrain, test."""
     t0 = time.time()
-    fairseq_train(train_argv(a, run_dir, D, seed, model, "search"))
-    genotype = os.path.join(run_dir, "search", "genotype.json")
+    offsets = [int(k) for k in a.search_seeds.split(",") if k.strip()]
+    candidates = []
+    for k in offsets or [None]:
+        search_seed = seed if k is None else 1000 * seed + k
+        cand_dir = run_dir if k is None else os.path.join(run_dir, f"candidate{k}")
+        fairseq_train(train_argv(a, cand_dir, D, search_seed, model, "search"))
+        candidates.append({"search_seed": search_seed, "genotype": os.path.join(cand_dir, "search", "genotype.json")})
+    if len(candidates) > 1 and a.select_by_retrain_epochs > 0:
+        for c in candidates:  # selection on the held-out split (never the test split)
+            cand_dir = os.path.dirname(os.path.dirname(c["genotype"]))
+            fairseq_train(train_argv(a, cand_dir, D, seed, model, "select", c["genotype"],
+                                     epochs=a.select_by_retrain_epochs))
+            c["heldout_acc"] = evaluate(os.path.join(cand_dir, "select", "checkpoint_last.pt"), a, D, "valid")["acc"]
+    chosen = max(candidates, key=lambda c: c.get("heldout_acc", 0.0))
+    genotype = os.path.join(run_dir, "genotype.json")
+    if chosen["genotype"] != genotype:
+        shutil.copyfile(chosen["genotype"], genotype)
     t1 = time.time()
     fairseq_train(train_argv(a, run_dir, D, seed, model, "retrain", genotype))
     t2 = time.time()
     res = evaluate(os.path.join(run_dir, "retrain", "checkpoint_last.pt"), a, D)
     res.update({"D": D, "seed": seed, "model": model, "search_s": t1 - t0, "retrain_s": t2 - t1,
-                "test_s": time.time() - t2})
-    with open(result_path, "w") as f:
-        json.dump(res, f)
+                "test_s": time.time() - t2, "search_seed": chosen["search_seed"],
+                "search_candidates": [{k: v for k, v in c.items() if k != "genotype"} for c in candidates]})
+    return res
+
+
+def run_random(a, work, run_dir, D, seed):
+    """``--random-count`` random genotypes matched (within 10%) to the size of the reference model's
+    search of the same D and seed, each retrained and tested with the searched rows' protocol."""
+    import numpy as np
+
+    from mdnas_fairseq.derive import load_search
+    from mdnas_fairseq.search import random_matched_genotype, save_genotype
+
+    reference = os.path.join(work, f"D{D}_{a.random_reference}_seed{seed}", "genotype.json")
+    if not os.path.isfile(reference):
+        raise RuntimeError(f"random: {reference} not found: run --models {a.random_reference},random")
+    _, searched, table = load_search(reference)
+    target = table.multimodel_count(searched)
+    results = []
+    for k in range(a.random_count):
+        t0 = time.time()
+        rng = np.random.default_rng(1000 * seed + k)
+        genotype, draws = random_matched_genotype(searched.space, searched.domains, table, target, rng)
+        path = os.path.join(run_dir, f"random{k}", "genotype.json")
+        save_genotype(path, genotype, {"param_counts": table.param_counts(genotype), "param_table": table.to_dict()})
+        fairseq_train(train_argv(a, os.path.dirname(path), D, seed, "random", "retrain", path))
+        t1 = time.time()
+        res = evaluate(os.path.join(os.path.dirname(path), "retrain", "checkpoint_last.pt"), a, D)
+        res.update({"D": D, "seed": seed, "model": "random", "random_index": k, "draws": draws, "target": target,
+                    "search_s": 0.0, "retrain_s": t1 - t0, "test_s": time.time() - t1})
+        results.append(res)
+    return results
 
 
 def run_in_child(a, work, D, seed, model):
@@ -211,7 +278,7 @@ def run_in_child(a, work, D, seed, model):
     if proc.exitcode != 0 or not os.path.isfile(result_path):
         raise RuntimeError(f"run D={D} {model} seed {seed} failed (exit code {proc.exitcode})")
     with open(result_path) as f:
-        return json.load(f)
+        return json.load(f)  # a list: one result, or one per random genotype
 
 
 def mean_std(values):
@@ -230,8 +297,9 @@ def summarize(results, a, wall):
         seed_acc, seed_par = SEED_TABLE.get((D, model), (None, None))
         rows.append({
             "D": D, "model": model, "label": "single" if D == 1 else MODEL_LABEL[model],
-            "acc_mean": acc_m, "acc_std": acc_s, "params_mean": par_m, "params_std": par_s,
-            "params_max": max(r["params"] for r in rs), "seeds": [r["seed"] for r in rs],
+            "acc_mean": acc_m, "acc_std": acc_s, "acc_best": max(r["acc"] for r in rs), "runs": len(rs),
+            "params_mean": par_m, "params_std": par_s,
+            "params_max": max(r["params"] for r in rs), "seeds": sorted({r["seed"] for r in rs}),
             "seed_acc": seed_acc, "seed_params": seed_par,
             "acc_ok": seed_acc is not None and acc_m >= seed_acc,
             "params_ok": seed_par is not None and par_m <= seed_par,
@@ -252,7 +320,7 @@ def write_outputs(a, results, rows, wall, out):
         "# Rotated MNIST: seed table vs this implementation",
         "",
         f"MNIST source: {', '.join(sources)}. Seeds {a.seeds}; {a.train_images_per_domain} training images per "
-        f"domain (the same digits in every rotation), {a.heldout_images_per_domain} held-out held-out images "
+        f"domain (the same digits in every rotation), {a.heldout_images_per_domain} held-out images (the alpha step's) "
         f"per domain, test: the full test set rotated to every domain "
         f"({results[0]['test_images_per_domain'] if results else '?'} images per domain).",
         f"Search {a.search_epochs} epochs (alpha order {a.alpha_order}, alpha lr {a.alpha_lr}), retrain "
@@ -264,19 +332,27 @@ def write_outputs(a, results, rows, wall, out):
         "Accuracy: mean test accuracy over domains (%), mean ± std over seeds. Params: parameter count of the "
         "retrained (derived) model, mean ± std over seeds (= the genotype's count).",
         "",
-        "| domains | model | seed acc | our acc | seed params | our params | acc >= seed | params <= seed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| domains | model | seed acc | our acc | best run | seed params | our params | acc >= seed | params <= seed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def seed_cell(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
     for r in rows:
         lines.append(
-            f"| {r['D']} | {r['label']} | {r['seed_acc']:.2f} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | "
-            f"{r['seed_params']} | {r['params_mean']:.0f} ± {r['params_std']:.0f} | "
-            f"{'yes' if r['acc_ok'] else 'NO'} | {'yes' if r['params_ok'] else 'NO'} |"
+            f"| {r['D']} | {r['label']} ({r['runs']} runs) | {seed_cell(r['seed_acc'], '.2f')} | "
+            f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['acc_best']:.2f} | {seed_cell(r['seed_params'], '')} | "
+            f"{r['params_mean']:.0f} ± {r['params_std']:.0f} | "
+            f"{'-' if r['seed_acc'] is None else ('yes' if r['acc_ok'] else 'NO')} | "
+            f"{'-' if r['seed_params'] is None else ('yes' if r['params_ok'] else 'NO')} |"
         )
     lines += ["", "Per run:", "", "| D | model | seed | acc | params | union ops | per-domain acc |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: (r["D"], list(MODEL_LABEL).index(r["model"]), r["seed"])):
+    for r in sorted(results, key=lambda r: (r["D"], list(MODEL_LABEL).index(r["model"]), r["seed"],
+                                            r.get("random_index", 0))):
         per = ", ".join(f"{k} {v:.2f}" for k, v in r["acc_per_domain"].items())
-        lines.append(f"| {r['D']} | {r['model']} | {r['seed']} | {r['acc']:.2f} | {r['params']} | {r['union_ops']} | {per} |")
+        name = r["model"] + (f" {r['random_index']}" if "random_index" in r else "")
+        lines.append(f"| {r['D']} | {name} | {r['seed']} | {r['acc']:.2f} | {r['params']} | {r['union_ops']} | {per} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(text)
@@ -294,7 +370,7 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    markers = {"single": "o", "struct": "s", "contr": "^"}
+    markers = {"single": "o", "struct": "s", "contr": "^", "param": "D", "random": "x"}
     colors = {1: "tab:gray", 2: "tab:blue", 3: "tab:orange", 4: "tab:green"}
     for r in rows:
         c = colors.get(r["D"], "k")
@@ -339,12 +415,12 @@ def main(argv=None):
             for model in (["single"] if D == 1 else models):
                 for seed in seeds:
                     t = time.time()
-                    r = run_in_child(a, work, D, seed, model)
-                    results.append(r)
-                    print(f"D={D} {model:6s} seed {seed}: acc {r['acc']:.2f} params {r['params']} "
-                          f"(genotype {r['genotype_params']}) union ops {r['union_ops']} "
-                          f"[{time.time() - t:.0f}s; search {r['search_s']:.0f}s retrain {r['retrain_s']:.0f}s "
-                          f"test {r['test_s']:.0f}s] source {r['mnist_source']}", flush=True)
+                    for r in run_in_child(a, work, D, seed, model):
+                        results.append(r)
+                        print(f"D={D} {model:6s} seed {seed}: acc {r['acc']:.2f} params {r['params']} "
+                              f"(genotype {r['genotype_params']}) union ops {r['union_ops']} "
+                              f"[{time.time() - t:.0f}s; search {r['search_s']:.0f}s retrain {r['retrain_s']:.0f}s "
+                              f"test {r['test_s']:.0f}s] source {r['mnist_source']}", flush=True)
                     rows = summarize(results, a, time.time() - start)
                     write_outputs(a, results, rows, time.time() - start, a.out)
     finally:
