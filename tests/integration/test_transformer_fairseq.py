@@ -71,7 +71,7 @@ def test_resume_continues_the_second_order_search_exactly(search_dir, data_bin, 
     split = str(tmp_path / "split")
     run(tf_args(data_bin, split, SEARCH + ["--max-update", "5"]))  # stops mid-epoch
     proc = run(tf_args(data_bin, split, SEARCH + ["--max-epoch", "2"]))
-    assert "restoring architecture optimizer" in proc.stdout + proc.stderr
+    assert "restoring alpha optimizer" in proc.stdout + proc.stderr
     a = load_ckpt(os.path.join(search_dir, "checkpoint_last.pt"))
     b = load_ckpt(os.path.join(split, "checkpoint_last.pt"))
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"]
