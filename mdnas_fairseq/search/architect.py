@@ -168,12 +168,12 @@ class BilevelArchitect:
              ) -> Dict[str, Tensor]:
         """One architecture update on one process. Weights are left exactly as they were.
 
-        Returns ``{"arch_loss": value}``, the held-out objective the gradient was taken of (a
+        Returns ``{"alpha_loss": value}``, the held-out objective the gradient was taken of (a
         tensor: reading it is left to the caller, so no host synchronisation happens here).
         """
         result = self.alpha_gradients(train_loss_fn, val_loss_fn, virtual_step)
         self.apply_gradients(result["grads"])
-        return {"arch_loss": result["val_loss"]}
+        return {"alpha_loss": result["val_loss"]}
 
     def apply_gradients(self, grads: Sequence[Tensor]) -> None:
         """One alpha optimizer step with ``grads`` (already reduced over workers)."""

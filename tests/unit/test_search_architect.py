@@ -163,7 +163,7 @@ def test_step_restores_weights_bitwise_changes_alpha_and_is_adam():
         assert p.grad is None
 
     result = architect.step(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
-    assert set(result) == {"arch_loss"} and torch.is_tensor(result["arch_loss"]) and result["arch_loss"].dim() == 0
+    assert set(result) == {"alpha_loss"} and torch.is_tensor(result["alpha_loss"]) and result["alpha_loss"].dim() == 0
     for name, p in model.named_parameters():
         if name == "alphas.alpha":
             assert not torch.equal(p, before[name])
