@@ -209,6 +209,7 @@ class Sweep:
         self.rows, self.reference, self.skipped, self.failed = [], [], [], []
         settings = {k: v for k, v in vars(args.pipeline).items() if k not in self.runs.NOT_PROTOCOL}
         self.protocol = dict(settings, task=args.task, domains=self.runs.domains)
+        self.commit = git_commit(ROOT)
 
     def job(self, what, folder, fn, **fields):
         start = time.time()
@@ -225,7 +226,7 @@ class Sweep:
         print(f"{what}: {metric} {row[metric]:.2f} ({per}), params {row['params']:,} {took}",
               flush=True)
         (self.reference if row["kind"] == "reference" else self.rows).append(row)
-        self.write()
+        self.write(figure=False)  # the figure once at the end
         return row
 
     def run(self):
@@ -275,14 +276,14 @@ class Sweep:
                      searched_params=record["searched_params"],
                      smallest_possible_params=record["smallest_possible_params"])
 
-    def write(self):
+    def write(self, figure=True):
         a = self.args
         shown = [display_path(x) if os.path.exists(x) else x for x in a.argv]
         source = a.budget_source
         protocol = self.runs.protocol_text(self.rows + self.reference)
         header = {
             "task": a.task, "domains": self.runs.domains,
-            "command": "python scripts/sweep.py " + shlex.join(shown), "commit": git_commit(ROOT),
+            "command": "python scripts/sweep.py " + shlex.join(shown), "commit": self.commit,
             "out": display_path(self.out), "protocol": protocol,
             "reference_text": self.runs.REFERENCE_TEXT,
             "settings": {k: display_path(v) if k in ("data", "mnist_root", "out") else v
@@ -294,7 +295,7 @@ class Sweep:
                             if source else None),
         }
         return report.write_outputs(self.out, header, self.rows, self.reference, self.skipped,
-                                    self.failed)
+                                    self.failed, figure)
 
 
 def main(argv=None):

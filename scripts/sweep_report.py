@@ -184,8 +184,8 @@ def markdown(data):
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out, header, rows, reference, skipped, failed):
-    """Write sweep.json, sweep.md and pareto.png into ``out``; returns the sweep.json object.
+def write_outputs(out, header, rows, reference, skipped, failed, figure=True):
+    """Write sweep.json, sweep.md and (``figure``) pareto.png into ``out``; returns sweep.json.
     ``header``: task, domains, command, commit, out, protocol, reference_text, settings, sweep,
     budget_from."""
     metric, maximize, _ = METRICS[header["task"]]
@@ -207,7 +207,8 @@ def write_outputs(out, header, rows, reference, skipped, failed):
     os.makedirs(out, exist_ok=True)
     atomic_write_text(os.path.join(out, "sweep.json"), json.dumps(data, indent=1) + "\n")
     atomic_write_text(os.path.join(out, "sweep.md"), markdown(data))
-    plot(data, os.path.join(out, "pareto.png"))
+    if figure:
+        plot(data, os.path.join(out, "pareto.png"))
     return data
 
 
