@@ -91,13 +91,15 @@ class VisionRuns:
         D = 1 if model == "single_rot0" else self.D
         table_model = "multi" if model == "multi" else "single"  # single: --shared-architecture
         flags = coef_flags(struct, contr) if table_model == "multi" else []
+        child = os.path.join(path, "child_result.json")
         try:
             res = vision_table.call_in_child(
-                lambda: _vision_child(self.a, path, D, seed, table_model, flags, search),
-                os.path.join(path, "child_result.json"), f"vision run {display_path(path)}")
+                lambda: _vision_child(self.a, path, D, seed, table_model, flags, search), child,
+                f"vision run {display_path(path)}")
         except RuntimeError as e:
             log = os.path.join(path, "run.log")
             raise RunFailed(f"{e}; log {display_path(log)}:\n{log_tail(log)}") from None
+        os.remove(child)  # the row goes into result.json
         multi = table_model == "multi" and D > 1
         return dict(res, **genotype_facts(os.path.join(path, "genotype.json"), multi))
 
