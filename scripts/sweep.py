@@ -147,6 +147,9 @@ def parse(argv):
             raise SystemExit(f"--domains {args.domains}, but {len(langs)} languages: {langs}")
         given = ["--data", args.data, "--out", args.out]
         args.pipeline = pipeline_settings("lm", given, rest, extra)
+        stray = args.pipeline.extra[:len(args.pipeline.extra) - len(extra)]
+        if stray:
+            raise SystemExit(f"sweep.py: unexpected arguments {stray} (fairseq flags go after --)")
         args.runs = LMRuns(args.pipeline, langs)
     args.budget_source = budget_source(args) if args.budget_list else None
     return args
@@ -208,7 +211,8 @@ class Sweep:
         self.args, self.runs, self.out = args, args.runs, args.out
         self.rows, self.reference, self.skipped, self.failed = [], [], [], []
         settings = {k: v for k, v in vars(args.pipeline).items() if k not in self.runs.NOT_PROTOCOL}
-        self.protocol = dict(settings, task=args.task, domains=self.runs.domains)
+        self.protocol = dict(settings, task=args.task, domains=self.runs.domains,
+                             data=self.runs.data_id)
         self.commit = git_commit(ROOT)
 
     def job(self, what, folder, fn, **fields):

