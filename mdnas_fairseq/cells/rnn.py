@@ -18,16 +18,20 @@ later code), so a derived multimodel holds one matrix per distinct (node, operat
 domain chose: its size depends on how much the domains agree.
 
 * Search mode: node ``j`` mixes every (input ``i``, operation ``k``) with softmax(alpha_d)
-  weights; all candidates of a node are computed with one batched matrix product; as in DARTS'
-  search cell, the first state and each node's sum are normalised (LayerNorm without affine
-  parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``); the derived cell keeps
-  the same parameter-free normalisation.
+  weights; as in DARTS' search cell, the first state and each node's sum are normalised
+  (LayerNorm without affine parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``);
+  the derived cell keeps the same parameter-free normalisation.
 * Derived mode: a :class:`MultiDomainGenotype` fixes for every domain one (input, operation)
   per node; a domain's forward pass only touches its own operations' matrices.
+
+Speed (``rnn_steps``, ``compiled``): ``x_t W_0x`` for all steps in one matrix product before the
+time loop, one matrix product per node for all its candidates, and the per-step function compiled
+with ``torch.compile`` where that pays (``compile="auto"``), else run eagerly.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,13 +46,10 @@ from ..search import (
     darts_rnn_space,
     multimodel_param_count,
 )
+from .compiled import CompiledStep, mark_batch_dynamic
+from .rnn_steps import ACTIVATIONS, derived_step, search_step
 
-ACTIVATIONS = {
-    "tanh": torch.tanh,
-    "relu": F.relu,
-    "sigmoid": torch.sigmoid,
-    "identity": lambda x: x,
-}
+__all__ = ["ACTIVATIONS", "DartsRNNCell", "DartsRNNLanguageModel", "rnn_share_key"]
 
 
 def _init_uniform(t: Tensor, bound: float = 0.04) -> Tensor:
@@ -71,6 +72,8 @@ class DartsRNNCell(nn.Module):
         genotype: None for search mode; otherwise the derived multimodel's genotype.
         dropout_x, dropout_h: variational (per-sequence) dropout on the inputs and on the states
             entering the node matrices, active in training mode.
+        compile: ``"auto"`` (compile the per-step function with ``torch.compile`` once eager steps
+            have cost as much as a compilation, see :mod:`.compiled`), ``"on"`` or ``"off"``.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class DartsRNNCell(nn.Module):
         genotype: Optional[MultiDomainGenotype] = None,
         dropout_x: float = 0.0,
         dropout_h: float = 0.0,
+        compile: str = "auto",
     ):
         super().__init__()
         self.space = space or (genotype.space if genotype is not None else darts_rnn_space())
@@ -100,17 +104,16 @@ class DartsRNNCell(nn.Module):
         # normalisation the state grows with every node and time step. DARTS' search cell
         # batch-normalises (no affine parameters); here every sentence starts from the same
         # state (<eos>, h = 0), which makes batch statistics degenerate (zero variance, huge
-        # gradients) at the first step, so each state is layer-normalised per sample instead.
+        # gradients) at the first step, so each state is layer-normalised per sample instead
+        # (F.layer_norm without parameters, eps 1e-5, in rnn_steps).
         # The derived cell keeps the same normalisation (no parameters), so it computes the
         # function that was searched, and its unbounded relu/identity highways stay stable.
-        self.node_norms = nn.ModuleList(
-            [nn.LayerNorm(hidden_size, elementwise_affine=False) for _ in range(self.space.num_states)]
-        )
         if genotype is None:
             k = len(self.weighted_ops)
             self.node_weights = nn.ParameterList(
                 [nn.Parameter(_init_uniform(torch.empty(k, hidden_size, 2 * hidden_size))) for _ in self.space.node_ids]
             )
+            self.steps = CompiledStep(search_step, "search", compile)
         else:
             if genotype.space != self.space:
                 raise ValueError("genotype search space differs from the cell's search space")
@@ -124,6 +127,8 @@ class DartsRNNCell(nn.Module):
             self.choices: Dict[str, Dict[int, Tuple[int, str]]] = {
                 d: {e.node: (e.input, e.op) for e in genotype.cells[d]} for d in genotype.domains
             }
+            self.steps = CompiledStep(derived_step, "derived", compile)
+        self._chains: Dict[Tuple[str, torch.device], Tuple[Tensor, Tensor]] = {}
 
     @staticmethod
     def _module_name(edge: GenotypeEdge) -> str:
@@ -142,45 +147,44 @@ class DartsRNNCell(nn.Module):
 
         return mask(self.dropout_x, self.input_size), mask(self.dropout_h, self.hidden_size)
 
-    def _first_state(self, x: Tensor, h: Tensor, mask_x, mask_h) -> Tensor:
-        if mask_x is not None:
-            x = x * mask_x
-        hm = h * mask_h if mask_h is not None else h
-        c0, g0 = torch.cat([x, hm], dim=-1).matmul(self.w0).chunk(2, dim=-1)
-        return h + torch.sigmoid(c0) * (torch.tanh(g0) - h)
+    def _packed_node_weights(self) -> Tensor:
+        """(N, H, K' * 2H): node n's K' candidate matrices side by side (one product per node)."""
+        stacked = torch.stack(list(self.node_weights))  # (N, K', H, 2H)
+        n, k, h, two_h = stacked.shape
+        return stacked.permute(0, 2, 1, 3).reshape(n, h, k * two_h)
 
-    def _search_step(self, x: Tensor, h: Tensor, weights: Tensor, mask_x, mask_h) -> Tensor:
-        """One time step of the mixed cell. ``weights``: (E, K) or (B, E, K)."""
-        states = [self.node_norms[0](self._first_state(x, h, mask_x, mask_h))]
-        hidden = self.hidden_size
-        for n, j in enumerate(self.space.node_ids):
-            s = torch.stack(states, dim=0)  # (j, B, H)
-            s_in = s * mask_h if mask_h is not None else s
-            # all candidate matrices of node j at once: (j, 1, B, H) @ (K', H, 2H) -> (j, K', B, 2H)
-            ch = torch.matmul(s_in.unsqueeze(1), self.node_weights[n])
-            c, g = torch.sigmoid(ch[..., :hidden]), ch[..., hidden:]
-            acts = torch.stack([ACTIVATIONS[op](g[:, k]) for k, op in enumerate(self.weighted_ops)], dim=1)
-            s_ = s.unsqueeze(1)
-            out = s_ + c * (acts - s_)  # (j, K', B, H)
-            w = weights[..., self.space.node_edge_slice(j), :][..., self.weighted_op_index]
-            if w.dim() == 2:  # one architecture for the whole batch: (j, K')
-                mixed = torch.einsum("ikbh,ik->bh", out, w)
-            else:  # one per sample: (B, j, K')
-                mixed = torch.einsum("ikbh,bik->bh", out, w)
-            states.append(self.node_norms[j](mixed))
-        return torch.stack(states[1:], dim=0).mean(dim=0)
+    def _chain(self, cell: str, device, as_tensors: bool):
+        """A derived cell's matrices (N, H, 2H), input states and operation codes of its nodes."""
+        choice = self.choices[cell]
+        nodes = self.space.node_ids
+        mats = torch.stack([self.op_weights[f"node{j}_{choice[j][1]}"] for j in nodes])
+        inputs = tuple(choice[j][0] for j in nodes)
+        codes = tuple(self.weighted_ops.index(choice[j][1]) for j in nodes)
+        if not as_tensors:
+            return mats, inputs, codes
+        key = (cell, torch.device(device))
+        if key not in self._chains:
+            self._chains[key] = (torch.tensor(inputs, device=device), torch.tensor(codes, device=device))
+        return (mats,) + self._chains[key]
 
-    def _derived_step(self, x: Tensor, h: Tensor, cell: str, mask_x, mask_h) -> Tensor:
-        states = [self.node_norms[0](self._first_state(x, h, mask_x, mask_h))]
-        hidden = self.hidden_size
-        for j in self.space.node_ids:
-            i, op = self.choices[cell][j]
-            s = states[i]
-            s_in = s * mask_h if mask_h is not None else s
-            ch = s_in.matmul(self.op_weights[f"node{j}_{op}"])
-            c, g = torch.sigmoid(ch[..., :hidden]), ch[..., hidden:]
-            states.append(self.node_norms[j](s + c * (ACTIVATIONS[op](g) - s)))
-        return torch.stack(states[1:], dim=0).mean(dim=0)
+    def _run(self, xw: Tensor, h: Tensor, args: tuple, batch_args: Sequence[Optional[Tensor]]) -> Tensor:
+        """The time loop: ``h_t = step(xw[t], h_{t-1}, *args)``; returns (T, B, H)."""
+        step = self.steps.function()
+        compiled = self.steps.active
+        if compiled:
+            mark_batch_dynamic(*batch_args)
+        timed = not compiled and self.training and torch.is_grad_enabled()
+        start = time.perf_counter() if timed else 0.0
+        outputs: List[Tensor] = []
+        for t in range(xw.shape[0]):
+            x_t = xw[t]
+            if compiled:
+                mark_batch_dynamic(x_t, h)
+            h = step(x_t, h, *args)
+            outputs.append(h)
+        if timed:
+            self.steps.record(time.perf_counter() - start)
+        return torch.stack(outputs, dim=0)
 
     # ------------------------------------------------------------------ sequences
     def forward(
@@ -198,33 +202,40 @@ class DartsRNNCell(nn.Module):
         steps, batch, _ = inputs.shape
         h = h0 if h0 is not None else inputs.new_zeros(batch, self.hidden_size)
         mask_x, mask_h = self._masks(batch, inputs.device, inputs.dtype)
-        outputs = []
+        x = inputs if mask_x is None else inputs * mask_x
+        # the input half of the first projection for every step at once
+        xw = torch.matmul(x, self.w0[: self.input_size])  # (T, B, 2H)
+        w0h = self.w0[self.input_size :]
         if self.is_search:
             if mixing_weights is None:
                 raise ValueError("a search-mode cell needs mixing weights")
-            for t in range(steps):
-                h = self._search_step(inputs[t], h, mixing_weights, mask_x, mask_h)
-                outputs.append(h)
-            return torch.stack(outputs, dim=0)
+            # softmax(alpha) may be fp32 while the cell runs in fp16
+            mix = mixing_weights[..., self.weighted_op_index].to(inputs.dtype)
+            args = (w0h, self._packed_node_weights(), mix, mask_h, tuple(self.weighted_ops))
+            return self._run(xw, h, args, (mask_h, mix if mix.dim() == 3 else None))
         if cells is None or len(cells) != batch:
             raise ValueError("a derived-mode cell needs the cell name of every sample")
+        unknown = sorted(set(cells) - set(self.choices))
+        if unknown:
+            raise KeyError(f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}")
+        ops = tuple(self.weighted_ops)
+        as_tensors = self.steps.function() is not self.steps.fn
         unique = sorted(set(cells))
         if len(unique) == 1:
-            for t in range(steps):
-                h = self._derived_step(inputs[t], h, unique[0], mask_x, mask_h)
-                outputs.append(h)
-            return torch.stack(outputs, dim=0)
-        # several domains in one batch: run each domain's samples through its own cell
-        result = inputs.new_zeros(steps, batch, self.hidden_size)
+            args = (w0h,) + self._chain(unique[0], inputs.device, as_tensors) + (mask_h, ops)
+            return self._run(xw, h, args, (mask_h,))
+        # several domains in one batch: each domain's samples through its own chain
+        outputs, order = [], []
         for cell in unique:
-            idx = torch.tensor([b for b, c in enumerate(cells) if c == cell], device=inputs.device)
-            sub_mask_x = mask_x[idx] if mask_x is not None else None
-            sub_mask_h = mask_h[idx] if mask_h is not None else None
-            hc = h[idx]
-            for t in range(steps):
-                hc = self._derived_step(inputs[t, idx], hc, cell, sub_mask_x, sub_mask_h)
-                result[t, idx] = hc
-        return result
+            rows = [b for b, c in enumerate(cells) if c == cell]
+            idx = torch.tensor(rows, device=inputs.device)
+            sub_mask = mask_h.index_select(0, idx) if mask_h is not None else None
+            args = (w0h,) + self._chain(cell, inputs.device, as_tensors) + (sub_mask, ops)
+            outputs.append(self._run(xw.index_select(1, idx), h.index_select(0, idx), args, (sub_mask,)))
+            order.extend(rows)
+        inverse = torch.empty(batch, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(batch)
+        return torch.cat(outputs, dim=1).index_select(1, inverse.to(inputs.device))
 
     # ------------------------------------------------------------------ sizes
     def op_param_count(self, edge: GenotypeEdge) -> int:
@@ -246,6 +257,7 @@ class DartsRNNLanguageModel(nn.Module):
         genotype: None to search; a genotype to build the derived (concordant) multimodel.
         shared_architecture: one architecture for all domains (the "single model on the union"
             baseline): alpha has one row / the genotype has one cell, named ``"+".join(domains)``.
+        compile_cell: the cell's ``compile`` mode (``"auto"``, ``"on"``, ``"off"``).
     """
 
     def __init__(
@@ -263,6 +275,7 @@ class DartsRNNLanguageModel(nn.Module):
         dropout_x: float = 0.0,
         dropout_h: float = 0.0,
         alpha_init_scale: float = 1e-3,
+        compile_cell: str = "auto",
     ):
         super().__init__()
         if embed_dim != hidden_dim:
@@ -276,7 +289,7 @@ class DartsRNNLanguageModel(nn.Module):
         self.dropout, self.dropout_emb = dropout, dropout_emb
         self.temperature, self.gumbel = 1.0, False
         self.arch = search_architecture(genotype, self.space, self.architecture_names, alpha_init_scale)
-        self.cell = DartsRNNCell(embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h)
+        self.cell = DartsRNNCell(embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h, compile_cell)
         rows = [0] * len(self.domains) if shared_architecture else list(range(len(self.domains)))
         self.register_buffer("domain_to_architecture", torch.tensor(rows, dtype=torch.long), persistent=False)
 

@@ -1,0 +1,126 @@
+"""One time step of the DARTS recurrent cell, written for speed (pure PyTorch).
+
+The cell's Python loop over time steps calls one of these functions per step; everything that does
+not depend on the previous state is done before the loop (see :class:`~.rnn.DartsRNNCell`):
+
+* the input half of the first state's projection, ``x_t W_0x`` for all ``t``, is one matrix
+  product over the whole sequence (as cuDNN's LSTM does); a step only adds ``h_{t-1} W_0h``;
+* the K' candidate matrices of node ``j`` (``node_weights[j]``, (K', H, 2H)) are packed side by
+  side into one (H, K' * 2H) matrix, so node ``j`` costs ONE matrix product of all its ``j``
+  input states at once, ``(j * B, H) @ (H, K' * 2H)``, followed by elementwise work only
+  (gate, activation, highway, weighting by softmax(alpha), LayerNorm) that ``torch.compile``
+  fuses into one kernel per node;
+* a derived (genotype) cell is a fixed chain of matrix products, one per node.
+
+The derived step takes the chain either as Python ints (eager: the chosen activation is called
+directly) or as integer tensors (compiled: one graph serves every domain's chain; the activation
+is selected with ``torch.where``, which is exact).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "relu": F.relu,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+LN_EPS = 1e-5  # nn.LayerNorm's default, used by the cell since its first version
+
+
+def _norm(x: Tensor) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
+
+
+def first_state(xw: Tensor, h: Tensor, w0h: Tensor, mask_h: Optional[Tensor]) -> Tensor:
+    """``LN(h + sigmoid(c0) * (tanh(g0) - h))`` with ``[c0, g0] = x_t W_0x + (h * mask_h) W_0h``."""
+    hm = h if mask_h is None else h * mask_h
+    c0, g0 = torch.addmm(xw, hm, w0h).chunk(2, dim=-1)
+    return _norm(h + torch.sigmoid(c0) * (torch.tanh(g0) - h))
+
+
+def search_step(
+    xw: Tensor,
+    h: Tensor,
+    w0h: Tensor,
+    node_mats: Tensor,
+    mix: Tensor,
+    mask_h: Optional[Tensor],
+    ops: Sequence[str],
+) -> Tensor:
+    """One step of the mixed cell.
+
+    Args:
+        xw: (B, 2H) the input projection ``x_t W_0x`` of this step.
+        h: (B, H) the previous state. w0h: (H, 2H) the state half of ``W_0``.
+        node_mats: (N, H, K' * 2H) node ``n``'s candidate matrices side by side, column blocks
+            ordered (operation, [gate | value], H).
+        mix: mixing weights of the K' weighted operations, (E, K') for the whole batch or
+            (B, E, K') per sample, edges grouped by node as in :class:`SearchSpace`.
+        mask_h: (B, H) variational dropout mask on states entering a matrix, or None.
+        ops: the K' operation names.
+    """
+    hidden = h.shape[-1]
+    k = len(ops)
+    states = [first_state(xw, h, w0h, mask_h)]
+    start = 0
+    for n in range(node_mats.shape[0]):
+        j = n + 1
+        prev = torch.stack(states)  # (j, B, H)
+        src = prev if mask_h is None else prev * mask_h
+        z = torch.matmul(src.reshape(-1, hidden), node_mats[n]).view(j, -1, k, 2, hidden)
+        gate, value = z.unbind(3)  # (j, B, K', H) each
+        act = torch.stack([ACTIVATIONS[op](v) for op, v in zip(ops, value.unbind(2))], dim=2)
+        s = prev.unsqueeze(2)
+        out = s + torch.sigmoid(gate) * (act - s)
+        w = mix[..., start : start + j, :]
+        start += j
+        if w.dim() == 2:  # one architecture for the batch: (j, K')
+            mixed = torch.einsum("ibkh,ik->bh", out, w)
+        else:  # one per sample: (B, j, K')
+            mixed = torch.einsum("ibkh,bik->bh", out, w)
+        states.append(_norm(mixed))
+    return torch.stack(states[1:]).mean(0)
+
+
+Index = Union[int, Tensor]
+
+
+def _apply_op(value: Tensor, op: Index, ops: Sequence[str]) -> Tensor:
+    if isinstance(op, int):
+        return ACTIVATIONS[ops[op]](value)
+    out = ACTIVATIONS[ops[-1]](value)
+    for code in range(len(ops) - 2, -1, -1):
+        out = torch.where(op == code, ACTIVATIONS[ops[code]](value), out)
+    return out
+
+
+def derived_step(
+    xw: Tensor,
+    h: Tensor,
+    w0h: Tensor,
+    node_mats: Tensor,
+    inputs: Union[Sequence[int], Tensor],
+    op_codes: Union[Sequence[int], Tensor],
+    mask_h: Optional[Tensor],
+    ops: Sequence[str],
+) -> Tensor:
+    """One step of a derived cell: node ``n`` applies operation ``ops[op_codes[n]]`` with matrix
+    ``node_mats[n]`` (H, 2H) to state ``inputs[n]``. ``inputs`` / ``op_codes``: Python ints or (N,)
+    integer tensors (then the chain is data, so one compiled graph serves every domain)."""
+    hidden = h.shape[-1]
+    states = [first_state(xw, h, w0h, mask_h)]
+    for n in range(node_mats.shape[0]):
+        i = inputs[n]
+        # a tensor index stays on the device: index_select, never an implicit .item()
+        s = states[i] if isinstance(i, int) else torch.stack(states).index_select(0, inputs[n : n + 1])[0]
+        src = s if mask_h is None else s * mask_h
+        gate, value = torch.matmul(src, node_mats[n]).split(hidden, dim=-1)
+        states.append(_norm(s + torch.sigmoid(gate) * (_apply_op(value, op_codes[n], ops) - s)))
+    return torch.stack(states[1:]).mean(0)
