@@ -23,9 +23,10 @@ Pure PyTorch (no fairseq): used by :class:`mdnas_fairseq.cells.rnn.DartsRNNCell`
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -44,8 +45,8 @@ def mark_batch_dynamic(*tensors: Optional[torch.Tensor]) -> None:
 class CompiledStep:
     """Runs ``fn`` eagerly or compiled according to ``mode``; see the module docstring.
 
-    Use :meth:`function` once per sequence to get the callable for its steps, and call
-    :meth:`record` with the eager seconds the sequence took (only the eager time counts).
+    Per sequence: ``with steps.sequence(timed) as step:`` gives the callable for its time steps
+    (``timed``: whether this sequence's eager time counts towards ``compile_after_s``).
     """
 
     def __init__(self, fn: Callable, name: str, mode: str = "auto", compile_after_s: float = 60.0,
@@ -64,15 +65,25 @@ class CompiledStep:
         """Whether the compiled function is in use."""
         return self._compiled is not None and self.failed is None
 
-    def function(self) -> Callable:
+    def prepare(self) -> bool:
+        """Start compiling if the policy says so; returns :attr:`active`."""
         if self.failed is None and self._compiled is None:
             if self.mode == "on" or (self.mode == "auto" and self.eager_seconds >= self.compile_after_s):
                 self._start()
-        return self._call if self.active else self.fn
+        return self.active
 
-    def record(self, seconds: float) -> None:
-        if not self.active:
-            self.eager_seconds += seconds
+    @contextlib.contextmanager
+    def sequence(self, timed: bool) -> Iterator[Callable]:
+        if self.prepare():
+            # compile the backward graph together with the forward one, so that its failures
+            # are caught in _call as well
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                yield self._call
+            return
+        start = time.perf_counter()
+        yield self.fn
+        if timed:
+            self.eager_seconds += time.perf_counter() - start
 
     def _start(self) -> None:
         try:
@@ -101,9 +112,7 @@ class CompiledStep:
         first = self.compile_seconds is None
         start = time.perf_counter() if first else 0.0
         try:
-            # compile the backward graph now, so its failures are caught here as well
-            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
-                out = self._compiled(*args)
+            out = self._compiled(*args)
         except Exception as e:
             self._fail(e)
             return self.fn(*args)

@@ -30,7 +30,6 @@ with ``torch.compile`` where that pays (``compile="auto"``), else run eagerly.
 """
 from __future__ import annotations
 
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -169,21 +168,15 @@ class DartsRNNCell(nn.Module):
 
     def _run(self, xw: Tensor, h: Tensor, args: tuple, batch_args: Sequence[Optional[Tensor]]) -> Tensor:
         """The time loop: ``h_t = step(xw[t], h_{t-1}, *args)``; returns (T, B, H)."""
-        step = self.steps.function()
-        compiled = self.steps.active
-        if compiled:
-            mark_batch_dynamic(*batch_args)
-        timed = not compiled and self.training and torch.is_grad_enabled()
-        start = time.perf_counter() if timed else 0.0
         outputs: List[Tensor] = []
-        for t in range(xw.shape[0]):
-            x_t = xw[t]
-            if compiled:
-                mark_batch_dynamic(x_t, h)
-            h = step(x_t, h, *args)
-            outputs.append(h)
-        if timed:
-            self.steps.record(time.perf_counter() - start)
+        with self.steps.sequence(timed=self.training and torch.is_grad_enabled()) as step:
+            compiled = self.steps.active
+            for t in range(xw.shape[0]):
+                x_t = xw[t]
+                if compiled and t == 0:  # a graph compiled now serves every batch size
+                    mark_batch_dynamic(x_t, h, *batch_args)
+                h = step(x_t, h, *args)
+                outputs.append(h)
         return torch.stack(outputs, dim=0)
 
     # ------------------------------------------------------------------ sequences
@@ -219,7 +212,7 @@ class DartsRNNCell(nn.Module):
         if unknown:
             raise KeyError(f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}")
         ops = tuple(self.weighted_ops)
-        as_tensors = self.steps.function() is not self.steps.fn
+        as_tensors = self.steps.prepare()  # a compiled step takes the chain as tensors
         unique = sorted(set(cells))
         if len(unique) == 1:
             args = (w0h,) + self._chain(unique[0], inputs.device, as_tensors) + (mask_h, ops)
