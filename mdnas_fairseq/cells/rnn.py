@@ -146,17 +146,15 @@ class DartsRNNCell(nn.Module):
 
         return mask(self.dropout_x, self.input_size), mask(self.dropout_h, self.hidden_size)
 
-    def _packed_node_weights(self) -> Tensor:
-        """(N, H, K' * 2H): node n's K' candidate matrices side by side (one product per node)."""
-        stacked = torch.stack(list(self.node_weights))  # (N, K', H, 2H)
-        n, k, h, two_h = stacked.shape
-        return stacked.permute(0, 2, 1, 3).reshape(n, h, k * two_h)
+    def _packed_node_weights(self) -> Tuple[Tensor, ...]:
+        """Per node (H, K' * 2H): its K' candidate matrices side by side (one product per node)."""
+        return tuple(w.permute(1, 0, 2).reshape(self.hidden_size, -1) for w in self.node_weights)
 
     def _chain(self, cell: str, device, as_tensors: bool):
-        """A derived cell's matrices (N, H, 2H), input states and operation codes of its nodes."""
+        """A derived cell's matrices (N of (H, 2H)), input states and operation codes of its nodes."""
         choice = self.choices[cell]
         nodes = self.space.node_ids
-        mats = torch.stack([self.op_weights[f"node{j}_{choice[j][1]}"] for j in nodes])
+        mats = tuple(self.op_weights[f"node{j}_{choice[j][1]}"] for j in nodes)
         inputs = tuple(choice[j][0] for j in nodes)
         codes = tuple(self.weighted_ops.index(choice[j][1]) for j in nodes)
         if not as_tensors:
@@ -171,6 +169,9 @@ class DartsRNNCell(nn.Module):
         outputs: List[Tensor] = []
         with self.steps.sequence(timed=self.training and torch.is_grad_enabled()) as step:
             compiled = self.steps.active
+            if compiled and torch.is_grad_enabled() and not h.requires_grad:
+                # the first step then has the requires-grad pattern of the others: one graph, not two
+                h = h.detach().requires_grad_()
             for t in range(xw.shape[0]):
                 x_t = xw[t]
                 if compiled and t == 0:  # a graph compiled now serves every batch size

@@ -8,8 +8,9 @@ not depend on the previous state is done before the loop (see :class:`~.rnn.Dart
 * the K' candidate matrices of node ``j`` (``node_weights[j]``, (K', H, 2H)) are packed side by
   side into one (H, K' * 2H) matrix, so node ``j`` costs ONE matrix product of all its ``j``
   input states at once, ``(j * B, H) @ (H, K' * 2H)``, followed by elementwise work only
-  (gate, activation, highway, weighting by softmax(alpha), LayerNorm) that ``torch.compile``
-  fuses into one kernel per node;
+  (gate, activation, highway, weighting by softmax(alpha); :class:`MixedNode`, with a
+  hand-written backward) and a LayerNorm, which ``torch.compile`` fuses into one kernel per node
+  and direction;
 * a derived (genotype) cell is a fixed chain of matrix products, one per node.
 
 The derived step takes the chain either as Python ints (eager: the chosen activation is called
@@ -45,11 +46,68 @@ def first_state(xw: Tensor, h: Tensor, w0h: Tensor, mask_h: Optional[Tensor]) ->
     return _norm(h + torch.sigmoid(c0) * (torch.tanh(g0) - h))
 
 
+def _activations(value: Tensor, ops: Sequence[str], with_grad: bool):
+    """``act_k(value[..., k, :])`` stacked on axis 2, and (``with_grad``) their derivatives."""
+    acts, grads = [], []
+    for op, v in zip(ops, value.unbind(2)):
+        a = ACTIVATIONS[op](v)
+        acts.append(a)
+        if with_grad:
+            if op == "tanh":
+                grads.append(1 - a * a)
+            elif op == "sigmoid":
+                grads.append(a * (1 - a))
+            elif op == "relu":
+                grads.append((v > 0).to(v.dtype))
+            else:
+                grads.append(torch.ones_like(v))
+    return torch.stack(acts, 2), (torch.stack(grads, 2) if with_grad else None)
+
+
+def _weights(mix: Tensor) -> Tensor:
+    """Mixing weights (j, K') or (B, j, K') as a (j, 1 or B, K', 1) factor of (j, B, K', H)."""
+    return mix[:, None, :, None] if mix.dim() == 2 else mix.permute(1, 0, 2).unsqueeze(-1)
+
+
+class MixedNode(torch.autograd.Function):
+    """``sum_{i,k} w_ik * (s_i + sigmoid(c_ik) * (act_k(g_ik) - s_i))`` from the node's matrix
+    product ``z`` = [c | g] (j, B, K', 2, H) and its input states ``s`` (j, B, H).
+
+    A hand-written backward recomputes the gates and activations from ``z`` instead of storing
+    them: the forward writes only its (B, H) result, and compiled, each direction is one fused
+    pass over ``z``.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, s: Tensor, mix: Tensor, ops: Sequence[str]) -> Tensor:
+        ctx.save_for_backward(z, s, mix)
+        ctx.ops = ops
+        gate, value = z.unbind(3)
+        act, _ = _activations(value, ops, with_grad=False)
+        si = s.unsqueeze(2)
+        return ((si + torch.sigmoid(gate) * (act - si)) * _weights(mix)).sum((0, 2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, s, mix = ctx.saved_tensors
+        gate, value = z.unbind(3)
+        c = torch.sigmoid(gate)
+        act, d_act = _activations(value, ctx.ops, with_grad=True)
+        si = s.unsqueeze(2)
+        g = grad.unsqueeze(0).unsqueeze(2)  # (1, B, 1, H)
+        d_out = _weights(mix) * g  # (j, B, K', H)
+        d_z = torch.stack([d_out * (act - si) * c * (1 - c), d_out * c * d_act], dim=3)
+        d_s = (d_out * (1 - c)).sum(2)
+        out_g = (si + c * (act - si)) * g
+        d_mix = out_g.sum((1, 3)) if mix.dim() == 2 else out_g.sum(3).permute(1, 0, 2)
+        return d_z, d_s, d_mix, None
+
+
 def search_step(
     xw: Tensor,
     h: Tensor,
     w0h: Tensor,
-    node_mats: Tensor,
+    node_mats: Sequence[Tensor],
     mix: Tensor,
     mask_h: Optional[Tensor],
     ops: Sequence[str],
@@ -59,8 +117,9 @@ def search_step(
     Args:
         xw: (B, 2H) the input projection ``x_t W_0x`` of this step.
         h: (B, H) the previous state. w0h: (H, 2H) the state half of ``W_0``.
-        node_mats: (N, H, K' * 2H) node ``n``'s candidate matrices side by side, column blocks
-            ordered (operation, [gate | value], H).
+        node_mats: N matrices (H, K' * 2H), node ``n``'s candidate matrices side by side, column
+            blocks ordered (operation, [gate | value], H). (Separate tensors, not one stacked
+            tensor: the backward then writes each node's gradient once, with no scatter.)
         mix: mixing weights of the K' weighted operations, (E, K') for the whole batch or
             (B, E, K') per sample, edges grouped by node as in :class:`SearchSpace`.
         mask_h: (B, H) variational dropout mask on states entering a matrix, or None.
@@ -70,22 +129,14 @@ def search_step(
     k = len(ops)
     states = [first_state(xw, h, w0h, mask_h)]
     start = 0
-    for n in range(node_mats.shape[0]):
+    for n in range(len(node_mats)):
         j = n + 1
         prev = torch.stack(states)  # (j, B, H)
         src = prev if mask_h is None else prev * mask_h
         z = torch.matmul(src.reshape(-1, hidden), node_mats[n]).view(j, -1, k, 2, hidden)
-        gate, value = z.unbind(3)  # (j, B, K', H) each
-        act = torch.stack([ACTIVATIONS[op](v) for op, v in zip(ops, value.unbind(2))], dim=2)
-        s = prev.unsqueeze(2)
-        out = s + torch.sigmoid(gate) * (act - s)
         w = mix[..., start : start + j, :]
         start += j
-        if w.dim() == 2:  # one architecture for the batch: (j, K')
-            mixed = torch.einsum("ibkh,ik->bh", out, w)
-        else:  # one per sample: (B, j, K')
-            mixed = torch.einsum("ibkh,bik->bh", out, w)
-        states.append(_norm(mixed))
+        states.append(_norm(MixedNode.apply(z, prev, w, ops)))
     return torch.stack(states[1:]).mean(0)
 
 
@@ -105,7 +156,7 @@ def derived_step(
     xw: Tensor,
     h: Tensor,
     w0h: Tensor,
-    node_mats: Tensor,
+    node_mats: Sequence[Tensor],
     inputs: Union[Sequence[int], Tensor],
     op_codes: Union[Sequence[int], Tensor],
     mask_h: Optional[Tensor],
@@ -116,7 +167,7 @@ def derived_step(
     integer tensors (then the chain is data, so one compiled graph serves every domain)."""
     hidden = h.shape[-1]
     states = [first_state(xw, h, w0h, mask_h)]
-    for n in range(node_mats.shape[0]):
+    for n in range(len(node_mats)):
         i = inputs[n]
         # a tensor index stays on the device: index_select, never an implicit .item()
         s = states[i] if isinstance(i, int) else torch.stack(states).index_select(0, inputs[n : n + 1])[0]
