@@ -141,8 +141,8 @@ def test_tensor_chain_equals_python_chain():
         py = cell._chain(name, "cpu", as_tensors=False)
         tens = cell._chain(name, "cpu", as_tensors=True)
         ops = tuple(cell.weighted_ops)
-        a = cell.steps.fn(xw, h0, cell.w0[I:], *py, None, ops)
-        b = cell.steps.fn(xw, h0, cell.w0[I:], *tens, None, ops)
+        a = cell.steps.fn(xw, h0, cell.w0[I:], *py, None, ops)[0]
+        b = cell.steps.fn(xw, h0, cell.w0[I:], *tens, None, ops)[0]
         assert torch.equal(a, b)
 
 

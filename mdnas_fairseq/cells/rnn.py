@@ -46,6 +46,7 @@ from ..search import (
     multimodel_param_count,
 )
 from .compiled import CompiledStep, mark_batch_dynamic
+from .deferred import DeferredWeightGrads
 from .rnn_steps import ACTIVATIONS, derived_step, search_step
 
 __all__ = ["ACTIVATIONS", "DartsRNNCell", "DartsRNNLanguageModel", "rnn_share_key"]
@@ -164,19 +165,29 @@ class DartsRNNCell(nn.Module):
             self._chains[key] = (torch.tensor(inputs, device=device), torch.tensor(codes, device=device))
         return (mats,) + self._chains[key]
 
-    def _run(self, xw: Tensor, h: Tensor, args: tuple, batch_args: Sequence[Optional[Tensor]]) -> Tensor:
-        """The time loop: ``h_t = step(xw[t], h_{t-1}, *args)``; returns (T, B, H)."""
+    def _run(self, xw: Tensor, h: Tensor, weights: Tuple[Tensor, ...], rest: tuple,
+             product_rows: Sequence[int], batch_args: Sequence[Optional[Tensor]]) -> Tensor:
+        """The time loop ``h_t = step(xw[t], h_{t-1}, W_0h, node matrices, *rest, probes)``; returns
+        (T, B, H). ``weights`` = (W_0h, node matrices...), whose gradients are deferred to one
+        product per matrix and sequence (:mod:`.deferred`); ``product_rows``: rows of each product."""
+        defer = None
+        if DeferredWeightGrads.wanted(weights):
+            shapes = [(rows, w.shape[1]) for rows, w in zip(product_rows, weights)]
+            defer = DeferredWeightGrads(weights, shapes)
+            weights = defer.detached
         outputs: List[Tensor] = []
         with self.steps.sequence(timed=self.training and torch.is_grad_enabled()) as step:
             compiled = self.steps.active
             if compiled and torch.is_grad_enabled() and not h.requires_grad:
                 # the first step then has the requires-grad pattern of the others: one graph, not two
                 h = h.detach().requires_grad_()
-            for t in range(xw.shape[0]):
-                x_t = xw[t]
+            for t, x_t in enumerate(xw.unbind(0)):  # unbind: one backward node, not one per step
+                probes = defer.probes(t) if defer is not None else None
                 if compiled and t == 0:  # a graph compiled now serves every batch size
-                    mark_batch_dynamic(x_t, h, *batch_args)
-                h = step(x_t, h, *args)
+                    mark_batch_dynamic(x_t, h, *batch_args, *(probes or ()))
+                h, lefts = step(x_t, h, weights[0], weights[1:], *rest, probes)
+                if defer is not None:
+                    defer.record(t, lefts)
                 outputs.append(h)
         return torch.stack(outputs, dim=0)
 
@@ -205,27 +216,30 @@ class DartsRNNCell(nn.Module):
                 raise ValueError("a search-mode cell needs mixing weights")
             # softmax(alpha) may be fp32 while the cell runs in fp16
             mix = mixing_weights[..., self.weighted_op_index].to(inputs.dtype)
-            args = (w0h, self._packed_node_weights(), mix, mask_h, tuple(self.weighted_ops))
-            return self._run(xw, h, args, (mask_h, mix if mix.dim() == 3 else None))
+            rows = [batch] + [j * batch for j in range(1, self.space.num_nodes + 1)]
+            return self._run(xw, h, (w0h,) + self._packed_node_weights(), (mix, mask_h, tuple(self.weighted_ops)),
+                             rows, (mask_h, mix if mix.dim() == 3 else None))
         if cells is None or len(cells) != batch:
             raise ValueError("a derived-mode cell needs the cell name of every sample")
         unknown = sorted(set(cells) - set(self.choices))
         if unknown:
             raise KeyError(f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}")
         ops = tuple(self.weighted_ops)
-        as_tensors = self.steps.prepare() and not __import__("os").environ.get("STATIC_CHAIN")  # a compiled step takes the chain as tensors
+        as_tensors = self.steps.prepare()  # a compiled step takes the chain as tensors
+        rows = [batch] * (self.space.num_nodes + 1)
         unique = sorted(set(cells))
         if len(unique) == 1:
-            args = (w0h,) + self._chain(unique[0], inputs.device, as_tensors) + (mask_h, ops)
-            return self._run(xw, h, args, (mask_h,))
+            mats, chain_in, codes = self._chain(unique[0], inputs.device, as_tensors)
+            return self._run(xw, h, (w0h,) + mats, (chain_in, codes, mask_h, ops), rows, (mask_h,))
         # several domains in one batch: each domain's samples through its own chain
         outputs, order = [], []
         for cell in unique:
             rows = [b for b, c in enumerate(cells) if c == cell]
             idx = torch.tensor(rows, device=inputs.device)
             sub_mask = mask_h.index_select(0, idx) if mask_h is not None else None
-            args = (w0h,) + self._chain(cell, inputs.device, as_tensors) + (sub_mask, ops)
-            outputs.append(self._run(xw.index_select(1, idx), h.index_select(0, idx), args, (sub_mask,)))
+            mats, chain_in, codes = self._chain(cell, inputs.device, as_tensors)
+            outputs.append(self._run(xw.index_select(1, idx), h.index_select(0, idx), (w0h,) + mats,
+                                     (chain_in, codes, sub_mask, ops), [len(rows)] * len(mats + (w0h,)), (sub_mask,)))
             order.extend(rows)
         inverse = torch.empty(batch, dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(batch)

@@ -19,7 +19,7 @@ is selected with ``torch.where``, which is exact).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +39,28 @@ def _norm(x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
 
 
-def first_state(xw: Tensor, h: Tensor, w0h: Tensor, mask_h: Optional[Tensor]) -> Tensor:
-    """``LN(h + sigmoid(c0) * (tanh(g0) - h))`` with ``[c0, g0] = x_t W_0x + (h * mask_h) W_0h``."""
+def first_state(xw: Tensor, h: Tensor, w0h: Tensor, mask_h: Optional[Tensor], probe: Optional[Tensor]):
+    """``LN(h + sigmoid(c0) * (tanh(g0) - h))`` with ``[c0, g0] = x_t W_0x + (h * mask_h) W_0h``;
+    returns it and the product's left factor ``h * mask_h``."""
     hm = h if mask_h is None else h * mask_h
-    c0, g0 = torch.addmm(xw, hm, w0h).chunk(2, dim=-1)
-    return _norm(h + torch.sigmoid(c0) * (torch.tanh(g0) - h))
+    c0, g0 = torch.addmm(xw if probe is None else xw + probe, hm, w0h).chunk(2, dim=-1)
+    return _norm(h + torch.sigmoid(c0) * (torch.tanh(g0) - h)), hm
+
+
+def _product(a: Tensor, w: Tensor, probe: Optional[Tensor]) -> Tensor:
+    z = torch.matmul(a, w)
+    return z if probe is None else z + probe
+
+
+def _derivative(op: str, v: Tensor, a: Tensor) -> Tensor:
+    """d act / d v at ``v``, given ``a = act(v)``."""
+    if op == "tanh":
+        return 1 - a * a
+    if op == "sigmoid":
+        return a * (1 - a)
+    if op == "relu":
+        return (v > 0).to(v.dtype)
+    return torch.ones_like(v)
 
 
 def _activations(value: Tensor, ops: Sequence[str], with_grad: bool):
@@ -53,14 +70,7 @@ def _activations(value: Tensor, ops: Sequence[str], with_grad: bool):
         a = ACTIVATIONS[op](v)
         acts.append(a)
         if with_grad:
-            if op == "tanh":
-                grads.append(1 - a * a)
-            elif op == "sigmoid":
-                grads.append(a * (1 - a))
-            elif op == "relu":
-                grads.append((v > 0).to(v.dtype))
-            else:
-                grads.append(torch.ones_like(v))
+            grads.append(_derivative(op, v, a))
     return torch.stack(acts, 2), (torch.stack(grads, 2) if with_grad else None)
 
 
@@ -111,8 +121,9 @@ def search_step(
     mix: Tensor,
     mask_h: Optional[Tensor],
     ops: Sequence[str],
-) -> Tensor:
-    """One step of the mixed cell.
+    probes: Optional[Sequence[Tensor]] = None,
+) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """One step of the mixed cell; returns ``h_t`` and the left factors of its N + 1 products.
 
     Args:
         xw: (B, 2H) the input projection ``x_t W_0x`` of this step.
@@ -124,26 +135,31 @@ def search_step(
             (B, E, K') per sample, edges grouped by node as in :class:`SearchSpace`.
         mask_h: (B, H) variational dropout mask on states entering a matrix, or None.
         ops: the K' operation names.
+        probes: zeros added to the N + 1 products (see :mod:`.deferred`), or None.
     """
     hidden = h.shape[-1]
     k = len(ops)
-    states = [first_state(xw, h, w0h, mask_h)]
+    s0, hm = first_state(xw, h, w0h, mask_h, None if probes is None else probes[0])
+    states, lefts = [s0], [hm]
     start = 0
     for n in range(len(node_mats)):
         j = n + 1
         prev = torch.stack(states)  # (j, B, H)
-        src = prev if mask_h is None else prev * mask_h
-        z = torch.matmul(src.reshape(-1, hidden), node_mats[n]).view(j, -1, k, 2, hidden)
+        src = (prev if mask_h is None else prev * mask_h).reshape(-1, hidden)
+        z = _product(src, node_mats[n], None if probes is None else probes[j]).view(j, -1, k, 2, hidden)
         w = mix[..., start : start + j, :]
         start += j
         states.append(_norm(MixedNode.apply(z, prev, w, ops)))
-    return torch.stack(states[1:]).mean(0)
+        lefts.append(src)
+    return torch.stack(states[1:]).mean(0), tuple(lefts)
 
 
 Index = Union[int, Tensor]
 
 
 def _apply_op(value: Tensor, op: Index, ops: Sequence[str]) -> Tensor:
+    """``act(value)`` for the operation ``ops[op]``; ``op`` an int, or a 0-d integer tensor (then
+    every candidate is computed and ``torch.where`` picks, exactly)."""
     if isinstance(op, int):
         return ACTIVATIONS[ops[op]](value)
     out = ACTIVATIONS[ops[-1]](value)
@@ -161,17 +177,21 @@ def derived_step(
     op_codes: Union[Sequence[int], Tensor],
     mask_h: Optional[Tensor],
     ops: Sequence[str],
-) -> Tensor:
+    probes: Optional[Sequence[Tensor]] = None,
+) -> Tuple[Tensor, Tuple[Tensor, ...]]:
     """One step of a derived cell: node ``n`` applies operation ``ops[op_codes[n]]`` with matrix
     ``node_mats[n]`` (H, 2H) to state ``inputs[n]``. ``inputs`` / ``op_codes``: Python ints or (N,)
-    integer tensors (then the chain is data, so one compiled graph serves every domain)."""
-    hidden = h.shape[-1]
-    states = [first_state(xw, h, w0h, mask_h)]
+    integer tensors (then the chain is data, so one compiled graph serves every domain). Returns
+    ``h_t`` and the left factors of its N + 1 products, as :func:`search_step`."""
+    s0, hm = first_state(xw, h, w0h, mask_h, None if probes is None else probes[0])
+    states, lefts = [s0], [hm]
     for n in range(len(node_mats)):
         i = inputs[n]
         # a tensor index stays on the device: index_select, never an implicit .item()
         s = states[i] if isinstance(i, int) else torch.stack(states).index_select(0, inputs[n : n + 1])[0]
         src = s if mask_h is None else s * mask_h
-        gate, value = torch.matmul(src, node_mats[n]).split(hidden, dim=-1)
-        states.append(_norm(s + torch.sigmoid(gate) * (_apply_op(value, op_codes[n], ops) - s)))
-    return torch.stack(states[1:]).mean(0)
+        gate, value = _product(src, node_mats[n], None if probes is None else probes[n + 1]).chunk(2, dim=-1)
+        act = _apply_op(value, op_codes[n], ops)
+        states.append(_norm(s + torch.sigmoid(gate) * (act - s)))
+        lefts.append(src)
+    return torch.stack(states[1:]).mean(0), tuple(lefts)
