@@ -3,12 +3,12 @@
 Used by ``lm_search_speed.py --fairseq-train``. Data: the embedded En/De corpus prepared once with
 scripts/prepare_parallel.py (shared sentencepiece vocabulary); lstm_lm reads the same English
 training split (``--train-subset train.en``) with task language_modeling. Same batch size,
-embedding and hidden size, Adam, one thread. words/s is fairseq's own ``wps`` of the training log,
-the median over the log intervals after the first (which holds the compilation, if any).
+embedding and hidden size, Adam, one thread. words/s: the words of the log intervals after the
+first (which holds the compilation, if any) over their ``train_wall`` (fairseq's own log), wall
+clock, so the machine's load weighs on it.
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -35,15 +35,20 @@ def run_train(cmd):
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} ... failed:\n{proc.stderr[-3000:]}")
-    wps = []
+    intervals = []  # (words, seconds) of each train_inner record (epoch records say train_wps)
+    last_update = 0
     for line in (proc.stdout + proc.stderr).splitlines():
         brace = line.find("{")
         if brace < 0 or '"wps"' not in line:
             continue
-        wps.append(float(json.loads(line[brace:])["wps"]))  # train_inner records (epoch ones say train_wps)
-    if len(wps) < 2:
-        raise RuntimeError(f"too few log intervals to time ({len(wps)}): raise --e2e-updates")
-    return statistics.median(wps[1:]), wall
+        record = json.loads(line[brace:])
+        updates = int(record["num_updates"]) - last_update
+        last_update = int(record["num_updates"])
+        intervals.append((float(record["wpb"]) * updates, float(record["train_wall"])))
+    if len(intervals) < 3:
+        raise RuntimeError(f"too few log intervals to time ({len(intervals)}): raise --e2e-updates")
+    words, seconds = (sum(v) for v in zip(*intervals[1:]))
+    return words / seconds, wall
 
 
 def common(H, updates, batch):
@@ -54,7 +59,7 @@ def common(H, updates, batch):
 
 def end_to_end(args, hiddens):
     data = prepare(os.path.join(ROOT, args.e2e_dir))
-    lines = [f"fairseq-train words/s (median over log intervals after the first), {args.e2e_updates} updates, "
+    lines = [f"fairseq-train words/s (log intervals after the first), {args.e2e_updates} updates, "
              f"batch {args.batch} sentences, embedded En/De corpus, 1 thread"]
     lines.append(f"{'run':<36}{'words/s':>10}{'vs lstm_lm':>12}{'wall s':>9}")
     for H in hiddens:

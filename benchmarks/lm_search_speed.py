@@ -226,6 +226,7 @@ def main(argv=None):
     p.add_argument("--domain-counts", default="1,2,4,8", help="D values of the domain-scaling rows ('' to skip)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fairseq-train", action="store_true", help="also time fairseq-train end to end")
+    p.add_argument("--only-fairseq-train", action="store_true", help="skip the in-process rows")
     p.add_argument("--e2e-updates", type=int, default=40)
     p.add_argument("--e2e-dir", default="build/lm_speed_e2e")
     args = p.parse_args(argv)
@@ -235,9 +236,9 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} thread(s), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}")
     out = []
-    for H in [int(h) for h in args.hidden.split(",")]:
+    for H in [int(h) for h in args.hidden.split(",")] if not args.only_fairseq_train else []:
         out += report(args, H, *section(args, H)) + [""]
-    if args.fairseq_train:
+    if args.fairseq_train or args.only_fairseq_train:
         from fairseq_speed import end_to_end  # benchmarks/fairseq_speed.py
 
         out += end_to_end(args, [int(h) for h in args.hidden.split(",")])

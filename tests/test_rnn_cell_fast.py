@@ -191,6 +191,10 @@ def test_auto_mode_compiles_once_eager_time_reaches_the_budget():
     off.steps.compile_after_s = 0.0
     off(torch.randn(T, B, I), mixing_weights=torch.softmax(torch.randn(5, 5), -1))
     assert not off.steps.active
+    derived, x, _ = derived_setup(torch.float64, compile="auto")  # compiled only on CUDA by "auto"
+    derived.steps.compile_after_s = 0.0
+    derived(x, cells=["en"] * B)
+    assert not derived.steps.active and derived.steps.eager_seconds > 0
 
 
 def test_half_precision_cell_with_fp32_mixing_weights():

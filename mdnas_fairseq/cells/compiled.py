@@ -11,7 +11,8 @@ Modes:
   so short runs (tests, a demo of a few minutes) never pay for it and long searches do; a forward
   pass is about a third of a training step, so the default of 60 forward seconds is about three
   minutes of eager training time, the measured cost of the two or three graphs a search compiles
-  (see benchmarks/lm_search_speed.py).
+  (see benchmarks/lm_search_speed.py). A step that compiled is not faster on some device
+  (``auto_devices`` leaves that device out) is never compiled there by ``"auto"``.
 
 A compilation that fails (no C compiler, an unsupported platform, a backend error) is logged once
 and the step runs eagerly from then on. The backward graph is compiled together with the forward
@@ -26,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -45,16 +46,17 @@ def mark_batch_dynamic(*tensors: Optional[torch.Tensor]) -> None:
 class CompiledStep:
     """Runs ``fn`` eagerly or compiled according to ``mode``; see the module docstring.
 
-    Per sequence: ``with steps.sequence(timed) as step:`` gives the callable for its time steps
-    (``timed``: whether this sequence's eager time counts towards ``compile_after_s``).
+    Per sequence: ``with steps.sequence(timed, device_type) as step:`` gives the callable for its
+    time steps (``timed``: whether this sequence's eager time counts towards ``compile_after_s``).
     """
 
     def __init__(self, fn: Callable, name: str, mode: str = "auto", compile_after_s: float = 60.0,
-                 backend: str = "inductor"):
+                 backend: str = "inductor", auto_devices: Sequence[str] = ("cpu", "cuda")):
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
         self.fn, self.name, self.mode, self.backend = fn, name, mode, backend
         self.compile_after_s = compile_after_s
+        self.auto_devices = tuple(auto_devices)  # where "auto" may compile at all
         self.eager_seconds = 0.0
         self.compile_seconds: Optional[float] = None  # time of the first compiled call
         self.failed: Optional[str] = None
@@ -65,16 +67,17 @@ class CompiledStep:
         """Whether the compiled function is in use."""
         return self._compiled is not None and self.failed is None
 
-    def prepare(self) -> bool:
+    def prepare(self, device_type: str) -> bool:
         """Start compiling if the policy says so; returns :attr:`active`."""
         if self.failed is None and self._compiled is None:
-            if self.mode == "on" or (self.mode == "auto" and self.eager_seconds >= self.compile_after_s):
+            auto = self.mode == "auto" and device_type in self.auto_devices
+            if self.mode == "on" or (auto and self.eager_seconds >= self.compile_after_s):
                 self._start()
         return self.active
 
     @contextlib.contextmanager
-    def sequence(self, timed: bool) -> Iterator[Callable]:
-        if self.prepare():
+    def sequence(self, timed: bool, device_type: str) -> Iterator[Callable]:
+        if self.prepare(device_type):
             # compile the backward graph together with the forward one, so that its failures
             # are caught in _call as well
             with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):

@@ -127,7 +127,9 @@ class DartsRNNCell(nn.Module):
             self.choices: Dict[str, Dict[int, Tuple[int, str]]] = {
                 d: {e.node: (e.input, e.op) for e in genotype.cells[d]} for d in genotype.domains
             }
-            self.steps = CompiledStep(derived_step, "derived", compile)
+            # compiled, a derived step was no faster than eager on CPU (a chain of small products;
+            # benchmarks/results/lm_search_speed.txt), so "auto" compiles it on CUDA only
+            self.steps = CompiledStep(derived_step, "derived", compile, auto_devices=("cuda",))
         self._chains: Dict[Tuple[str, torch.device], Tuple[Tensor, Tensor]] = {}
 
     @staticmethod
@@ -176,7 +178,7 @@ class DartsRNNCell(nn.Module):
             defer = DeferredWeightGrads(weights, shapes)
             weights = defer.detached
         outputs: List[Tensor] = []
-        with self.steps.sequence(timed=self.training and torch.is_grad_enabled()) as step:
+        with self.steps.sequence(self.training and torch.is_grad_enabled(), xw.device.type) as step:
             compiled = self.steps.active
             if compiled and torch.is_grad_enabled() and not h.requires_grad:
                 # the first step then has the requires-grad pattern of the others: one graph, not two
@@ -225,7 +227,7 @@ class DartsRNNCell(nn.Module):
         if unknown:
             raise KeyError(f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}")
         ops = tuple(self.weighted_ops)
-        as_tensors = self.steps.prepare()  # a compiled step takes the chain as tensors
+        as_tensors = self.steps.prepare(inputs.device.type)  # a compiled step takes the chain as tensors
         rows = [batch] * (self.space.num_nodes + 1)
         unique = sorted(set(cells))
         if len(unique) == 1:
