@@ -1,122 +1,254 @@
 #!/usr/bin/env python
-"""Training throughput (tokens per second) of the LM search, measured side by side in one run.
+"""Training throughput of the LM search and of the derived multimodel, side by side in one run.
 
-Rows, all on the same token batches (B sentences of T tokens, one domain each step):
-  search, 1st order  - alpha step (first order) + weight step of the mixed cell
-  search, 2nd order  - alpha step (DARTS second order) + weight step
-  derived multimodel - weight step of the concordant multimodel of a 2-domain genotype
-  fairseq lstm_lm    - weight step of fairseq's LSTM decoder (as in --arch lstm_lm), same sizes
+For every hidden size (``--hidden 32,256``), on the same token batches (B sentences of T tokens):
 
-Each step is forward + backward + Adam update. Printed: tokens/s and the ratio to lstm_lm.
-Usage: python benchmarks/lm_search_speed.py [--hidden 256] [--batch 32] [--length 30] [--steps 5]
+  search o1 / o2   architecture step (first / DARTS second order) + weight step of the mixed cell
+  derived          weight step of the concordant multimodel of a D-domain genotype
+  fairseq lstm_lm  weight step of fairseq's LSTM decoder (as in --arch lstm_lm), same sizes
+
+each with the cell compiled (``compile="on"``) and eager (``"off"``, what short runs use). A step
+is forward + backward + Adam. Printed per row: tokens/s, FLOPs per step (FlopCounterMode), GFLOP/s,
+% of the GEMM peak (torch.matmul at the search cell's own shapes: the node products
+(jB x H)(H x 8H), j = 1..N, and their two backward products, measured in the same run), the
+ratio to lstm_lm and the compile time (first step minus a steady one, wall clock). Then the
+second/first order ratio and the step time for D = 1, 2, 4, 8 domains relative to D = 1: with
+one domain per batch (how the task feeds batches) and with the batch spread over all D domains
+(per-sample routing). Step times are this process's CPU time (1 thread), the fastest of
+``--repeats`` blocks of ``--steps`` steps, so that other jobs on a shared machine distort them
+less; compile times are wall clock.
+
+``--fairseq-train`` adds the end-to-end figure: fairseq-train words/s of the search
+(task multidomain_nas, compiled and eager cell) and of ``--arch lstm_lm`` (task
+language_modeling) on the same prepared data (the embedded En/De corpus), same sizes.
 """
 import argparse
+import os
+import platform
 import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from mdnas_fairseq.cells.rnn import DartsRNNLanguageModel
-from mdnas_fairseq.search import BilevelArchitect, architecture_parameters, derive_genotype, weight_parameters
+from mdnas_fairseq.search import (
+    BilevelArchitect,
+    SGDVirtualStep,
+    architecture_parameters,
+    derive_genotype,
+    weight_parameters,
+)
 
 
 def lm_loss(logits, targets):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def time_steps(step, n_steps, warmup=1):
-    for _ in range(warmup):
-        step()
+def cpu_seconds(step, steps, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.process_time() - start) / steps)
+    return best
+
+
+def measure(step, args):
+    """(first step wall seconds, steady CPU seconds per step)."""
     start = time.perf_counter()
-    for _ in range(n_steps):
+    step()
+    first = time.perf_counter() - start
+    return first, cpu_seconds(step, args.steps, args.repeats)
+
+
+def flops_of(step):
+    with FlopCounterMode(display=False) as counter:
         step()
-    return (time.perf_counter() - start) / n_steps
+    return counter.get_total_flops()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--vocab", type=int, default=10000)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--length", type=int, default=30)
-    p.add_argument("--nodes", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args(argv)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    V, H, B, T = args.vocab, args.hidden, args.batch, args.length
-    domains = ["en", "de"]
+def gemm_peak(H, B, nodes, k=4, reps=5):
+    """FLOP/s of torch.matmul at the search cell's node shapes (forward and both backward products)."""
+    total_flops, total_time = 0, 0.0
+    for j in range(1, nodes + 1):
+        s, w, dz = torch.randn(j * B, H), torch.randn(H, 2 * k * H), torch.randn(j * B, 2 * k * H)
+        for f in (lambda: s @ w, lambda: dz @ w.t(), lambda: s.t() @ dz):
+            f()
+            total_time += cpu_seconds(f, reps, 3)
+            total_flops += 2 * j * B * H * 2 * k * H
+    return total_flops / total_time
 
-    def batch():
-        tokens = torch.randint(4, V, (B, T + 1))
-        return tokens[:, :-1], tokens[:, 1:]
 
-    train_b, val_b = batch(), batch()
-    domain = torch.zeros(B, dtype=torch.long)
-    results = {}
+def batches(V, B, T, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        tokens = torch.randint(4, V, (B, T + 1), generator=g)
+        out.append((tokens[:, :-1], tokens[:, 1:]))
+    return out
 
-    # ---- search model, first and second order
-    for order in (1, 2):
-        model = DartsRNNLanguageModel(V, 1, H, H, domains, num_nodes=args.nodes)
-        opt = torch.optim.Adam(weight_parameters(model), lr=1e-3)
-        architect = BilevelArchitect(weight_parameters(model), architecture_parameters(model), order=order)
 
-        def train_loss(b=train_b):
-            return lm_loss(model(b[0], domain)[0], b[1])
+def search_step_fn(model, order, train_b, val_b, domain):
+    opt = torch.optim.Adam(weight_parameters(model), lr=1e-3)
+    architect = BilevelArchitect(weight_parameters(model), architecture_parameters(model), order=order)
 
-        def val_loss(b=val_b):
-            return lm_loss(model(b[0], domain)[0], b[1])
+    def train_loss():
+        return lm_loss(model(train_b[0], domain)[0], train_b[1])
 
-        def search_step():
-            architect.step(train_loss, val_loss, weight_lr=1e-3)
-            opt.zero_grad()
-            train_loss().backward()
-            opt.step()
+    def val_loss():
+        return lm_loss(model(val_b[0], domain)[0], val_b[1])
 
-        results[f"search, order {order}"] = B * T / time_steps(search_step, args.steps)
+    def step():
+        architect.step(train_loss, val_loss, SGDVirtualStep(lr=1e-3) if order == 2 else None)
+        opt.zero_grad()
+        train_loss().backward()
+        opt.step()
 
-    # ---- derived multimodel (genotype from random alpha: domains disagree on most nodes)
-    search = DartsRNNLanguageModel(V, 1, H, H, domains, num_nodes=args.nodes)
-    genotype = derive_genotype(torch.randn(2, search.space.num_edges, search.space.num_ops), search.space, domains)
-    derived = DartsRNNLanguageModel(V, 1, H, H, domains, num_nodes=args.nodes, genotype=genotype)
-    opt_d = torch.optim.Adam(derived.parameters(), lr=1e-3)
+    return step
 
-    def derived_step():
-        opt_d.zero_grad()
-        lm_loss(derived(train_b[0], domain)[0], train_b[1]).backward()
-        opt_d.step()
 
-    results["derived multimodel"] = B * T / time_steps(derived_step, args.steps)
+def weight_step_fn(model, forward, b):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
-    # ---- fairseq's lstm_lm decoder with the same embedding / hidden size
+    def step():
+        opt.zero_grad()
+        lm_loss(forward(b[0]), b[1]).backward()
+        opt.step()
+
+    return step
+
+
+def make_lm(args, H, domains, compile, genotype=None, seed=1):
+    torch.manual_seed(seed)
+    return DartsRNNLanguageModel(args.vocab, 1, H, H, domains, num_nodes=args.nodes, genotype=genotype,
+                                 compile_cell=compile)
+
+
+def random_genotype(args, domains, seed):
+    space = make_lm(args, 8, ["x"], "off").space
+    alpha = torch.randn(len(domains), space.num_edges, space.num_ops, generator=torch.Generator().manual_seed(seed))
+    return derive_genotype(alpha, space, domains)
+
+
+def lstm_lm(V, H):
     from fairseq.data import Dictionary
     from fairseq.models.lstm import LSTMDecoder
 
     dictionary = Dictionary()
     for i in range(V - len(dictionary)):
         dictionary.add_symbol(f"w{i}")
-    lstm = LSTMDecoder(dictionary, embed_dim=H, hidden_size=H, out_embed_dim=H, num_layers=1,
+    return LSTMDecoder(dictionary, embed_dim=H, hidden_size=H, out_embed_dim=H, num_layers=1,
                        attention=False, encoder_output_units=0, share_input_output_embed=True)
-    opt_l = torch.optim.Adam(lstm.parameters(), lr=1e-3)
 
-    def lstm_step():
-        opt_l.zero_grad()
-        lm_loss(lstm(train_b[0])[0], train_b[1]).backward()
-        opt_l.step()
 
-    results["fairseq lstm_lm"] = B * T / time_steps(lstm_step, args.steps)
+def section(args, H):
+    """All rows for one hidden size; returns (rows, scaling, peak)."""
+    torch._dynamo.reset()  # a fresh compile cache per size: compile times are this size's own
+    B, T, V = args.batch, args.length, args.vocab
+    train_b, val_b = batches(V, B, T)
+    domains = ["d0", "d1"]
+    zero = torch.zeros(B, dtype=torch.long)
+    peak = gemm_peak(H, B, args.nodes)
+    rows = {}
 
-    base = results["fairseq lstm_lm"]
-    print(f"tokens/s, hidden {H}, vocab {V}, batch {B}x{T}, {args.nodes} nodes, {args.threads} thread(s), "
-          f"{args.steps} timed steps each")
-    print(f"{'step':<22}{'tokens/s':>12}{'vs lstm_lm':>12}")
-    for name, tps in results.items():
-        print(f"{name:<22}{tps:>12.0f}{tps / base:>12.3f}")
-    print(f"second/first order search: {results['search, order 2'] / results['search, order 1']:.3f}")
-    print(f"derived/first-order search: {results['derived multimodel'] / results['search, order 1']:.3f}")
-    return results
+    def row(name, build):
+        eager = build("off")
+        flops = flops_of(eager)  # identical arithmetic in both modes; counted eagerly
+        for mode in args.modes:
+            step = eager if mode == "off" else build("on")
+            first, sec = measure(step, args)
+            label = name if name == "fairseq lstm_lm" else f"{name}, {'compiled' if mode == 'on' else 'eager'}"
+            rows[label] = dict(sec=sec, flops=flops, compile=max(first - sec, 0.0) if mode == "on" else None)
+            print(f"  [H={H}] {label}: {B * T / sec:.0f} tokens/s (first step {first:.1f} s)", flush=True)
+            if name == "fairseq lstm_lm":
+                break
+
+    for order in (1, 2):
+        row(f"search o{order}", lambda c, o=order: search_step_fn(make_lm(args, H, domains, c), o, train_b, val_b, zero))
+    geno = random_genotype(args, domains, seed=3)
+
+    def derived(c):
+        model = make_lm(args, H, domains, c, geno)
+        return weight_step_fn(model, lambda x: model(x, zero)[0], train_b)
+
+    row("derived", derived)
+    lstm = lstm_lm(V, H)
+    row("fairseq lstm_lm", lambda c: weight_step_fn(lstm, lambda x: lstm(x)[0], train_b))
+
+    # step time against the number of domains D (compiled cell where --modes has it)
+    mode = "on" if "on" in args.modes else "off"
+    scaling = {}
+    for D in args.domain_counts:
+        names = [f"d{i}" for i in range(D)]
+        spread = torch.arange(B) % D
+        geno_d = random_genotype(args, names, seed=D)
+        times = []
+        for dom in (zero, spread):
+            search = make_lm(args, H, names, mode)
+            times.append(measure(search_step_fn(search, 1, train_b, val_b, dom), args)[1])
+            model = make_lm(args, H, names, mode, geno_d)
+            times.append(measure(weight_step_fn(model, lambda x, m=model, d=dom: m(x, d)[0], train_b), args)[1])
+        scaling[D] = times
+        print(f"  [H={H}] D={D}: " + ", ".join(f"{t:.3f}" for t in times) + " s", flush=True)
+    return rows, scaling, peak
+
+
+def report(args, H, rows, scaling, peak):
+    B, T = args.batch, args.length
+    lines = [f"hidden {H}: vocab {args.vocab}, batch {B}x{T}, {args.nodes} nodes, 2 domains, "
+             f"GEMM peak at the cell's shapes {peak / 1e9:.1f} GFLOP/s",
+             f"{'step':<28}{'tokens/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}{'vs lstm':>9}{'compile s':>11}"]
+    base = rows["fairseq lstm_lm"]["sec"]
+    for name, r in rows.items():
+        rate = r["flops"] / r["sec"]
+        comp = f"{r['compile']:.0f}" if r["compile"] is not None else "-"
+        lines.append(f"{name:<28}{B * T / r['sec']:>10.0f}{r['flops'] / 1e9:>12.2f}{rate / 1e9:>9.1f}"
+                     f"{100 * rate / peak:>7.0f}%{base / r['sec']:>9.2f}{comp:>11}")
+    for mode in ("compiled", "eager"):
+        o1, o2 = rows.get(f"search o1, {mode}"), rows.get(f"search o2, {mode}")
+        if o1 and o2:
+            lines.append(f"second/first order search time ({mode}): {o2['sec'] / o1['sec']:.2f}")
+    if scaling:
+        d1 = scaling[min(scaling)]
+        lines.append("step time vs D=1 (" + ("compiled" if "on" in args.modes else "eager") + " cell): "
+                     "search o1 | derived, one domain per batch;  search o1 | derived, batch spread over D")
+        for D, t in scaling.items():
+            lines.append(f"  D={D}: " + "  ".join(f"{a / b:5.2f}" for a, b in zip(t, d1)))
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hidden", default="32,256", help="comma-separated hidden sizes")
+    p.add_argument("--vocab", type=int, default=10000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--length", type=int, default=30)
+    p.add_argument("--nodes", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per block")
+    p.add_argument("--repeats", type=int, default=2, help="timed blocks (the fastest counts)")
+    p.add_argument("--modes", default="on,off", help="cell compile modes to time: on (compiled), off (eager)")
+    p.add_argument("--domain-counts", default="1,2,4,8", help="D values of the domain-scaling rows ('' to skip)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fairseq-train", action="store_true", help="also time fairseq-train end to end")
+    p.add_argument("--only-fairseq-train", action="store_true", help="skip the in-process rows")
+    p.add_argument("--e2e-updates", type=int, default=40)
+    p.add_argument("--e2e-dir", default="build/lm_speed_e2e")
+    args = p.parse_args(argv)
+    args.modes = [m for m in args.modes.split(",") if m]
+    args.domain_counts = [int(d) for d in args.domain_counts.split(",") if d]
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.threads} thread(s), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}")
+    out = []
+    for H in [int(h) for h in args.hidden.split(",")] if not args.only_fairseq_train else []:
+        out += report(args, H, *section(args, H)) + [""]
+    if args.fairseq_train or args.only_fairseq_train:
+        from fairseq_speed import end_to_end  # benchmarks/fairseq_speed.py
+
+        out += end_to_end(args, [int(h) for h in args.hidden.split(",")])
+    print("\n".join(out))
 
 
 if __name__ == "__main__":

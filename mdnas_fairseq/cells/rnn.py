@@ -18,16 +18,19 @@ later code), so a derived multimodel holds one matrix per distinct (node, operat
 domain chose: its size depends on how much the domains agree.
 
 * Search mode: node ``j`` mixes every (input ``i``, operation ``k``) with softmax(alpha_d)
-  weights; all candidates of a node are computed with one batched matrix product; as in DARTS'
-  search cell, the first state and each node's sum are normalised (LayerNorm without affine
-  parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``); the derived cell keeps
-  the same parameter-free normalisation.
+  weights; as in DARTS' search cell, the first state and each node's sum are normalised
+  (LayerNorm without affine parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``);
+  the derived cell keeps the same parameter-free normalisation.
 * Derived mode: a :class:`MultiDomainGenotype` fixes for every domain one (input, operation)
   per node; a domain's forward pass only touches its own operations' matrices.
+
+Speed (``rnn_steps``, ``compiled``): ``x_t W_0x`` for all steps in one matrix product before the
+time loop, one matrix product per node for all its candidates, and the per-step function compiled
+with ``torch.compile`` where that pays (``compile="auto"``), else run eagerly.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,13 +45,11 @@ from ..search import (
     SearchSpace,
     darts_rnn_space,
 )
+from .compiled import CompiledStep, mark_batch_dynamic
+from .deferred import DeferredWeightGrads
+from .rnn_steps import ACTIVATIONS, derived_step, search_step
 
-ACTIVATIONS = {
-    "tanh": torch.tanh,
-    "relu": F.relu,
-    "sigmoid": torch.sigmoid,
-    "identity": lambda x: x,
-}
+__all__ = ["ACTIVATIONS", "DartsRNNCell", "DartsRNNLanguageModel", "rnn_share_key"]
 
 
 def _init_uniform(t: Tensor, bound: float = 0.04) -> Tensor:
@@ -71,6 +72,8 @@ class DartsRNNCell(nn.Module):
         genotype: None for search mode; otherwise the derived multimodel's genotype.
         dropout_x, dropout_h: variational (per-sequence) dropout on the inputs and on the states
             entering the node matrices, active in training mode.
+        compile: ``"auto"`` (compile the per-step function with ``torch.compile`` once eager steps
+            have cost as much as a compilation, see :mod:`.compiled`), ``"on"`` or ``"off"``.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class DartsRNNCell(nn.Module):
         genotype: Optional[MultiDomainGenotype] = None,
         dropout_x: float = 0.0,
         dropout_h: float = 0.0,
+        compile: str = "auto",
     ):
         super().__init__()
         self.space = space or (genotype.space if genotype is not None else darts_rnn_space())
@@ -100,17 +104,16 @@ class DartsRNNCell(nn.Module):
         # normalisation the state grows with every node and time step. DARTS' search cell
         # batch-normalises (no affine parameters); here every sentence starts from the same
         # state (<eos>, h = 0), which makes batch statistics degenerate (zero variance, huge
-        # gradients) at the first step, so each state is layer-normalised per sample instead.
+        # gradients) at the first step, so each state is layer-normalised per sample instead
+        # (F.layer_norm without parameters, eps 1e-5, in rnn_steps).
         # The derived cell keeps the same normalisation (no parameters), so it computes the
         # function that was searched, and its unbounded relu/identity highways stay stable.
-        self.node_norms = nn.ModuleList(
-            [nn.LayerNorm(hidden_size, elementwise_affine=False) for _ in range(self.space.num_states)]
-        )
         if genotype is None:
             k = len(self.weighted_ops)
             self.node_weights = nn.ParameterList(
                 [nn.Parameter(_init_uniform(torch.empty(k, hidden_size, 2 * hidden_size))) for _ in self.space.node_ids]
             )
+            self.steps = CompiledStep(search_step, "search", compile)
         else:
             if genotype.space != self.space:
                 raise ValueError("genotype search space differs from the cell's search space")
@@ -124,6 +127,10 @@ class DartsRNNCell(nn.Module):
             self.choices: Dict[str, Dict[int, Tuple[int, str]]] = {
                 d: {e.node: (e.input, e.op) for e in genotype.cells[d]} for d in genotype.domains
             }
+            # compiled, a derived step was no faster than eager on CPU (a chain of small products;
+            # benchmarks/results/lm_search_speed.txt), so "auto" compiles it on CUDA only
+            self.steps = CompiledStep(derived_step, "derived", compile, auto_devices=("cuda",))
+        self._chains: Dict[Tuple[str, torch.device], Tuple[Tensor, Tensor]] = {}
 
     @staticmethod
     def _module_name(edge: GenotypeEdge) -> str:
@@ -142,45 +149,49 @@ class DartsRNNCell(nn.Module):
 
         return mask(self.dropout_x, self.input_size), mask(self.dropout_h, self.hidden_size)
 
-    def _first_state(self, x: Tensor, h: Tensor, mask_x, mask_h) -> Tensor:
-        if mask_x is not None:
-            x = x * mask_x
-        hm = h * mask_h if mask_h is not None else h
-        c0, g0 = torch.cat([x, hm], dim=-1).matmul(self.w0).chunk(2, dim=-1)
-        return h + torch.sigmoid(c0) * (torch.tanh(g0) - h)
+    def _packed_node_weights(self) -> Tuple[Tensor, ...]:
+        """Per node (H, K' * 2H): its K' candidate matrices side by side (one product per node)."""
+        return tuple(w.permute(1, 0, 2).reshape(self.hidden_size, -1) for w in self.node_weights)
 
-    def _search_step(self, x: Tensor, h: Tensor, weights: Tensor, mask_x, mask_h) -> Tensor:
-        """One time step of the mixed cell. ``weights``: (E, K) or (B, E, K)."""
-        states = [self.node_norms[0](self._first_state(x, h, mask_x, mask_h))]
-        hidden = self.hidden_size
-        for n, j in enumerate(self.space.node_ids):
-            s = torch.stack(states, dim=0)  # (j, B, H)
-            s_in = s * mask_h if mask_h is not None else s
-            # all candidate matrices of node j at once: (j, 1, B, H) @ (K', H, 2H) -> (j, K', B, 2H)
-            ch = torch.matmul(s_in.unsqueeze(1), self.node_weights[n])
-            c, g = torch.sigmoid(ch[..., :hidden]), ch[..., hidden:]
-            acts = torch.stack([ACTIVATIONS[op](g[:, k]) for k, op in enumerate(self.weighted_ops)], dim=1)
-            s_ = s.unsqueeze(1)
-            out = s_ + c * (acts - s_)  # (j, K', B, H)
-            w = weights[..., self.space.node_edge_slice(j), :][..., self.weighted_op_index]
-            if w.dim() == 2:  # one architecture for the whole batch: (j, K')
-                mixed = torch.einsum("ikbh,ik->bh", out, w)
-            else:  # one per sample: (B, j, K')
-                mixed = torch.einsum("ikbh,bik->bh", out, w)
-            states.append(self.node_norms[j](mixed))
-        return torch.stack(states[1:], dim=0).mean(dim=0)
+    def _chain(self, cell: str, device, as_tensors: bool):
+        """A derived cell's matrices (N of (H, 2H)), input states and operation codes of its nodes."""
+        choice = self.choices[cell]
+        nodes = self.space.node_ids
+        mats = tuple(self.op_weights[f"node{j}_{choice[j][1]}"] for j in nodes)
+        inputs = tuple(choice[j][0] for j in nodes)
+        codes = tuple(self.weighted_ops.index(choice[j][1]) for j in nodes)
+        if not as_tensors:
+            return mats, inputs, codes
+        key = (cell, torch.device(device))
+        if key not in self._chains:
+            self._chains[key] = (torch.tensor(inputs, device=device), torch.tensor(codes, device=device))
+        return (mats,) + self._chains[key]
 
-    def _derived_step(self, x: Tensor, h: Tensor, cell: str, mask_x, mask_h) -> Tensor:
-        states = [self.node_norms[0](self._first_state(x, h, mask_x, mask_h))]
-        hidden = self.hidden_size
-        for j in self.space.node_ids:
-            i, op = self.choices[cell][j]
-            s = states[i]
-            s_in = s * mask_h if mask_h is not None else s
-            ch = s_in.matmul(self.op_weights[f"node{j}_{op}"])
-            c, g = torch.sigmoid(ch[..., :hidden]), ch[..., hidden:]
-            states.append(self.node_norms[j](s + c * (ACTIVATIONS[op](g) - s)))
-        return torch.stack(states[1:], dim=0).mean(dim=0)
+    def _run(self, xw: Tensor, h: Tensor, weights: Tuple[Tensor, ...], rest: tuple,
+             product_rows: Sequence[int], batch_args: Sequence[Optional[Tensor]]) -> Tensor:
+        """The time loop ``h_t = step(xw[t], h_{t-1}, W_0h, node matrices, *rest, probes)``; returns
+        (T, B, H). ``weights`` = (W_0h, node matrices...), whose gradients are deferred to one
+        product per matrix and sequence (:mod:`.deferred`); ``product_rows``: rows of each product."""
+        defer = None
+        if DeferredWeightGrads.wanted(weights):
+            shapes = [(rows, w.shape[1]) for rows, w in zip(product_rows, weights)]
+            defer = DeferredWeightGrads(weights, shapes)
+            weights = defer.detached
+        outputs: List[Tensor] = []
+        with self.steps.sequence(self.training and torch.is_grad_enabled(), xw.device.type) as step:
+            compiled = self.steps.active
+            if compiled and torch.is_grad_enabled() and not h.requires_grad:
+                # the first step then has the requires-grad pattern of the others: one graph, not two
+                h = h.detach().requires_grad_()
+            for t, x_t in enumerate(xw.unbind(0)):  # unbind: one backward node, not one per step
+                probes = defer.probes(t) if defer is not None else None
+                if compiled and t == 0:  # a graph compiled now serves every batch size
+                    mark_batch_dynamic(x_t, h, *batch_args, *(probes or ()))
+                h, lefts = step(x_t, h, weights[0], weights[1:], *rest, probes)
+                if defer is not None:
+                    defer.record(t, lefts)
+                outputs.append(h)
+        return torch.stack(outputs, dim=0)
 
     # ------------------------------------------------------------------ sequences
     def forward(
@@ -198,33 +209,43 @@ class DartsRNNCell(nn.Module):
         steps, batch, _ = inputs.shape
         h = h0 if h0 is not None else inputs.new_zeros(batch, self.hidden_size)
         mask_x, mask_h = self._masks(batch, inputs.device, inputs.dtype)
-        outputs = []
+        x = inputs if mask_x is None else inputs * mask_x
+        # the input half of the first projection for every step at once
+        xw = torch.matmul(x, self.w0[: self.input_size])  # (T, B, 2H)
+        w0h = self.w0[self.input_size :]
         if self.is_search:
             if mixing_probs is None:
                 raise ValueError("a search-mode cell needs mixing probabilities")
-            for t in range(steps):
-                h = self._search_step(inputs[t], h, mixing_probs, mask_x, mask_h)
-                outputs.append(h)
-            return torch.stack(outputs, dim=0)
+            # softmax(alpha) may be fp32 while the cell runs in fp16
+            mix = mixing_probs[..., self.weighted_op_index].to(inputs.dtype)
+            rows = [batch] + [j * batch for j in range(1, self.space.num_nodes + 1)]
+            return self._run(xw, h, (w0h,) + self._packed_node_weights(), (mix, mask_h, tuple(self.weighted_ops)),
+                             rows, (mask_h, mix if mix.dim() == 3 else None))
         if cells is None or len(cells) != batch:
             raise ValueError("a derived-mode cell needs the cell name of every sample")
+        unknown = sorted(set(cells) - set(self.choices))
+        if unknown:
+            raise KeyError(f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}")
+        ops = tuple(self.weighted_ops)
+        as_tensors = self.steps.prepare(inputs.device.type)  # a compiled step takes the chain as tensors
+        rows = [batch] * (self.space.num_nodes + 1)
         unique = sorted(set(cells))
         if len(unique) == 1:
-            for t in range(steps):
-                h = self._derived_step(inputs[t], h, unique[0], mask_x, mask_h)
-                outputs.append(h)
-            return torch.stack(outputs, dim=0)
-        # several domains in one batch: run each domain's samples through its own cell
-        result = inputs.new_zeros(steps, batch, self.hidden_size)
+            mats, chain_in, codes = self._chain(unique[0], inputs.device, as_tensors)
+            return self._run(xw, h, (w0h,) + mats, (chain_in, codes, mask_h, ops), rows, (mask_h,))
+        # several domains in one batch: each domain's samples through its own chain
+        outputs, order = [], []
         for cell in unique:
-            idx = torch.tensor([b for b, c in enumerate(cells) if c == cell], device=inputs.device)
-            sub_mask_x = mask_x[idx] if mask_x is not None else None
-            sub_mask_h = mask_h[idx] if mask_h is not None else None
-            hc = h[idx]
-            for t in range(steps):
-                hc = self._derived_step(inputs[t, idx], hc, cell, sub_mask_x, sub_mask_h)
-                result[t, idx] = hc
-        return result
+            rows = [b for b, c in enumerate(cells) if c == cell]
+            idx = torch.tensor(rows, device=inputs.device)
+            sub_mask = mask_h.index_select(0, idx) if mask_h is not None else None
+            mats, chain_in, codes = self._chain(cell, inputs.device, as_tensors)
+            outputs.append(self._run(xw.index_select(1, idx), h.index_select(0, idx), (w0h,) + mats,
+                                     (chain_in, codes, sub_mask, ops), [len(rows)] * len(mats + (w0h,)), (sub_mask,)))
+            order.extend(rows)
+        inverse = torch.empty(batch, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(batch)
+        return torch.cat(outputs, dim=1).index_select(1, inverse.to(inputs.device))
 
     # ------------------------------------------------------------------ sizes
     def op_param_count(self, edge: GenotypeEdge) -> int:
@@ -244,6 +265,7 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
         domains: the data domains, in the order of the domain indices fed to :meth:`forward`.
         num_nodes: intermediate nodes of the cell (DARTS: 8).
         genotype, shared_architecture, alpha_init_scale: see :class:`MultiDomainNetwork`.
+        compile_cell: the cell's ``compile`` mode (``"auto"``, ``"on"``, ``"off"``).
     """
 
     def __init__(
@@ -261,6 +283,7 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
         dropout_x: float = 0.0,
         dropout_h: float = 0.0,
         alpha_init_scale: float = 1e-3,
+        compile_cell: str = "auto",
     ):
         if embed_dim != hidden_dim:
             raise ValueError(f"tied embeddings need embed_dim == hidden_dim, got {embed_dim} and {hidden_dim}")
@@ -274,7 +297,7 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
         # huge gradients in fp32).
         self.initial_state = nn.Parameter(torch.empty(hidden_dim).uniform_(-1.0, 1.0))
         self.dropout, self.dropout_emb = dropout, dropout_emb
-        self.cell = DartsRNNCell(embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h)
+        self.cell = DartsRNNCell(embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h, compile_cell)
 
     def _embed(self, tokens: Tensor) -> Tensor:
         """Input embeddings; in training, DARTS' embedding dropout drops whole word types (rows of the

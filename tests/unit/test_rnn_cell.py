@@ -1,5 +1,6 @@
 """The DARTS recurrent cell: search mode against an explicit loop, derived mode against search mode."""
 import torch
+import torch.nn.functional as F
 
 from mdnas_fairseq.cells.rnn import ACTIVATIONS, DartsRNNCell, DartsRNNLanguageModel
 from mdnas_fairseq.search import darts_rnn_space, derive_genotype
@@ -15,7 +16,7 @@ def reference_search_states(cell, x, weights):
     out = []
     for t in range(T):
         c0, g0 = torch.cat([x[t], h], -1).matmul(cell.w0).chunk(2, -1)
-        states = [cell.node_norms[0](h + torch.sigmoid(c0) * (torch.tanh(g0) - h))]
+        states = [F.layer_norm(h + torch.sigmoid(c0) * (torch.tanh(g0) - h), (H,))]
         for n, j in enumerate(space.node_ids):
             total = torch.zeros(B, H, dtype=x.dtype)
             for i in range(j):
@@ -25,7 +26,7 @@ def reference_search_states(cell, x, weights):
                     c, g = torch.sigmoid(ch[:, :H]), ch[:, H:]
                     value = states[i] + c * (ACTIVATIONS[op](g) - states[i])
                     total = total + weights[:, e, space.op_index(op)].unsqueeze(1) * value
-            states.append(cell.node_norms[j](total))
+            states.append(F.layer_norm(total, (H,)))
         h = torch.stack(states[1:]).mean(0)
         out.append(h)
     return torch.stack(out)

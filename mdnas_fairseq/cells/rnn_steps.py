@@ -1,0 +1,197 @@
+"""One time step of the DARTS recurrent cell, written for speed (pure PyTorch).
+
+The cell's Python loop over time steps calls one of these functions per step; everything that does
+not depend on the previous state is done before the loop (see :class:`~.rnn.DartsRNNCell`):
+
+* the input half of the first state's projection, ``x_t W_0x`` for all ``t``, is one matrix
+  product over the whole sequence (as cuDNN's LSTM does); a step only adds ``h_{t-1} W_0h``;
+* the K' candidate matrices of node ``j`` (``node_weights[j]``, (K', H, 2H)) are packed side by
+  side into one (H, K' * 2H) matrix, so node ``j`` costs ONE matrix product of all its ``j``
+  input states at once, ``(j * B, H) @ (H, K' * 2H)``, followed by elementwise work only
+  (gate, activation, highway, weighting by softmax(alpha); :class:`MixedNode`, with a
+  hand-written backward) and a LayerNorm, which ``torch.compile`` fuses into one kernel per node
+  and direction;
+* a derived (genotype) cell is a fixed chain of matrix products, one per node.
+
+The derived step takes the chain either as Python ints (eager: the chosen activation is called
+directly) or as integer tensors (compiled: one graph serves every domain's chain; the activation
+is selected with ``torch.where``, which is exact).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "relu": F.relu,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+LN_EPS = 1e-5  # nn.LayerNorm's default, used by the cell since its first version
+
+
+def _norm(x: Tensor) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
+
+
+def first_state(xw: Tensor, h: Tensor, w0h: Tensor, mask_h: Optional[Tensor], probe: Optional[Tensor]):
+    """``LN(h + sigmoid(c0) * (tanh(g0) - h))`` with ``[c0, g0] = x_t W_0x + (h * mask_h) W_0h``;
+    returns it and the product's left factor ``h * mask_h``."""
+    hm = h if mask_h is None else h * mask_h
+    c0, g0 = torch.addmm(xw if probe is None else xw + probe, hm, w0h).chunk(2, dim=-1)
+    return _norm(h + torch.sigmoid(c0) * (torch.tanh(g0) - h)), hm
+
+
+def _product(a: Tensor, w: Tensor, probe: Optional[Tensor]) -> Tensor:
+    z = torch.matmul(a, w)
+    return z if probe is None else z + probe
+
+
+def _derivative(op: str, v: Tensor, a: Tensor) -> Tensor:
+    """d act / d v at ``v``, given ``a = act(v)``."""
+    if op == "tanh":
+        return 1 - a * a
+    if op == "sigmoid":
+        return a * (1 - a)
+    if op == "relu":
+        return (v > 0).to(v.dtype)
+    return torch.ones_like(v)
+
+
+def _activations(value: Tensor, ops: Sequence[str], with_grad: bool):
+    """``act_k(value[..., k, :])`` stacked on axis 2, and (``with_grad``) their derivatives."""
+    acts, grads = [], []
+    for op, v in zip(ops, value.unbind(2)):
+        a = ACTIVATIONS[op](v)
+        acts.append(a)
+        if with_grad:
+            grads.append(_derivative(op, v, a))
+    return torch.stack(acts, 2), (torch.stack(grads, 2) if with_grad else None)
+
+
+def _weights(mix: Tensor) -> Tensor:
+    """Mixing weights (j, K') or (B, j, K') as a (j, 1 or B, K', 1) factor of (j, B, K', H)."""
+    return mix[:, None, :, None] if mix.dim() == 2 else mix.permute(1, 0, 2).unsqueeze(-1)
+
+
+class MixedNode(torch.autograd.Function):
+    """``sum_{i,k} w_ik * (s_i + sigmoid(c_ik) * (act_k(g_ik) - s_i))`` from the node's matrix
+    product ``z`` = [c | g] (j, B, K', 2, H) and its input states ``s`` (j, B, H).
+
+    A hand-written backward recomputes the gates and activations from ``z`` instead of storing
+    them: the forward writes only its (B, H) result, and compiled, each direction is one fused
+    pass over ``z``.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, s: Tensor, mix: Tensor, ops: Sequence[str]) -> Tensor:
+        ctx.save_for_backward(z, s, mix)
+        ctx.ops = ops
+        gate, value = z.unbind(3)
+        act, _ = _activations(value, ops, with_grad=False)
+        si = s.unsqueeze(2)
+        return ((si + torch.sigmoid(gate) * (act - si)) * _weights(mix)).sum((0, 2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, s, mix = ctx.saved_tensors
+        gate, value = z.unbind(3)
+        c = torch.sigmoid(gate)
+        act, d_act = _activations(value, ctx.ops, with_grad=True)
+        si = s.unsqueeze(2)
+        g = grad.unsqueeze(0).unsqueeze(2)  # (1, B, 1, H)
+        d_out = _weights(mix) * g  # (j, B, K', H)
+        d_z = torch.stack([d_out * (act - si) * c * (1 - c), d_out * c * d_act], dim=3)
+        d_s = (d_out * (1 - c)).sum(2)
+        out_g = (si + c * (act - si)) * g
+        d_mix = out_g.sum((1, 3)) if mix.dim() == 2 else out_g.sum(3).permute(1, 0, 2)
+        return d_z, d_s, d_mix, None
+
+
+def search_step(
+    xw: Tensor,
+    h: Tensor,
+    w0h: Tensor,
+    node_mats: Sequence[Tensor],
+    mix: Tensor,
+    mask_h: Optional[Tensor],
+    ops: Sequence[str],
+    probes: Optional[Sequence[Tensor]] = None,
+) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """One step of the mixed cell; returns ``h_t`` and the left factors of its N + 1 products.
+
+    Args:
+        xw: (B, 2H) the input projection ``x_t W_0x`` of this step.
+        h: (B, H) the previous state. w0h: (H, 2H) the state half of ``W_0``.
+        node_mats: N matrices (H, K' * 2H), node ``n``'s candidate matrices side by side, column
+            blocks ordered (operation, [gate | value], H). (Separate tensors, not one stacked
+            tensor: the backward then writes each node's gradient once, with no scatter.)
+        mix: mixing weights of the K' weighted operations, (E, K') for the whole batch or
+            (B, E, K') per sample, edges grouped by node as in :class:`SearchSpace`.
+        mask_h: (B, H) variational dropout mask on states entering a matrix, or None.
+        ops: the K' operation names.
+        probes: zeros added to the N + 1 products (see :mod:`.deferred`), or None.
+    """
+    hidden = h.shape[-1]
+    k = len(ops)
+    s0, hm = first_state(xw, h, w0h, mask_h, None if probes is None else probes[0])
+    states, lefts = [s0], [hm]
+    start = 0
+    for n in range(len(node_mats)):
+        j = n + 1
+        prev = torch.stack(states)  # (j, B, H)
+        src = (prev if mask_h is None else prev * mask_h).reshape(-1, hidden)
+        z = _product(src, node_mats[n], None if probes is None else probes[j]).view(j, -1, k, 2, hidden)
+        w = mix[..., start : start + j, :]
+        start += j
+        states.append(_norm(MixedNode.apply(z, prev, w, ops)))
+        lefts.append(src)
+    return torch.stack(states[1:]).mean(0), tuple(lefts)
+
+
+Index = Union[int, Tensor]
+
+
+def _apply_op(value: Tensor, op: Index, ops: Sequence[str]) -> Tensor:
+    """``act(value)`` for the operation ``ops[op]``; ``op`` an int, or a 0-d integer tensor (then
+    every candidate is computed and ``torch.where`` picks, exactly)."""
+    if isinstance(op, int):
+        return ACTIVATIONS[ops[op]](value)
+    out = ACTIVATIONS[ops[-1]](value)
+    for code in range(len(ops) - 2, -1, -1):
+        out = torch.where(op == code, ACTIVATIONS[ops[code]](value), out)
+    return out
+
+
+def derived_step(
+    xw: Tensor,
+    h: Tensor,
+    w0h: Tensor,
+    node_mats: Sequence[Tensor],
+    inputs: Union[Sequence[int], Tensor],
+    op_codes: Union[Sequence[int], Tensor],
+    mask_h: Optional[Tensor],
+    ops: Sequence[str],
+    probes: Optional[Sequence[Tensor]] = None,
+) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """One step of a derived cell: node ``n`` applies operation ``ops[op_codes[n]]`` with matrix
+    ``node_mats[n]`` (H, 2H) to state ``inputs[n]``. ``inputs`` / ``op_codes``: Python ints or (N,)
+    integer tensors (then the chain is data, so one compiled graph serves every domain). Returns
+    ``h_t`` and the left factors of its N + 1 products, as :func:`search_step`."""
+    s0, hm = first_state(xw, h, w0h, mask_h, None if probes is None else probes[0])
+    states, lefts = [s0], [hm]
+    for n in range(len(node_mats)):
+        i = inputs[n]
+        # a tensor index stays on the device: index_select, never an implicit .item()
+        s = states[i] if isinstance(i, int) else torch.stack(states).index_select(0, inputs[n : n + 1])[0]
+        src = s if mask_h is None else s * mask_h
+        gate, value = _product(src, node_mats[n], None if probes is None else probes[n + 1]).chunk(2, dim=-1)
+        act = _apply_op(value, op_codes[n], ops)
+        states.append(_norm(s + torch.sigmoid(gate) * (act - s)))
+        lefts.append(src)
+    return torch.stack(states[1:]).mean(0), tuple(lefts)
