@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python 3.11 + pip):
 #   make demo   installs what is missing, then runs the main job on the embedded default data
 #   make test   installs what is missing, then runs the linter and the test suite
-#   make lint   the linter alone (ruff, config in ruff.toml); make unit: the tests without fairseq runs
+#   make lint   the linter and the format check alone (ruff, config in ruff.toml); make unit: the tests without fairseq runs
 # Everything is installed into .venv inside the project folder (ignored by git).
 # Installing is idempotent: a stamp file records a finished install, pip skips what is present.
 
@@ -45,6 +45,7 @@ test: install lint
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 unit: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" tests

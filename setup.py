@@ -13,7 +13,15 @@ setup(
         "vision": ["mlxtend==0.23.4", "pandas<3", "matplotlib"],
         "viz": ["graphviz", "matplotlib", "tensorboardX"],
         "test": ["pytest", "ruff==0.17.6"],
-        "all": ["mlxtend==0.23.4", "pandas<3", "matplotlib", "graphviz", "tensorboardX", "pytest", "ruff==0.17.6"],
+        "all": [
+            "mlxtend==0.23.4",
+            "pandas<3",
+            "matplotlib",
+            "graphviz",
+            "tensorboardX",
+            "pytest",
+            "ruff==0.17.6",
+        ],
     },
     entry_points={
         "console_scripts": [

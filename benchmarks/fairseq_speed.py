@@ -7,6 +7,7 @@ embedding and hidden size, Adam, one thread. words/s: the words of the log inter
 first (which holds the compilation, if any) over their ``train_wall`` (fairseq's own log), wall
 clock, so the machine's load weighs on it.
 """
+
 import json
 import os
 import subprocess
@@ -23,8 +24,14 @@ def prepare(out_dir, vocab_size=4000):
         sys.path.insert(0, os.path.join(ROOT, "scripts"))
         from prepare_parallel import prepare as prepare_parallel
 
-        prepare_parallel(os.path.join(ROOT, "examples", "data", "en_de_small.tsv"), "en,de", out_dir,
-                         vocab_size=vocab_size, seed=1, quiet=True)
+        prepare_parallel(
+            os.path.join(ROOT, "examples", "data", "en_de_small.tsv"),
+            "en,de",
+            out_dir,
+            vocab_size=vocab_size,
+            seed=1,
+            quiet=True,
+        )
     return data
 
 
@@ -52,33 +59,92 @@ def run_train(cmd):
 
 
 def common(H, updates, batch):
-    return ["--optimizer", "adam", "--lr", "0.001", "--batch-size", str(batch), "--cpu", "--seed", "1",
-            "--max-update", str(updates), "--log-format", "json", "--log-interval", str(max(updates // 6, 1)),
-            "--no-save", "--disable-validation", "--num-workers", "0", "--sample-break-mode", "eos"]
+    return [
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+        "--batch-size",
+        str(batch),
+        "--cpu",
+        "--seed",
+        "1",
+        "--max-update",
+        str(updates),
+        "--log-format",
+        "json",
+        "--log-interval",
+        str(max(updates // 6, 1)),
+        "--no-save",
+        "--disable-validation",
+        "--num-workers",
+        "0",
+        "--sample-break-mode",
+        "eos",
+    ]
 
 
 def end_to_end(args, hiddens):
     data = prepare(os.path.join(ROOT, args.e2e_dir))
-    lines = [f"fairseq-train words/s (log intervals after the first), {args.e2e_updates} updates, "
-             f"batch {args.batch} sentences, embedded En/De corpus, 1 thread"]
+    lines = [
+        f"fairseq-train words/s (log intervals after the first), {args.e2e_updates} updates, "
+        f"batch {args.batch} sentences, embedded En/De corpus, 1 thread"
+    ]
     lines.append(f"{'run':<36}{'words/s':>10}{'vs lstm_lm':>12}{'wall s':>9}")
     for H in hiddens:
         runs = {}
-        lstm = [os.path.join(BIN, "fairseq-train"), data, "--task", "language_modeling", "--train-subset", "train.en",
-                "--arch", "lstm_lm", "--decoder-embed-dim", str(H), "--decoder-hidden-size", str(H),
-                "--decoder-out-embed-dim", str(H), "--share-decoder-input-output-embed",
-                "--criterion", "cross_entropy", "--tokens-per-sample", "1024"] + common(H, args.e2e_updates, args.batch)
+        lstm = [
+            os.path.join(BIN, "fairseq-train"),
+            data,
+            "--task",
+            "language_modeling",
+            "--train-subset",
+            "train.en",
+            "--arch",
+            "lstm_lm",
+            "--decoder-embed-dim",
+            str(H),
+            "--decoder-hidden-size",
+            str(H),
+            "--decoder-out-embed-dim",
+            str(H),
+            "--share-decoder-input-output-embed",
+            "--criterion",
+            "cross_entropy",
+            "--tokens-per-sample",
+            "1024",
+        ] + common(H, args.e2e_updates, args.batch)
         runs["lstm_lm (language_modeling, en)"] = run_train(lstm)
         for mode in ("on", "off"):
-            search = [os.path.join(BIN, "fairseq-train"), data, "--user-dir", os.path.join(ROOT, "mdnas_fairseq"),
-                      "--task", "multidomain_nas", "--domains", "en,de", "--arch", "mdnas_rnn_tiny",
-                      "--embed-dim", str(H), "--hidden-dim", str(H), "--num-nodes", str(args.nodes),
-                      "--criterion", "multidomain_nas_loss", "--no-alpha-heatmaps", "--compile-cell", mode,
-                      ] + common(H, args.e2e_updates, args.batch)
-            runs[f"search o1 ({'compiled' if mode == 'on' else 'eager'} cell, en+de)"] = run_train(search)
+            search = [
+                os.path.join(BIN, "fairseq-train"),
+                data,
+                "--user-dir",
+                os.path.join(ROOT, "mdnas_fairseq"),
+                "--task",
+                "multidomain_nas",
+                "--domains",
+                "en,de",
+                "--arch",
+                "mdnas_rnn_tiny",
+                "--embed-dim",
+                str(H),
+                "--hidden-dim",
+                str(H),
+                "--num-nodes",
+                str(args.nodes),
+                "--criterion",
+                "multidomain_nas_loss",
+                "--no-alpha-heatmaps",
+                "--compile-cell",
+                mode,
+            ] + common(H, args.e2e_updates, args.batch)
+            runs[f"search o1 ({'compiled' if mode == 'on' else 'eager'} cell, en+de)"] = run_train(
+                search
+            )
         base = runs["lstm_lm (language_modeling, en)"][0]
         lines.append(f"hidden {H}:")
         for name, (wps, wall) in runs.items():
             lines.append(f"  {name:<34}{wps:>10.0f}{wps / base:>12.2f}{wall:>9.0f}")
-        print("\n".join(lines[-len(runs) - 1:]), flush=True)
+        print("\n".join(lines[-len(runs) - 1 :]), flush=True)
     return lines

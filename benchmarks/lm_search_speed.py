@@ -22,6 +22,7 @@ less; compile times are wall clock.
 (task multidomain_nas, compiled and eager cell) and of ``--arch lstm_lm`` (task
 language_modeling) on the same prepared data (the embedded En/De corpus), same sizes.
 """
+
 import argparse
 import os
 import platform
@@ -74,7 +75,11 @@ def gemm_peak(H, B, nodes, k=4, reps=5):
     total_flops, total_time = 0, 0.0
     for j in range(1, nodes + 1):
         s, w, dz = torch.randn(j * B, H), torch.randn(H, 2 * k * H), torch.randn(j * B, 2 * k * H)
-        for f in (lambda: s @ w, lambda: dz @ w.t(), lambda: s.t() @ dz):
+        for f in (
+            lambda s=s, w=w: s @ w,
+            lambda dz=dz, w=w: dz @ w.t(),
+            lambda s=s, dz=dz: s.t() @ dz,
+        ):
             f()
             total_time += cpu_seconds(f, reps, 3)
             total_flops += 2 * j * B * H * 2 * k * H
@@ -92,7 +97,9 @@ def batches(V, B, T, n=2, seed=0):
 
 def search_step_fn(model, order, train_b, val_b, domain):
     opt = torch.optim.Adam(weight_parameters(model), lr=1e-3)
-    architect = BilevelArchitect(weight_parameters(model), architecture_parameters(model), order=order)
+    architect = BilevelArchitect(
+        weight_parameters(model), architecture_parameters(model), order=order
+    )
 
     def train_loss():
         return lm_loss(model(train_b[0], domain)[0], train_b[1])
@@ -122,13 +129,16 @@ def weight_step_fn(model, forward, b):
 
 def make_lm(args, H, domains, compile, genotype=None, seed=1):
     torch.manual_seed(seed)
-    return DartsRNNLanguageModel(args.vocab, 1, H, H, domains, num_nodes=args.nodes, genotype=genotype,
-                                 compile_cell=compile)
+    return DartsRNNLanguageModel(
+        args.vocab, 1, H, H, domains, num_nodes=args.nodes, genotype=genotype, compile_cell=compile
+    )
 
 
 def random_genotype(args, domains, seed):
     space = make_lm(args, 8, ["x"], "off").space
-    alpha = torch.randn(len(domains), space.num_edges, space.num_ops, generator=torch.Generator().manual_seed(seed))
+    alpha = torch.randn(
+        len(domains), space.num_edges, space.num_ops, generator=torch.Generator().manual_seed(seed)
+    )
     return derive_genotype(alpha, space, domains)
 
 
@@ -139,8 +149,16 @@ def lstm_lm(V, H):
     dictionary = Dictionary()
     for i in range(V - len(dictionary)):
         dictionary.add_symbol(f"w{i}")
-    return LSTMDecoder(dictionary, embed_dim=H, hidden_size=H, out_embed_dim=H, num_layers=1,
-                       attention=False, encoder_output_units=0, share_input_output_embed=True)
+    return LSTMDecoder(
+        dictionary,
+        embed_dim=H,
+        hidden_size=H,
+        out_embed_dim=H,
+        num_layers=1,
+        attention=False,
+        encoder_output_units=0,
+        share_input_output_embed=True,
+    )
 
 
 def section(args, H):
@@ -159,14 +177,28 @@ def section(args, H):
         for mode in args.modes:
             step = eager if mode == "off" else build("on")
             first, sec = measure(step, args)
-            label = name if name == "fairseq lstm_lm" else f"{name}, {'compiled' if mode == 'on' else 'eager'}"
-            rows[label] = dict(sec=sec, flops=flops, compile=max(first - sec, 0.0) if mode == "on" else None)
-            print(f"  [H={H}] {label}: {B * T / sec:.0f} tokens/s (first step {first:.1f} s)", flush=True)
+            label = (
+                name
+                if name == "fairseq lstm_lm"
+                else f"{name}, {'compiled' if mode == 'on' else 'eager'}"
+            )
+            rows[label] = dict(
+                sec=sec, flops=flops, compile=max(first - sec, 0.0) if mode == "on" else None
+            )
+            print(
+                f"  [H={H}] {label}: {B * T / sec:.0f} tokens/s (first step {first:.1f} s)",
+                flush=True,
+            )
             if name == "fairseq lstm_lm":
                 break
 
     for order in (1, 2):
-        row(f"search o{order}", lambda c, o=order: search_step_fn(make_lm(args, H, domains, c), o, train_b, val_b, zero))
+        row(
+            f"search o{order}",
+            lambda c, o=order: search_step_fn(
+                make_lm(args, H, domains, c), o, train_b, val_b, zero
+            ),
+        )
     geno = random_genotype(args, domains, seed=3)
 
     def derived(c):
@@ -189,7 +221,11 @@ def section(args, H):
             search = make_lm(args, H, names, mode)
             times.append(measure(search_step_fn(search, 1, train_b, val_b, dom), args)[1])
             model = make_lm(args, H, names, mode, geno_d)
-            times.append(measure(weight_step_fn(model, lambda x, m=model, d=dom: m(x, d)[0], train_b), args)[1])
+            times.append(
+                measure(weight_step_fn(model, lambda x, m=model, d=dom: m(x, d)[0], train_b), args)[
+                    1
+                ]
+            )
         scaling[D] = times
         print(f"  [H={H}] D={D}: " + ", ".join(f"{t:.3f}" for t in times) + " s", flush=True)
     return rows, scaling, peak
@@ -197,23 +233,29 @@ def section(args, H):
 
 def report(args, H, rows, scaling, peak):
     B, T = args.batch, args.length
-    lines = [f"hidden {H}: vocab {args.vocab}, batch {B}x{T}, {args.nodes} nodes, 2 domains, "
-             f"GEMM peak at the cell's shapes {peak / 1e9:.1f} GFLOP/s",
-             f"{'step':<28}{'tokens/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}{'vs lstm':>9}{'compile s':>11}"]
+    lines = [
+        f"hidden {H}: vocab {args.vocab}, batch {B}x{T}, {args.nodes} nodes, 2 domains, "
+        f"GEMM peak at the cell's shapes {peak / 1e9:.1f} GFLOP/s",
+        f"{'step':<28}{'tokens/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}{'vs lstm':>9}{'compile s':>11}",
+    ]
     base = rows["fairseq lstm_lm"]["sec"]
     for name, r in rows.items():
         rate = r["flops"] / r["sec"]
         comp = f"{r['compile']:.0f}" if r["compile"] is not None else "-"
-        lines.append(f"{name:<28}{B * T / r['sec']:>10.0f}{r['flops'] / 1e9:>12.2f}{rate / 1e9:>9.1f}"
-                     f"{100 * rate / peak:>7.0f}%{base / r['sec']:>9.2f}{comp:>11}")
+        lines.append(
+            f"{name:<28}{B * T / r['sec']:>10.0f}{r['flops'] / 1e9:>12.2f}{rate / 1e9:>9.1f}"
+            f"{100 * rate / peak:>7.0f}%{base / r['sec']:>9.2f}{comp:>11}"
+        )
     for mode in ("compiled", "eager"):
         o1, o2 = rows.get(f"search o1, {mode}"), rows.get(f"search o2, {mode}")
         if o1 and o2:
             lines.append(f"second/first order search time ({mode}): {o2['sec'] / o1['sec']:.2f}")
     if scaling:
         d1 = scaling[min(scaling)]
-        lines.append("step time vs D=1 (" + ("compiled" if "on" in args.modes else "eager") + " cell): "
-                     "search o1 | derived, one domain per batch;  search o1 | derived, batch spread over D")
+        lines.append(
+            "step time vs D=1 (" + ("compiled" if "on" in args.modes else "eager") + " cell): "
+            "search o1 | derived, one domain per batch;  search o1 | derived, batch spread over D"
+        )
         for D, t in scaling.items():
             lines.append(f"  D={D}: " + "  ".join(f"{a / b:5.2f}" for a, b in zip(t, d1)))
     return lines
@@ -228,10 +270,18 @@ def main(argv=None):
     p.add_argument("--nodes", type=int, default=8)
     p.add_argument("--steps", type=int, default=2, help="timed steps per block")
     p.add_argument("--repeats", type=int, default=2, help="timed blocks (the fastest counts)")
-    p.add_argument("--modes", default="on,off", help="cell compile modes to time: on (compiled), off (eager)")
-    p.add_argument("--domain-counts", default="1,2,4,8", help="D values of the domain-scaling rows ('' to skip)")
+    p.add_argument(
+        "--modes", default="on,off", help="cell compile modes to time: on (compiled), off (eager)"
+    )
+    p.add_argument(
+        "--domain-counts",
+        default="1,2,4,8",
+        help="D values of the domain-scaling rows ('' to skip)",
+    )
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--fairseq-train", action="store_true", help="also time fairseq-train end to end")
+    p.add_argument(
+        "--fairseq-train", action="store_true", help="also time fairseq-train end to end"
+    )
     p.add_argument("--only-fairseq-train", action="store_true", help="skip the in-process rows")
     p.add_argument("--e2e-updates", type=int, default=40)
     p.add_argument("--e2e-dir", default="build/lm_speed_e2e")
@@ -239,8 +289,10 @@ def main(argv=None):
     args.modes = [m for m in args.modes.split(",") if m]
     args.domain_counts = [int(d) for d in args.domain_counts.split(",") if d]
     torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.threads} thread(s), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} thread(s), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
+    )
     out = []
     for H in [int(h) for h in args.hidden.split(",")] if not args.only_fairseq_train else []:
         out += report(args, H, *section(args, H)) + [""]

@@ -2,6 +2,7 @@
 transformer_speed.py): the search model and derived multimodels of ``mdnas_transformer_lm`` built
 by the fairseq glue (fairseq's attention and lightweight convolutions), and fairseq's own
 ``transformer_lm`` (pre-LayerNorm, sinusoidal positions, tied embeddings) as the baseline."""
+
 import argparse
 import json
 import os
@@ -27,7 +28,9 @@ def add_size_args(parser, layers=4, dim=256, ffn=1024, heads=4, vocab=10000, bat
     parser.add_argument("--dim", type=int, default=dim)
     parser.add_argument("--ffn", type=int, default=ffn)
     parser.add_argument("--heads", type=int, default=heads)
-    parser.add_argument("--kernels", default="3,7", help="convolution kernel sizes of the search space")
+    parser.add_argument(
+        "--kernels", default="3,7", help="convolution kernel sizes of the search space"
+    )
     parser.add_argument("--vocab", type=int, default=vocab)
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--length", type=int, default=length)
@@ -46,9 +49,13 @@ def dictionary(vocab):
 
 def mdnas_model(args, layers=None, kernels=None, genotype=None):
     cfg = MDNASTransformerConfig(
-        decoder_layers=layers or args.layers, decoder_embed_dim=args.dim, decoder_ffn_embed_dim=args.ffn,
-        decoder_attention_heads=args.heads, decoder_conv_kernel_sizes=kernels or args.kernels,
-        dropout=args.dropout, genotype_data=None if genotype is None else json.dumps(genotype.to_dict()),
+        decoder_layers=layers or args.layers,
+        decoder_embed_dim=args.dim,
+        decoder_ffn_embed_dim=args.ffn,
+        decoder_attention_heads=args.heads,
+        decoder_conv_kernel_sizes=kernels or args.kernels,
+        dropout=args.dropout,
+        genotype_data=None if genotype is None else json.dumps(genotype.to_dict()),
     )
     cfg.max_update = 0
     task = types.SimpleNamespace(domain_names=DOMAINS, source_dictionary=dictionary(args.vocab))
@@ -57,10 +64,18 @@ def mdnas_model(args, layers=None, kernels=None, genotype=None):
 
 def transformer_lm(args, layers=None):
     ns = argparse.Namespace(
-        decoder_layers=layers or args.layers, decoder_embed_dim=args.dim, decoder_ffn_embed_dim=args.ffn,
-        decoder_attention_heads=args.heads, share_decoder_input_output_embed=True, dropout=args.dropout,
-        tokens_per_sample=1024, max_target_positions=None, decoder_layers_to_keep=None,
-        character_embeddings=False, adaptive_input=False, tie_adaptive_weights=False,
+        decoder_layers=layers or args.layers,
+        decoder_embed_dim=args.dim,
+        decoder_ffn_embed_dim=args.ffn,
+        decoder_attention_heads=args.heads,
+        share_decoder_input_output_embed=True,
+        dropout=args.dropout,
+        tokens_per_sample=1024,
+        max_target_positions=None,
+        decoder_layers_to_keep=None,
+        character_embeddings=False,
+        adaptive_input=False,
+        tie_adaptive_weights=False,
     )
     base_lm_architecture(ns)
     d = dictionary(args.vocab)
@@ -77,7 +92,9 @@ def transformer_genotype(space, token_op="attention", channel_op="ffn_relu"):
 def random_genotype(space, seed=0):
     """The multimodel of a random alpha: the domains disagree on most slots."""
     gen = torch.Generator().manual_seed(seed)
-    return derive_genotype(torch.randn(len(DOMAINS), space.num_edges, space.num_ops, generator=gen), space, DOMAINS)
+    return derive_genotype(
+        torch.randn(len(DOMAINS), space.num_edges, space.num_ops, generator=gen), space, DOMAINS
+    )
 
 
 def batch(args, gen=None):
@@ -91,7 +108,9 @@ def lm_loss(output, targets):
 
 
 def forward(model, tokens, domain=0):
-    if isinstance(model, MDNASTransformerModel):  # as the task's batches: one domain, known on the host
+    if isinstance(
+        model, MDNASTransformerModel
+    ):  # as the task's batches: one domain, known on the host
         domains = torch.full((tokens.shape[0],), domain, dtype=torch.long, device=tokens.device)
         return model(tokens, domain=domains, batch_domain=domain)
     return model(tokens)

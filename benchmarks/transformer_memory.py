@@ -14,11 +14,11 @@ Tables:
   3. what one candidate holds: activation bytes per token of ``op(LayerNorm(x))`` alone.
 Usage: python benchmarks/transformer_memory.py [--layers 4 --dim 256 --ffn 1024 --heads 4 ...]
 """
+
 import argparse
 import logging
 
 import torch
-
 from transformer_common import (
     add_size_args,
     batch,
@@ -93,44 +93,83 @@ def main(argv=None):
     tokens, targets = batch(args, torch.Generator().manual_seed(args.seed))
     logging.getLogger("mdnas_fairseq").setLevel(logging.WARNING)
     header = f"{'model':<58}{'params':>11}{'act KiB/tok':>13}{'vs tf_lm':>10}{'peak KiB/tok':>14}"
-    print(f"activation memory per token: dim {args.dim}, ffn {args.ffn}, heads {args.heads}, vocab {args.vocab}, "
-          f"batch {args.batch}x{args.length}, dropout {args.dropout}, kernels {args.kernels}, fp32, {args.device}")
+    print(
+        f"activation memory per token: dim {args.dim}, ffn {args.ffn}, heads {args.heads}, vocab {args.vocab}, "
+        f"batch {args.batch}x{args.length}, dropout {args.dropout}, kernels {args.kernels}, fp32, {args.device}"
+    )
 
     print("\n1. same sizes, " + f"{args.layers} layers")
     print(header)
     base = row("fairseq transformer_lm", transformer_lm(args), args, tokens, targets)
     search = mdnas_model(args)
-    row(f"search ({candidates_per_layer(search)} candidates per layer)", search, args, tokens, targets, base)
+    row(
+        f"search ({candidates_per_layer(search)} candidates per layer)",
+        search,
+        args,
+        tokens,
+        targets,
+        base,
+    )
     space = search.search_space
-    row("derived, transformer_lm cell (attention, ffn_relu)", mdnas_model(args, genotype=transformer_genotype(space)),
-        args, tokens, targets, base)
+    row(
+        "derived, transformer_lm cell (attention, ffn_relu)",
+        mdnas_model(args, genotype=transformer_genotype(space)),
+        args,
+        tokens,
+        targets,
+        base,
+    )
     g = random_genotype(space)
-    row(f"derived multimodel, random 2-domain genotype ({args.layers * 2} slots)", mdnas_model(args, genotype=g),
-        args, tokens, targets, base)
+    row(
+        f"derived multimodel, random 2-domain genotype ({args.layers * 2} slots)",
+        mdnas_model(args, genotype=g),
+        args,
+        tokens,
+        targets,
+        base,
+    )
     del search
 
     print("\n2. growth of the search model")
     print(header)
     n, by_layers, by_candidates = tokens.numel() * 1024, [], []
     for layers in [int(x) for x in args.growth_layers.split(",")]:
-        base = row(f"transformer_lm, {layers} layers", transformer_lm(args, layers), args, tokens, targets)
+        base = row(
+            f"transformer_lm, {layers} layers", transformer_lm(args, layers), args, tokens, targets
+        )
         model = mdnas_model(args, layers=layers)
-        act = row(f"search, {layers} layers, kernels {args.kernels} ({candidates_per_layer(model)}/layer)",
-                  model, args, tokens, targets, base)
+        act = row(
+            f"search, {layers} layers, kernels {args.kernels} ({candidates_per_layer(model)}/layer)",
+            model,
+            args,
+            tokens,
+            targets,
+            base,
+        )
         by_layers.append((layers, act / n, base / n))
     base = row(f"transformer_lm, {args.layers} layers", transformer_lm(args), args, tokens, targets)
     for kernels in args.growth_kernels.split(";"):
         model = mdnas_model(args, kernels=kernels)
-        act = row(f"search, {args.layers} layers, kernels {kernels} ({candidates_per_layer(model)}/layer)",
-                  model, args, tokens, targets, base)
+        act = row(
+            f"search, {args.layers} layers, kernels {kernels} ({candidates_per_layer(model)}/layer)",
+            model,
+            args,
+            tokens,
+            targets,
+            base,
+        )
         by_candidates.append((candidates_per_layer(model), act / n))
     (l0, s0, b0), (l1, s1, b1) = by_layers[0], by_layers[-1]
     (c0, a0), (c1, a1) = by_candidates[0], by_candidates[-1]
-    print(f"per layer: search +{(s1 - s0) / (l1 - l0):.2f} KiB/token, transformer_lm +{(b1 - b0) / (l1 - l0):.2f} "
-          f"(ratio {(s1 - s0) / (b1 - b0):.2f}); per extra candidate in every layer: "
-          f"+{(a1 - a0) / (c1 - c0) / args.layers:.2f} KiB/token per layer")
+    print(
+        f"per layer: search +{(s1 - s0) / (l1 - l0):.2f} KiB/token, transformer_lm +{(b1 - b0) / (l1 - l0):.2f} "
+        f"(ratio {(s1 - s0) / (b1 - b0):.2f}); per extra candidate in every layer: "
+        f"+{(a1 - a0) / (c1 - c0) / args.layers:.2f} KiB/token per layer"
+    )
 
-    print("\n3. one candidate alone: what op(LayerNorm(x)) keeps beyond LayerNorm(x), KiB per token")
+    print(
+        "\n3. one candidate alone: what op(LayerNorm(x)) keeps beyond LayerNorm(x), KiB per token"
+    )
     model = mdnas_model(args, layers=1)
     x = torch.randn(args.length, args.batch, args.dim, device=args.device, requires_grad=True)
     norm = model.lm.slot_norms[0]
@@ -139,7 +178,9 @@ def main(argv=None):
         for op, module in model.lm.slot_ops[e].items():
             act = saved_bytes(module, lambda m=module: m(norm(x)).sum()) - alone
             print(f"  {op:<14}{act / x.shape[0] / x.shape[1] / 1024:8.2f}")
-    print(f"  (the search's mixing also keeps every candidate's output, {args.dim * 4 / 1024:.2f} KiB/token each)")
+    print(
+        f"  (the search's mixing also keeps every candidate's output, {args.dim * 4 / 1024:.2f} KiB/token each)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ round), so a change in the machine's load hits every row alike; printed: the med
 over the rounds and its ratio to transformer_lm.
 Usage: python benchmarks/transformer_speed.py [--layers 4 --dim 256 --ffn 1024 --heads 4 --steps 2 --rounds 3]
 """
+
 import argparse
 import logging
 import statistics
 import time
 
 import torch
-
-from mdnas_fairseq.search import AdamVirtualStep, BilevelArchitect, architecture_parameters, weight_parameters
 from transformer_common import (
     add_size_args,
     batch,
@@ -31,6 +30,13 @@ from transformer_common import (
     random_genotype,
     transformer_genotype,
     transformer_lm,
+)
+
+from mdnas_fairseq.search import (
+    AdamVirtualStep,
+    BilevelArchitect,
+    architecture_parameters,
+    weight_parameters,
 )
 
 
@@ -74,25 +80,38 @@ def main(argv=None):
     for order in (1, 2):
         model = mdnas_model(args).train()
         opt = torch.optim.Adam(weight_parameters(model), lr=1e-4)
-        architect = BilevelArchitect(weight_parameters(model), architecture_parameters(model), order=order)
+        architect = BilevelArchitect(
+            weight_parameters(model), architecture_parameters(model), order=order
+        )
 
         def search_step(i, model=model, opt=opt, architect=architect, order=order):
             # second order: the virtual step is the weight optimizer's own (Adam) update
-            virtual = AdamVirtualStep(lr=1e-4, states=[opt.state.get(w, {}) for w in architect.trainable_weights])
-            architect.step(lambda: lm_loss(forward(model, train_b[0]), train_b[1]),
-                           lambda: lm_loss(forward(model, val_b[0]), val_b[1]), virtual if order == 2 else None)
+            virtual = AdamVirtualStep(
+                lr=1e-4, states=[opt.state.get(w, {}) for w in architect.trainable_weights]
+            )
+            architect.step(
+                lambda: lm_loss(forward(model, train_b[0]), train_b[1]),
+                lambda: lm_loss(forward(model, val_b[0]), val_b[1]),
+                virtual if order == 2 else None,
+            )
             weight_step(model, opt, train_b)(i)
 
         steps[f"search, order {order}"] = search_step
         space = model.search_space
 
-    rows = (("derived multimodel", random_genotype(space), (0, 1)),
-            ("derived, transformer_lm cell", transformer_genotype(space), (0,)))
+    rows = (
+        ("derived multimodel", random_genotype(space), (0, 1)),
+        ("derived, transformer_lm cell", transformer_genotype(space), (0,)),
+    )
     for name, genotype, domains in rows:
         model = mdnas_model(args, genotype=genotype).train()
-        steps[name] = weight_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), train_b, domains)
+        steps[name] = weight_step(
+            model, torch.optim.Adam(model.parameters(), lr=1e-4), train_b, domains
+        )
     baseline = transformer_lm(args).train()
-    steps["fairseq transformer_lm"] = weight_step(baseline, torch.optim.Adam(baseline.parameters(), lr=1e-4), train_b)
+    steps["fairseq transformer_lm"] = weight_step(
+        baseline, torch.optim.Adam(baseline.parameters(), lr=1e-4), train_b
+    )
 
     for step in steps.values():  # warm-up
         step(0)
@@ -103,15 +122,21 @@ def main(argv=None):
     results = {name: statistics.median(t) for name, t in timings.items()}
 
     base = results["fairseq transformer_lm"]
-    print(f"tokens/s, {args.layers} layers, dim {args.dim}, ffn {args.ffn}, heads {args.heads}, "
-          f"kernels {args.kernels}, "
-          f"vocab {args.vocab}, batch {args.batch}x{args.length}, {args.device}, {args.threads} thread(s), "
-          f"median of {args.rounds} rounds of {args.steps} timed steps each")
+    print(
+        f"tokens/s, {args.layers} layers, dim {args.dim}, ffn {args.ffn}, heads {args.heads}, "
+        f"kernels {args.kernels}, "
+        f"vocab {args.vocab}, batch {args.batch}x{args.length}, {args.device}, {args.threads} thread(s), "
+        f"median of {args.rounds} rounds of {args.steps} timed steps each"
+    )
     print(f"{'step':<32}{'tokens/s':>12}{'vs transformer_lm':>20}")
     for name, tps in results.items():
         print(f"{name:<32}{tps:>12.0f}{tps / base:>20.3f}")
-    print(f"second/first order search: {results['search, order 2'] / results['search, order 1']:.3f}")
-    print(f"derived multimodel/first-order search: {results['derived multimodel'] / results['search, order 1']:.3f}")
+    print(
+        f"second/first order search: {results['search, order 2'] / results['search, order 1']:.3f}"
+    )
+    print(
+        f"derived multimodel/first-order search: {results['derived multimodel'] / results['search, order 1']:.3f}"
+    )
     return results
 
 

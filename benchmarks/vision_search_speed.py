@@ -10,6 +10,7 @@ writes them to a file.
 
     OMP_NUM_THREADS=1 python benchmarks/vision_search_speed.py --mnist-root ../shared/data/mnist
 """
+
 import argparse
 import json
 import os
@@ -84,15 +85,45 @@ def main():
 
     work = tempfile.mkdtemp(prefix="vision_speed_")
     common = [
-        "--user-dir", USER_DIR, "--task", "rotated_mnist_nas", "--rotations", a.rotations,
-        "--train-images-per-domain", "128", "--arch", "mdnas_conv", "--channels", str(a.channels),
-        "--num-nodes", str(a.num_nodes), "--criterion", "multidomain_nas_loss",
-        "--contrastive-coef", str(a.contrastive_coef), "--optimizer", "adam", "--lr", "0.01",
-        "--batch-size", str(a.batch_size), "--cpu", "--num-workers", "0", "--seed", "1",
-        "--save-dir", work, "--no-alpha-heatmaps",
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "rotated_mnist_nas",
+        "--rotations",
+        a.rotations,
+        "--train-images-per-domain",
+        "128",
+        "--arch",
+        "mdnas_conv",
+        "--channels",
+        str(a.channels),
+        "--num-nodes",
+        str(a.num_nodes),
+        "--criterion",
+        "multidomain_nas_loss",
+        "--contrastive-coef",
+        str(a.contrastive_coef),
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        str(a.batch_size),
+        "--cpu",
+        "--num-workers",
+        "0",
+        "--seed",
+        "1",
+        "--save-dir",
+        work,
+        "--no-alpha-heatmaps",
     ] + (["--mnist-root", a.mnist_root] if a.mnist_root else ["--no-mnist-download"])
-    results = {"threads": torch.get_num_threads(), "batch_size": a.batch_size, "channels": a.channels,
-               "rotations": a.rotations}
+    results = {
+        "threads": torch.get_num_threads(),
+        "batch_size": a.batch_size,
+        "channels": a.channels,
+        "rotations": a.rotations,
+    }
     genotype_path = os.path.join(work, "genotype.json")
     for order in (1, 2):
         torch.manual_seed(0)
@@ -105,17 +136,25 @@ def main():
     _cfg, task, trainer = build(common + ["--genotype", genotype_path])
     results["derived_params"] = sum(p.numel() for p in trainer.model.parameters())
     results["derived_img_s"] = measure(task, trainer, a.steps, a.warmup)
-    d, s1, s2 = results["derived_img_s"], results["search_order1_img_s"], results["search_order2_img_s"]
+    d, s1, s2 = (
+        results["derived_img_s"],
+        results["search_order1_img_s"],
+        results["search_order2_img_s"],
+    )
     results["ratio_derived_over_order1"] = d / s1
     results["ratio_derived_over_order2"] = d / s2
     results["ratio_order1_over_order2"] = s1 / s2
-    print(f"MNIST source: {results['mnist_source']}; rotations {a.rotations}; batch {a.batch_size}; "
-          f"{a.channels} channels, {a.num_nodes} nodes; torch threads {results['threads']}")
+    print(
+        f"MNIST source: {results['mnist_source']}; rotations {a.rotations}; batch {a.batch_size}; "
+        f"{a.channels} channels, {a.num_nodes} nodes; torch threads {results['threads']}"
+    )
     print(f"search step, first order : {s1:9.1f} images/s")
     print(f"search step, second order: {s2:9.1f} images/s")
     print(f"derived training step    : {d:9.1f} images/s  ({results['derived_params']} parameters)")
-    print(f"ratios: derived / first order {d / s1:.2f}x, derived / second order {d / s2:.2f}x, "
-          f"first / second order {s1 / s2:.2f}x")
+    print(
+        f"ratios: derived / first order {d / s1:.2f}x, derived / second order {d / s2:.2f}x, "
+        f"first / second order {s1 / s2:.2f}x"
+    )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -20,6 +20,7 @@ genotype cell after derivation); *alpha* is the (A, E, K) tensor of architecture
 *weights* are only the shared network weights w; *mixing probabilities* are softmax(alpha); the
 *alpha step* updates alpha on the *held-out split*; fairseq's ``--arch`` is the model's name.
 """
+
 __version__ = "0.1.0"
 
 try:

@@ -10,6 +10,7 @@ genotype file in the format a search writes, with ``param_counts`` (every domain
 multimodel), ``param_table`` and ``derived_by`` (how it was made: the seed and the number of
 draws, or the budget and every move taken). Imports only the search core and numpy/torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .search.budget import BUDGET_RULE, argmax_genotype, derive_with_budget
-from .search.genotype import GenotypeError, MultiDomainGenotype, genotype_from_dict, read_genotype_json, save_genotype
+from .search.genotype import (
+    GenotypeError,
+    MultiDomainGenotype,
+    genotype_from_dict,
+    read_genotype_json,
+    save_genotype,
+)
 from .search.params import DerivationError, ParamTable
 from .search.random_genotypes import random_genotype, random_matched_genotype
 
@@ -48,10 +55,16 @@ def load_search(path: str) -> Tuple[Dict[str, Any], MultiDomainGenotype, ParamTa
     """The raw JSON, the searched genotype and its parameter table, checked for consistency."""
     data = read_genotype_json(path)
     genotype = genotype_from_dict(data, source=path)
-    raw_table = _require(data, "param_table", path, "the parameter counts of the search space's modules")
+    raw_table = _require(
+        data, "param_table", path, "the parameter counts of the search space's modules"
+    )
     table = ParamTable.from_dict(raw_table, genotype.space, source=path)
     counts = data.get("param_counts")
-    if isinstance(counts, dict) and "multimodel" in counts and counts["multimodel"] != table.multimodel_count(genotype):
+    if (
+        isinstance(counts, dict)
+        and "multimodel" in counts
+        and counts["multimodel"] != table.multimodel_count(genotype)
+    ):
         raise DerivationError(
             f"{path}: param_counts.multimodel is {counts['multimodel']} but param_table counts "
             f"{table.multimodel_count(genotype)} for the file's cells; the file is inconsistent"
@@ -64,7 +77,9 @@ def search_probs(data: Dict[str, Any], genotype: MultiDomainGenotype, path: str)
     raw = _require(data, "alpha", path, "softmax(alpha) per domain, needed by --param-budget")
     space, names = genotype.space, list(genotype.domains)
     if not isinstance(raw, dict) or sorted(raw) != sorted(names):
-        raise DerivationError(f"{path}: field 'alpha' must map the domains {names} to softmax weights")
+        raise DerivationError(
+            f"{path}: field 'alpha' must map the domains {names} to softmax weights"
+        )
     try:
         probs = np.asarray([raw[n] for n in names], dtype=np.float64)
     except (TypeError, ValueError):
@@ -74,7 +89,11 @@ def search_probs(data: Dict[str, Any], genotype: MultiDomainGenotype, path: str)
             f"{path}: field 'alpha' has shape {probs.shape}, expected {len(names)} domains x {space.num_edges} "
             f"edges x {space.num_ops} operations"
         )
-    if not np.isfinite(probs).all() or (np.abs(probs.sum(-1) - 1.0) > ROW_SUM_TOLERANCE).any() or (probs < 0).any():
+    if (
+        not np.isfinite(probs).all()
+        or (np.abs(probs.sum(-1) - 1.0) > ROW_SUM_TOLERANCE).any()
+        or (probs < 0).any()
+    ):
         raise DerivationError(
             f"{path}: field 'alpha' must hold softmax(alpha): finite weights >= 0 summing to 1 per edge"
         )
@@ -92,9 +111,16 @@ def derive_random(path: str, seed: int, match: bool, tolerance: float, max_draws
     rng = np.random.default_rng(seed)
     space, names = searched.space, list(searched.domains)
     target = table.multimodel_count(searched)
-    record: Dict[str, Any] = {"method": "random", "source": os.path.abspath(path), "seed": seed, "match_params": match}
+    record: Dict[str, Any] = {
+        "method": "random",
+        "source": os.path.abspath(path),
+        "seed": seed,
+        "match_params": match,
+    }
     if match:
-        genotype, draws = random_matched_genotype(space, names, table, target, rng, tolerance, max_draws)
+        genotype, draws = random_matched_genotype(
+            space, names, table, target, rng, tolerance, max_draws
+        )
         record.update({"target_params": target, "tolerance": tolerance, "max_draws": max_draws})
     else:
         genotype, draws = random_genotype(space, names, rng), 1
@@ -105,7 +131,9 @@ def derive_random(path: str, seed: int, match: bool, tolerance: float, max_draws
 def derive_budget(path: str, budget: int):
     data, searched, table = load_search(path)
     probs = search_probs(data, searched, path)
-    genotype, steps = derive_with_budget(probs, table, list(searched.domains), budget, start=searched)
+    genotype, steps = derive_with_budget(
+        probs, table, list(searched.domains), budget, start=searched
+    )
     record = {
         "method": "param_budget",
         "source": os.path.abspath(path),
@@ -117,8 +145,14 @@ def derive_budget(path: str, budget: int):
     return genotype, table, record
 
 
-def write_derived(out: str, genotype: MultiDomainGenotype, table: ParamTable, record: Dict[str, Any]) -> Dict[str, Any]:
-    extra = {"param_counts": table.param_counts(genotype), "param_table": table.to_dict(), "derived_by": record}
+def write_derived(
+    out: str, genotype: MultiDomainGenotype, table: ParamTable, record: Dict[str, Any]
+) -> Dict[str, Any]:
+    extra = {
+        "param_counts": table.param_counts(genotype),
+        "param_table": table.to_dict(),
+        "derived_by": record,
+    }
     save_genotype(out, genotype, extra)
     return extra
 
@@ -128,22 +162,41 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mdnas-derive",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Derive a genotype from a finished search without the model or the data: a random\n"
-                    "genotype (the chance baseline) or the concordant multimodel within a parameter budget.\n"
-                    "Writes FILE in the search's genotype format with param_counts and derived_by.",
+        "genotype (the chance baseline) or the concordant multimodel within a parameter budget.\n"
+        "Writes FILE in the search's genotype format with param_counts and derived_by.",
         epilog=BUDGET_RULE,
     )
-    parser.add_argument("search_out", metavar="SEARCH_OUT", help="a search's save dir or its genotype.json")
+    parser.add_argument(
+        "search_out", metavar="SEARCH_OUT", help="a search's save dir or its genotype.json"
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--random-seed", type=int, metavar="K",
-                      help="draw every domain's cell uniformly among the valid cells (numpy default_rng(K))")
-    mode.add_argument("--param-budget", type=int, metavar="N",
-                      help="the multimodel with at most N parameters from the search's alphas (rule below)")
-    parser.add_argument("--match-params", action="store_true",
-                        help="with --random-seed: redraw until the multimodel is within --tolerance of the "
-                             "searched one")
-    parser.add_argument("--tolerance", type=float, default=None, help="relative tolerance of --match-params (0.1)")
-    parser.add_argument("--max-draws", type=int, default=None, help="draws --match-params may take (1000)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the genotype file to write (atomically)")
+    mode.add_argument(
+        "--random-seed",
+        type=int,
+        metavar="K",
+        help="draw every domain's cell uniformly among the valid cells (numpy default_rng(K))",
+    )
+    mode.add_argument(
+        "--param-budget",
+        type=int,
+        metavar="N",
+        help="the multimodel with at most N parameters from the search's alphas (rule below)",
+    )
+    parser.add_argument(
+        "--match-params",
+        action="store_true",
+        help="with --random-seed: redraw until the multimodel is within --tolerance of the "
+        "searched one",
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=None, help="relative tolerance of --match-params (0.1)"
+    )
+    parser.add_argument(
+        "--max-draws", type=int, default=None, help="draws --match-params may take (1000)"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="FILE", help="the genotype file to write (atomically)"
+    )
     return parser
 
 
@@ -159,7 +212,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = resolve_search_out(args.search_out)
     try:
         if args.random_seed is not None:
-            genotype, table, record = derive_random(path, args.random_seed, args.match_params, tolerance, max_draws)
+            genotype, table, record = derive_random(
+                path, args.random_seed, args.match_params, tolerance, max_draws
+            )
             how = f"random genotype, seed {args.random_seed}, {record['draws']} draw(s)"
         else:
             genotype, table, record = derive_budget(path, args.param_budget)

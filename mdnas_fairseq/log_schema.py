@@ -13,6 +13,7 @@ every logging output holds
 Values stay tensors until fairseq's meters are read at log time: nothing here synchronises the
 host with the device.
 """
+
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -27,14 +28,21 @@ SEARCH_COUNT = "search_count"
 JS = "js"
 ENTROPY = "alpha_entropy"  # (A,) one per architecture: mean entropy of softmax(alpha) over edges
 MARGIN = "alpha_margin"  # (A,) mean best-minus-second weight per edge (non-none operations)
-EXPECTED_PARAMS = "alpha_params"  # (A,) expected cell parameters under softmax(alpha) / the largest cell
+EXPECTED_PARAMS = (
+    "alpha_params"  # (A,) expected cell parameters under softmax(alpha) / the largest cell
+)
 PROBS = "p"  # (D,) the domain distribution
 ALPHA_LOSS, ALPHA_COUNT = "alpha_loss", "alpha_count"
 ALPHA_SKIPPED = "alpha_skipped"
 
 
-def domain_sums(per_sample: torch.Tensor, sizes: torch.Tensor, domains: torch.Tensor,
-                batch_domain: Optional[int], num_domains: int) -> Dict[str, torch.Tensor]:
+def domain_sums(
+    per_sample: torch.Tensor,
+    sizes: torch.Tensor,
+    domains: torch.Tensor,
+    batch_domain: Optional[int],
+    num_domains: int,
+) -> Dict[str, torch.Tensor]:
     """Per-domain vectors of summed losses (device) and sizes (CPU) of one batch.
 
     ``batch_domain`` is the domain of a domain-homogeneous batch, known on the host (every batch
@@ -44,11 +52,14 @@ def domain_sums(per_sample: torch.Tensor, sizes: torch.Tensor, domains: torch.Te
     if batch_domain is not None:
         loss[batch_domain] = per_sample.detach().float().sum()
         size = torch.zeros(num_domains, dtype=torch.float64)
-        size[batch_domain] = float(sizes) if not torch.is_tensor(sizes) else float(sizes.sum().cpu())
+        size[batch_domain] = (
+            float(sizes) if not torch.is_tensor(sizes) else float(sizes.sum().cpu())
+        )
     else:
         loss.index_add_(0, domains, per_sample.detach().float())
         size = torch.zeros(num_domains, dtype=torch.float64).index_add_(
-            0, domains.cpu(), torch.as_tensor(sizes).cpu().double())
+            0, domains.cpu(), torch.as_tensor(sizes).cpu().double()
+        )
     return {DOMAIN_LOSS: loss, DOMAIN_SIZE: size}
 
 
@@ -66,11 +77,18 @@ def log_domain_metrics(logging_outputs: Sequence[dict], names: Sequence[str]) ->
         n = float(size[d])
         if n > 0:
             metrics.log_scalar(f"loss_{name}", loss[d] / n / math.log(2), n, round=3)
-            metrics.log_derived(f"ppl_{name}", lambda m, k=f"loss_{name}": utils.get_perplexity(m[k].avg))
+            metrics.log_derived(
+                f"ppl_{name}", lambda m, k=f"loss_{name}": utils.get_perplexity(m[k].avg)
+            )
 
 
-def log_mean(logging_outputs: Sequence[dict], key: str, count_key: str, names: Optional[List[str]] = None,
-             round: int = 4) -> None:
+def log_mean(
+    logging_outputs: Sequence[dict],
+    key: str,
+    count_key: str,
+    names: Optional[List[str]] = None,
+    round: int = 4,
+) -> None:
     """Mean of ``key`` over the records that count (a scalar, or one value per name)."""
     count = float(_total(logging_outputs, count_key))
     if count <= 0 or not any(key in log for log in logging_outputs):

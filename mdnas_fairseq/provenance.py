@@ -1,4 +1,5 @@
 """Where a result came from: the code's git commit and paths that do not name the machine."""
+
 import os
 import subprocess
 
@@ -13,7 +14,7 @@ def display_path(path: str) -> str:
     if not relative.startswith(os.path.join("..", "..", "..")):
         return relative
     home = os.path.expanduser("~")
-    return "~" + absolute[len(home):] if absolute.startswith(home + os.sep) else absolute
+    return "~" + absolute[len(home) :] if absolute.startswith(home + os.sep) else absolute
 
 
 def git_commit(path: str = ".") -> str:
@@ -21,10 +22,20 @@ def git_commit(path: str = ".") -> str:
     or ``unknown`` outside a checkout."""
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")

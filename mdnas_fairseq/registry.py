@@ -4,6 +4,7 @@ The package can be imported more than once (as ``--user-dir`` and as the install
 tests and by the checkpoint loader); fairseq refuses a name registered twice, so every registration
 goes through :func:`register_once`.
 """
+
 from typing import Callable, Mapping
 
 

@@ -18,6 +18,7 @@ The right single quotation mark is replaced by an apostrophe everywhere (fairseq
 the test sets), whitespace is normalised, and with --lowercase all text is lowercased (fairseq
 lowercases). Output columns: ``en<TAB>de<TAB>split``.
 """
+
 import argparse
 import os
 import re
@@ -25,8 +26,13 @@ import sys
 from xml.sax.saxutils import unescape
 
 LANGS = ("en", "de")
-TEST_SETS = ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010",
-             "IWSLT14.TED.tst2011", "IWSLT14.TED.tst2012")
+TEST_SETS = (
+    "IWSLT14.TED.dev2010",
+    "IWSLT14.TEDX.dev2012",
+    "IWSLT14.TED.tst2010",
+    "IWSLT14.TED.tst2011",
+    "IWSLT14.TED.tst2012",
+)
 KEEP_TEXT_TAGS = ("title", "description")
 TAGGED = re.compile(r"^<(\w+)(\s[^>]*)?>(.*)</\1>$", re.S)
 BARE_TAG = re.compile(r"^</?\w+(\s[^>]*)?/?>$")
@@ -76,16 +82,21 @@ def keep_pair(a, b, max_words, ratio):
 def _aligned(paths, lists):
     counts = {p: len(x) for p, x in zip(paths, lists)}
     if len(set(counts.values())) != 1:
-        raise IWSLTError("files are not line-aligned after removing tags: "
-                         + ", ".join(f"{p}: {n} lines" for p, n in counts.items()))
+        raise IWSLTError(
+            "files are not line-aligned after removing tags: "
+            + ", ".join(f"{p}: {n} lines" for p, n in counts.items())
+        )
 
 
 def build_rows(folder, lowercase=False, max_words=175, ratio=1.5, valid_every=23):
     """Rows (en, de, split) of the IWSLT14 folder; see the module docstring."""
+
     def need(name):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            raise IWSLTError(f"{folder}: missing {name} (is this the de-en folder of IWSLT14 de-en.tgz?)")
+            raise IWSLTError(
+                f"{folder}: missing {name} (is this the de-en folder of IWSLT14 de-en.tgz?)"
+            )
         return path
 
     paths = [need(f"train.tags.de-en.{lang}") for lang in LANGS]
@@ -93,7 +104,10 @@ def build_rows(folder, lowercase=False, max_words=175, ratio=1.5, valid_every=23
     _aligned(paths, train)
     pairs = [(clean_text(e), clean_text(d)) for e, d in zip(*train)]
     pairs = [(e, d) for e, d in pairs if keep_pair(e, d, max_words, ratio)]
-    rows = [(e, d, "valid" if i % valid_every == 0 else "train") for i, (e, d) in enumerate(pairs, start=1)]
+    rows = [
+        (e, d, "valid" if i % valid_every == 0 else "train")
+        for i, (e, d) in enumerate(pairs, start=1)
+    ]
     for name in TEST_SETS:
         tpaths = [need(f"{name}.de-en.{lang}.xml") for lang in LANGS]
         segs = [xml_segments(p) for p in tpaths]

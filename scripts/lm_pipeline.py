@@ -29,6 +29,7 @@ fully; the candidates' scores go into table.json.
 
 Example (the demo): ``python scripts/lm_pipeline.py --data build/demo-data/data-bin --out build/demo-run``
 """
+
 import argparse
 import json
 import os
@@ -80,7 +81,7 @@ SEARCHED = ("union", "multi", "multi_struct", "multi_contr", "multi_param")
 def model_settings(name, domains, args):
     """(domains of the model, extra fairseq-train flags of its search) of a model name."""
     if name.startswith("single_"):
-        lang = name[len("single_"):]
+        lang = name[len("single_") :]
         if lang not in domains:
             raise SystemExit(f"model {name}: {lang!r} is not one of the data's domains {domains}")
         return [lang], []
@@ -102,13 +103,38 @@ def train_flags(args, domains, save_dir, epochs, seed=None, arch=None):
     """fairseq-train flags of the table's protocol; the flags after ``--`` are the searchable model's
     (a baseline of another ``arch`` gets ``--baseline-flags`` instead)."""
     flags = [
-        args.data, "--user-dir", USER_DIR, "--task", "multidomain_nas", "--domains", ",".join(domains),
-        "--arch", arch or args.arch, "--criterion", "multidomain_nas_loss",
-        "--optimizer", "adam", "--lr", str(args.lr), "--clip-norm", str(args.clip_norm),
-        "--batch-size", str(args.batch_size), "--max-epoch", str(epochs),
-        "--seed", str(args.seed if seed is None else seed),
-        "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "50",
-        "--num-workers", "0",
+        args.data,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "multidomain_nas",
+        "--domains",
+        ",".join(domains),
+        "--arch",
+        arch or args.arch,
+        "--criterion",
+        "multidomain_nas_loss",
+        "--optimizer",
+        "adam",
+        "--lr",
+        str(args.lr),
+        "--clip-norm",
+        str(args.clip_norm),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-epoch",
+        str(epochs),
+        "--seed",
+        str(args.seed if seed is None else seed),
+        "--save-dir",
+        save_dir,
+        "--no-epoch-checkpoints",
+        "--log-format",
+        "simple",
+        "--log-interval",
+        "50",
+        "--num-workers",
+        "0",
     ]
     if args.cpu:
         flags.append("--cpu")
@@ -116,7 +142,12 @@ def train_flags(args, domains, save_dir, epochs, seed=None, arch=None):
 
 
 def search_flags(args):
-    return ["--alpha-order", str(args.alpha_order), "--alpha-lr", str(args.alpha_lr)] + args.search_flags.split()
+    return [
+        "--alpha-order",
+        str(args.alpha_order),
+        "--alpha-lr",
+        str(args.alpha_lr),
+    ] + args.search_flags.split()
 
 
 def count_parameters(checkpoint):
@@ -132,8 +163,20 @@ def evaluate(args, checkpoint, domain, log_path, task="multidomain_nas"):
         subset = ["--task", "multidomain_nas", "--gen-subset", "test", "--eval-domain", domain]
     else:
         subset = ["--task", "language_modeling", "--gen-subset", f"test.{domain}"]
-    cmd = [fairseq_cmd("fairseq-eval-lm"), args.data, "--user-dir", USER_DIR, "--path", checkpoint,
-           "--sample-break-mode", "eos", "--batch-size", str(args.batch_size), "--num-workers", "0"] + subset
+    cmd = [
+        fairseq_cmd("fairseq-eval-lm"),
+        args.data,
+        "--user-dir",
+        USER_DIR,
+        "--path",
+        checkpoint,
+        "--sample-break-mode",
+        "eos",
+        "--batch-size",
+        str(args.batch_size),
+        "--num-workers",
+        "0",
+    ] + subset
     if args.cpu:
         cmd.append("--cpu")
     text, _ = run(cmd, log_path)
@@ -155,20 +198,34 @@ def retrain_and_test(args, domains, genotype, base, shared, tag="retrain", epoch
     """Retrain a genotype from scratch with the table's protocol; test perplexity per domain."""
     train = fairseq_cmd("fairseq-train")
     retrain_dir = os.path.join(base, tag)
-    text, seconds = run([train] + train_flags(args, domains, retrain_dir, epochs or args.retrain_epochs)
-                        + ["--genotype", genotype] + shared, os.path.join(base, f"{tag}.log"))
+    text, seconds = run(
+        [train]
+        + train_flags(args, domains, retrain_dir, epochs or args.retrain_epochs)
+        + ["--genotype", genotype]
+        + shared,
+        os.path.join(base, f"{tag}.log"),
+    )
     checkpoint = os.path.join(retrain_dir, "checkpoint_best.pt")
     if epochs is not None:  # a short selection retrain: its validation loss only
         return {"valid_loss": best_valid_loss(text), "seconds": round(seconds, 1)}
-    ppl = {d: evaluate(args, checkpoint, d, os.path.join(base, f"eval_{tag}_{d}.log")) for d in domains}
+    ppl = {
+        d: evaluate(args, checkpoint, d, os.path.join(base, f"eval_{tag}_{d}.log")) for d in domains
+    }
     return {"test_ppl": ppl, "params": count_parameters(checkpoint), "seconds": round(seconds, 1)}
 
 
 def search(args, domains, extra, base, seed):
     """One search; returns its genotype.json path and wall seconds."""
-    search_dir = os.path.join(base, f"search_seed{seed}" if len(args.search_seed_list) > 1 else "search")
-    _, seconds = run([fairseq_cmd("fairseq-train")] + train_flags(args, domains, search_dir, args.search_epochs, seed)
-                     + search_flags(args) + extra, os.path.join(base, f"{os.path.basename(search_dir)}.log"))
+    search_dir = os.path.join(
+        base, f"search_seed{seed}" if len(args.search_seed_list) > 1 else "search"
+    )
+    _, seconds = run(
+        [fairseq_cmd("fairseq-train")]
+        + train_flags(args, domains, search_dir, args.search_epochs, seed)
+        + search_flags(args)
+        + extra,
+        os.path.join(base, f"{os.path.basename(search_dir)}.log"),
+    )
     return os.path.join(search_dir, "genotype.json"), round(seconds, 1)
 
 
@@ -189,8 +246,17 @@ def run_model(name, domains_all, args):
     chosen = candidates[0]
     if len(candidates) > 1 and args.select_by_retrain_epochs > 0:
         for c in candidates:  # selection on the validation split, never the test split
-            c.update(retrain_and_test(args, domains, c["genotype"], base, shared, tag=f"select_seed{c['seed']}",
-                                      epochs=args.select_by_retrain_epochs))
+            c.update(
+                retrain_and_test(
+                    args,
+                    domains,
+                    c["genotype"],
+                    base,
+                    shared,
+                    tag=f"select_seed{c['seed']}",
+                    epochs=args.select_by_retrain_epochs,
+                )
+            )
         chosen = min(candidates, key=lambda c: c["valid_loss"])
     genotype = os.path.join(base, "genotype.json")  # the chosen search's genotype
     shutil.copyfile(chosen["genotype"], genotype)
@@ -206,8 +272,10 @@ def run_model(name, domains_all, args):
         "agreement_edges": _agreement(g),
         "decisiveness": _decisiveness(g),
         "search_seed": chosen["seed"],
-        "search_candidates": [{k: (display_path(v) if k == "genotype" else v) for k, v in c.items()}
-                              for c in candidates],
+        "search_candidates": [
+            {k: (display_path(v) if k == "genotype" else v) for k, v in c.items()}
+            for c in candidates
+        ],
         "search_seconds": sum(c["search_seconds"] for c in candidates),
         "retrain_seconds": result["seconds"],
         "genotype": display_path(genotype),
@@ -224,26 +292,44 @@ def run_random(domains, args, base):
 
     reference = os.path.join(args.out, args.random_reference, "genotype.json")
     if not os.path.isfile(reference):
-        raise SystemExit(f"model random: {reference} not found: run --models {args.random_reference},random")
+        raise SystemExit(
+            f"model random: {reference} not found: run --models {args.random_reference},random"
+        )
     data, searched, table = load_search(reference)
     target = table.multimodel_count(searched)
     runs = []
     for k in range(args.random_count):
         rng = np.random.default_rng(args.seed * 1000 + k)
-        genotype, draws = random_matched_genotype(searched.space, searched.domains, table, target, rng)
+        genotype, draws = random_matched_genotype(
+            searched.space, searched.domains, table, target, rng
+        )
         path = os.path.join(base, f"random{k}", "genotype.json")
-        save_genotype(path, genotype, {"param_counts": table.param_counts(genotype), "param_table": table.to_dict(),
-                                       "derived_by": {"random_seed": args.seed * 1000 + k, "draws": draws,
-                                                      "matched_to": display_path(reference)}})
+        save_genotype(
+            path,
+            genotype,
+            {
+                "param_counts": table.param_counts(genotype),
+                "param_table": table.to_dict(),
+                "derived_by": {
+                    "random_seed": args.seed * 1000 + k,
+                    "draws": draws,
+                    "matched_to": display_path(reference),
+                },
+            },
+        )
         result = retrain_and_test(args, domains, path, os.path.join(base, f"random{k}"), [])
         runs.append({"genotype": display_path(path), "draws": draws, **result})
-        print(f"   random {k}: test ppl {result['test_ppl']}, params {result['params']:,}", flush=True)
+        print(
+            f"   random {k}: test ppl {result['test_ppl']}, params {result['params']:,}", flush=True
+        )
     ppl = {d: [r["test_ppl"][d] for r in runs] for d in domains}
     return {
         "model": "random",
         "domains": domains,
         "test_ppl": {d: float(np.mean(v)) for d, v in ppl.items()},
-        "test_ppl_std": {d: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for d, v in ppl.items()},
+        "test_ppl_std": {
+            d: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for d, v in ppl.items()
+        },
         "test_ppl_best": {d: float(min(v)) for d, v in ppl.items()},
         "params": int(round(float(np.mean([r["params"] for r in runs])))),
         "params_target": target,
@@ -258,13 +344,28 @@ def run_baseline(domains, args, base):
     domains, with the same data, epochs, optimizer and seed; tested with task language_modeling."""
     train = fairseq_cmd("fairseq-train")
     save = os.path.join(base, "train")
-    _, seconds = run([train] + train_flags(args, domains, save, args.retrain_epochs, arch=args.baseline_arch)
-                     + args.baseline_flags.split(), os.path.join(base, "train.log"))
+    _, seconds = run(
+        [train]
+        + train_flags(args, domains, save, args.retrain_epochs, arch=args.baseline_arch)
+        + args.baseline_flags.split(),
+        os.path.join(base, "train.log"),
+    )
     checkpoint = os.path.join(save, "checkpoint_best.pt")
-    ppl = {d: evaluate(args, checkpoint, d, os.path.join(base, f"eval_{d}.log"), task="language_modeling")
-           for d in domains}
-    return {"model": "baseline", "arch": args.baseline_arch, "domains": domains, "test_ppl": ppl,
-            "params": count_parameters(checkpoint), "agreement_edges": None, "retrain_seconds": round(seconds, 1)}
+    ppl = {
+        d: evaluate(
+            args, checkpoint, d, os.path.join(base, f"eval_{d}.log"), task="language_modeling"
+        )
+        for d in domains
+    }
+    return {
+        "model": "baseline",
+        "arch": args.baseline_arch,
+        "domains": domains,
+        "test_ppl": ppl,
+        "params": count_parameters(checkpoint),
+        "agreement_edges": None,
+        "retrain_seconds": round(seconds, 1),
+    }
 
 
 def _agreement(g):
@@ -297,7 +398,9 @@ def format_table(rows, domains):
             if d not in r["test_ppl"]:
                 cells.append("-")
             elif "test_ppl_std" in r:
-                cells.append(f"{r['test_ppl'][d]:.2f} ± {r['test_ppl_std'][d]:.2f} (best {r['test_ppl_best'][d]:.2f})")
+                cells.append(
+                    f"{r['test_ppl'][d]:.2f} ± {r['test_ppl_std'][d]:.2f} (best {r['test_ppl_best'][d]:.2f})"
+                )
             else:
                 cells.append(f"{r['test_ppl'][d]:.2f}")
         agreed = "-"
@@ -312,7 +415,9 @@ def format_table(rows, domains):
 
 def build_parser():
     """The pipeline's command line (scripts/sweep.py passes its settings through it)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", required=True, help="data-bin made by scripts/prepare_parallel.py")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per model)")
     p.add_argument("--models", default="single_en,union,multi_struct")
@@ -326,18 +431,39 @@ def build_parser():
     p.add_argument("--alpha-lr", type=float, default=0.003)
     p.add_argument("--struct-coef", type=float, default=0.1)
     p.add_argument("--contrastive-coef", type=float, default=0.1)
-    p.add_argument("--param-coef", type=float, default=0.1, help="beta_param of the multi_param model")
-    p.add_argument("--search-flags", default="", help="more fairseq-train flags for the searches only")
-    p.add_argument("--seed", type=int, default=1, help="seed of the retraining (and of the search, by default)")
+    p.add_argument(
+        "--param-coef", type=float, default=0.1, help="beta_param of the multi_param model"
+    )
+    p.add_argument(
+        "--search-flags", default="", help="more fairseq-train flags for the searches only"
+    )
+    p.add_argument(
+        "--seed", type=int, default=1, help="seed of the retraining (and of the search, by default)"
+    )
     p.add_argument("--search-seeds", default="", help="search seeds, e.g. 1,2,3 (default: --seed)")
-    p.add_argument("--select-by-retrain-epochs", type=int, default=0,
-                   help="with several search seeds: retrain each genotype this many epochs and keep the one with "
-                        "the best validation loss (the DARTS authors' selection protocol)")
-    p.add_argument("--random-count", type=int, default=5, help="random genotypes of the random model")
-    p.add_argument("--random-reference", default="multi_struct",
-                   help="searched model whose multimodel size the random genotypes match (within 10%%)")
-    p.add_argument("--baseline-arch", default="transformer_lm", help="fairseq architecture of the baseline model")
-    p.add_argument("--baseline-flags", default="", help="fairseq-train flags of the baseline only (its sizes)")
+    p.add_argument(
+        "--select-by-retrain-epochs",
+        type=int,
+        default=0,
+        help="with several search seeds: retrain each genotype this many epochs and keep the one with "
+        "the best validation loss (the DARTS authors' selection protocol)",
+    )
+    p.add_argument(
+        "--random-count", type=int, default=5, help="random genotypes of the random model"
+    )
+    p.add_argument(
+        "--random-reference",
+        default="multi_struct",
+        help="searched model whose multimodel size the random genotypes match (within 10%%)",
+    )
+    p.add_argument(
+        "--baseline-arch",
+        default="transformer_lm",
+        help="fairseq architecture of the baseline model",
+    )
+    p.add_argument(
+        "--baseline-flags", default="", help="fairseq-train flags of the baseline only (its sizes)"
+    )
     p.add_argument("--no-cpu", dest="cpu", action="store_false", help="let fairseq use a GPU")
     p.add_argument("extra", nargs="*", help="more fairseq-train flags, after --")
     return p
@@ -345,7 +471,9 @@ def build_parser():
 
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
-    args.search_seed_list = [int(x) for x in args.search_seeds.split(",") if x.strip()] or [args.seed]
+    args.search_seed_list = [int(x) for x in args.search_seeds.split(",") if x.strip()] or [
+        args.seed
+    ]
     return args
 
 
@@ -364,10 +492,16 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        print(f"== {name}: search {args.search_epochs} epochs, retrain {args.retrain_epochs} epochs", flush=True)
+        print(
+            f"== {name}: search {args.search_epochs} epochs, retrain {args.retrain_epochs} epochs",
+            flush=True,
+        )
         row = run_model(name, domains, args)
-        print(f"   test ppl {row['test_ppl']}, params {row['params']:,} "
-              f"(search {row.get('search_seconds', 0)}s, retrain {row['retrain_seconds']}s)", flush=True)
+        print(
+            f"   test ppl {row['test_ppl']}, params {row['params']:,} "
+            f"(search {row.get('search_seconds', 0)}s, retrain {row['retrain_seconds']}s)",
+            flush=True,
+        )
         rows.append(row)
     table = format_table(rows, domains)
     settings = {k: v for k, v in vars(args).items()}
@@ -375,11 +509,17 @@ def main(argv=None):
     commit = git_commit(ROOT)
     with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
         json.dump({"settings": settings, "commit": commit, "rows": rows}, f, indent=1)
-    command = "python scripts/lm_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/lm_pipeline.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
-        f.write(f"Test perplexity per domain (retrained derived models), seed {args.seed}, commit {commit}\n\n"
-                f"Command: `{command}`\n\n{table}\n")
-    print("\nTest perplexity per domain of the retrained models (seed %d, %s):\n" % (args.seed, args.arch))
+        f.write(
+            f"Test perplexity per domain (retrained derived models), seed {args.seed}, commit {commit}\n\n"
+            f"Command: `{command}`\n\n{table}\n"
+        )
+    print(
+        f"\nTest perplexity per domain of the retrained models (seed {args.seed}, {args.arch}):\n"
+    )
     print(table)
     return rows
 

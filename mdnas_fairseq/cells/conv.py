@@ -22,6 +22,7 @@ of an operation is exactly its convolution weights.
 The classifier (:class:`DartsConvClassifier`): stem conv 3x3 (stride ``stem_stride``) + BN
 (affine) [+ max pool ``stem_pool``] -> one cell (``s_0 = s_1 =`` the stem output) -> global average pooling -> linear.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,7 +32,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .network import MultiDomainNetwork
 from ..search import (
     CNN_OPERATIONS,
     GenotypeEdge,
@@ -41,7 +41,7 @@ from ..search import (
     darts_cnn_space,
     mix,
 )
-
+from .network import MultiDomainNetwork
 
 
 class Zero(nn.Module):
@@ -80,7 +80,15 @@ class DilConv(nn.Module):
         c = channels
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c, c, kernel, padding=dilation * (kernel // 2), dilation=dilation, groups=c, bias=False),
+            nn.Conv2d(
+                c,
+                c,
+                kernel,
+                padding=dilation * (kernel // 2),
+                dilation=dilation,
+                groups=c,
+                bias=False,
+            ),
             nn.Conv2d(c, c, 1, bias=False),
             nn.BatchNorm2d(c, affine=False),
         )
@@ -136,15 +144,23 @@ class DartsConvCell(nn.Module):
         genotype: None for search mode; otherwise the derived multimodel's genotype.
     """
 
-    def __init__(self, channels: int, space: Optional[SearchSpace] = None,
-                 genotype: Optional[MultiDomainGenotype] = None):
+    def __init__(
+        self,
+        channels: int,
+        space: Optional[SearchSpace] = None,
+        genotype: Optional[MultiDomainGenotype] = None,
+    ):
         super().__init__()
         self.space = space or (genotype.space if genotype is not None else darts_cnn_space())
         if self.space.num_input_nodes != 2:
-            raise ValueError(f"the conv cell needs a search space with two input states, got {self.space}")
+            raise ValueError(
+                f"the conv cell needs a search space with two input states, got {self.space}"
+            )
         unknown = [op for op in self.space.operations if op not in CNN_OPERATIONS]
         if unknown:
-            raise ValueError(f"conv cell: unknown operations {unknown}; known: {list(CNN_OPERATIONS)}")
+            raise ValueError(
+                f"conv cell: unknown operations {unknown}; known: {list(CNN_OPERATIONS)}"
+            )
         self.channels = channels
         self.genotype = genotype
         # candidates that compute something (``none`` adds zero and is skipped)
@@ -152,12 +168,15 @@ class DartsConvCell(nn.Module):
         self.weighted_op_index = [self.space.op_index(op) for op in self.weighted_ops]
         if genotype is None:
             self.edge_ops = nn.ModuleList(
-                nn.ModuleList(make_op(op, channels) for op in self.weighted_ops) for _ in self.space.edges
+                nn.ModuleList(make_op(op, channels) for op in self.weighted_ops)
+                for _ in self.space.edges
             )
         else:
             if genotype.space != self.space:
                 raise ValueError("genotype search space differs from the cell's search space")
-            self.ops = nn.ModuleDict({_module_name(e): make_op(e.op, channels) for e in genotype.union_edges()})
+            self.ops = nn.ModuleDict(
+                {_module_name(e): make_op(e.op, channels) for e in genotype.union_edges()}
+            )
             # cell name -> node -> [(input, module name)]
             self.choices: Dict[str, Dict[int, List[Tuple[int, str]]]] = {}
             for d in genotype.domains:
@@ -182,7 +201,9 @@ class DartsConvCell(nn.Module):
             total = 0
             for i in range(j):
                 e = self.space.edge_index(i, j)
-                candidates = torch.stack([op(states[i]) for op in self.edge_ops[e]], dim=0)  # (K', B, C, H, W)
+                candidates = torch.stack(
+                    [op(states[i]) for op in self.edge_ops[e]], dim=0
+                )  # (K', B, C, H, W)
                 total = total + mix(candidates, w_all[..., e, :])
             states.append(total)
         return torch.cat(states[2:], dim=1)
@@ -196,8 +217,13 @@ class DartsConvCell(nn.Module):
             states.append(total)
         return torch.cat(states[2:], dim=1)
 
-    def forward(self, s0: Tensor, s1: Tensor, mixing_probs: Optional[Tensor] = None,
-                cells: Optional[Sequence[str]] = None) -> Tensor:
+    def forward(
+        self,
+        s0: Tensor,
+        s1: Tensor,
+        mixing_probs: Optional[Tensor] = None,
+        cells: Optional[Sequence[str]] = None,
+    ) -> Tensor:
         """Search mode needs ``mixing_probs``; derived mode ``cells``, the cell name of every sample."""
         if self.is_search:
             if mixing_probs is None:
@@ -249,7 +275,9 @@ class DartsConvClassifier(MultiDomainNetwork):
         dropout: float = 0.0,
         alpha_init_scale: float = 1e-3,
     ):
-        super().__init__(domains, darts_cnn_space(num_nodes), genotype, shared_architecture, alpha_init_scale)
+        super().__init__(
+            domains, darts_cnn_space(num_nodes), genotype, shared_architecture, alpha_init_scale
+        )
         self.channels = channels
         self.dropout = dropout
         self.stem = nn.Sequential(
@@ -261,7 +289,9 @@ class DartsConvClassifier(MultiDomainNetwork):
         self.cell = DartsConvCell(channels, self.space, genotype)
         self.classifier = nn.Linear(self.cell.out_channels, num_classes)
 
-    def forward(self, images: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, images: Tensor, domain: Tensor, batch_domain: Optional[int] = None
+    ) -> Tuple[Tensor, Tensor]:
         """``images`` (B, C_in, H, W), ``domain`` (B,) -> (logits (B, classes), features (B, num_nodes*C)).
 
         ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
@@ -275,9 +305,13 @@ class DartsConvClassifier(MultiDomainNetwork):
     # ------------------------------------------------------------------ sizes
     def shared_param_count(self) -> int:
         """Parameters every domain uses: stem and classifier."""
-        return sum(p.numel() for p in self.stem.parameters()) + sum(p.numel() for p in self.classifier.parameters())
+        return sum(p.numel() for p in self.stem.parameters()) + sum(
+            p.numel() for p in self.classifier.parameters()
+        )
 
     def param_table(self) -> ParamTable:
         """Parameter counts of this network's modules: one per (input, node, operation), plus stem and head."""
         row = [op_param_count(op, self.channels) for op in self.space.operations]
-        return ParamTable(self.space, [row] * self.space.num_edges, "edge", self.shared_param_count())
+        return ParamTable(
+            self.space, [row] * self.space.num_edges, "edge", self.shared_param_count()
+        )

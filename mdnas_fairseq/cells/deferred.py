@@ -17,6 +17,7 @@ compiled backward graph cannot drop outputs. As cuDNN does, this helper defers t
 The values are unchanged (``x + 0`` is ``x``); gradients equal autograd's up to summation order.
 Pure PyTorch; a backward through it cannot be differentiated again (no double backward).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -46,7 +47,9 @@ class _Anchor(torch.autograd.Function):
         steps = sorted(t for t in sink.grads if t in sink.inputs)
         grads: List[Optional[Tensor]] = []
         for m in range(len(sink.shapes)):
-            pairs = [(sink.inputs[t][m], sink.grads[t][m]) for t in steps if sink.grads[t][m] is not None]
+            pairs = [
+                (sink.inputs[t][m], sink.grads[t][m]) for t in steps if sink.grads[t][m] is not None
+            ]
             if not pairs:
                 grads.append(None)
                 continue

@@ -1,5 +1,6 @@
 """What every searchable network shares: its domains' architectures, alpha (search) or a genotype
 (derived multimodel), and the routing of a batch to its architecture."""
+
 from __future__ import annotations
 
 import abc
@@ -26,8 +27,14 @@ class MultiDomainNetwork(nn.Module, metaclass=abc.ABCMeta):
     routing keyword from :meth:`route`.
     """
 
-    def __init__(self, domains: Sequence[str], space: SearchSpace, genotype: Optional[MultiDomainGenotype] = None,
-                 shared_architecture: bool = False, alpha_init_scale: float = 1e-3):
+    def __init__(
+        self,
+        domains: Sequence[str],
+        space: SearchSpace,
+        genotype: Optional[MultiDomainGenotype] = None,
+        shared_architecture: bool = False,
+        alpha_init_scale: float = 1e-3,
+    ):
         super().__init__()
         self.architectures = DomainArchitectures(domains, shared_architecture)
         self.space = space
@@ -46,7 +53,9 @@ class MultiDomainNetwork(nn.Module, metaclass=abc.ABCMeta):
     def is_search(self) -> bool:
         return self.alphas is not None
 
-    def route(self, domain: Tensor, batch_domain: Optional[int], batch_size: int, dtype) -> Dict[str, object]:
+    def route(
+        self, domain: Tensor, batch_domain: Optional[int], batch_size: int, dtype
+    ) -> Dict[str, object]:
         """The cell's routing keyword for a batch: ``mixing_probs`` (search: softmax(alpha) of each
         sample's architecture, in the activations' ``dtype``) or ``cells`` (derived: the genotype cell
         name of each sample).
@@ -58,20 +67,28 @@ class MultiDomainNetwork(nn.Module, metaclass=abc.ABCMeta):
         if batch_domain is not None:
             row = self.architectures.row(batch_domain)
             if self.is_search:
-                probs = self.alphas.mixing_probs(row, temperature=self.temperature, gumbel=self.gumbel)
+                probs = self.alphas.mixing_probs(
+                    row, temperature=self.temperature, gumbel=self.gumbel
+                )
                 return {"mixing_probs": probs.to(dtype)}
             return {"cells": [self.architecture_names[row]] * batch_size}
         if domain.dim() == 0:
             domain = domain.expand(batch_size)
         rows = self.architectures.rows_of(domain)
         if self.is_search:
-            return {"mixing_probs": self.alphas.mixing_probs(rows, temperature=self.temperature, gumbel=self.gumbel).to(dtype)}
+            return {
+                "mixing_probs": self.alphas.mixing_probs(
+                    rows, temperature=self.temperature, gumbel=self.gumbel
+                ).to(dtype)
+            }
         return {"cells": [self.architecture_names[r] for r in rows.tolist()]}
 
     @abc.abstractmethod
     def param_table(self) -> ParamTable:
         """Parameters of every (edge, operation) module and of what all domains share."""
 
-    def genotype_param_count(self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None) -> int:
+    def genotype_param_count(
+        self, genotype: MultiDomainGenotype, cells: Optional[Sequence[str]] = None
+    ) -> int:
         """Parameters of the multimodel built from ``genotype`` (or of the model of some ``cells``)."""
         return self.param_table().multimodel_count(genotype, cells)

@@ -28,6 +28,7 @@ Speed (``rnn_steps``, ``compiled``): ``x_t W_0x`` for all steps in one matrix pr
 time loop, one matrix product per node for all its candidates, and the per-step function compiled
 with ``torch.compile`` where that pays (``compile="auto"``), else run eagerly.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,7 +38,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .network import MultiDomainNetwork
 from ..search import (
     GenotypeEdge,
     MultiDomainGenotype,
@@ -47,6 +47,7 @@ from ..search import (
 )
 from .compiled import CompiledStep, mark_batch_dynamic
 from .deferred import DeferredWeightGrads
+from .network import MultiDomainNetwork
 from .rnn_steps import ACTIVATIONS, derived_step, search_step
 
 __all__ = ["ACTIVATIONS", "DartsRNNCell", "DartsRNNLanguageModel", "rnn_share_key"]
@@ -89,14 +90,22 @@ class DartsRNNCell(nn.Module):
         super().__init__()
         self.space = space or (genotype.space if genotype is not None else darts_rnn_space())
         if self.space.num_input_nodes != 1 or self.space.edges_per_node != 1:
-            raise ValueError(f"the recurrent cell needs a space with one input and one edge per node, got {self.space}")
-        unknown = [op for op in self.space.operations if op != self.space.none_op and op not in ACTIVATIONS]
+            raise ValueError(
+                f"the recurrent cell needs a space with one input and one edge per node, got {self.space}"
+            )
+        unknown = [
+            op for op in self.space.operations if op != self.space.none_op and op not in ACTIVATIONS
+        ]
         if unknown:
-            raise ValueError(f"recurrent cell: unknown operations {unknown}; known: {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"recurrent cell: unknown operations {unknown}; known: {sorted(ACTIVATIONS)}"
+            )
         self.input_size, self.hidden_size = input_size, hidden_size
         self.dropout_x, self.dropout_h = dropout_x, dropout_h
         self.genotype = genotype
-        self.w0 = nn.Parameter(_init_uniform(torch.empty(input_size + hidden_size, 2 * hidden_size)))
+        self.w0 = nn.Parameter(
+            _init_uniform(torch.empty(input_size + hidden_size, 2 * hidden_size))
+        )
         # operations with weights, in the order of the alpha axis without `none`
         self.weighted_ops = [op for op in self.space.operations if op != self.space.none_op]
         self.weighted_op_index = [self.space.op_index(op) for op in self.weighted_ops]
@@ -111,7 +120,10 @@ class DartsRNNCell(nn.Module):
         if genotype is None:
             k = len(self.weighted_ops)
             self.node_weights = nn.ParameterList(
-                [nn.Parameter(_init_uniform(torch.empty(k, hidden_size, 2 * hidden_size))) for _ in self.space.node_ids]
+                [
+                    nn.Parameter(_init_uniform(torch.empty(k, hidden_size, 2 * hidden_size)))
+                    for _ in self.space.node_ids
+                ]
             )
             self.steps = CompiledStep(search_step, "search", compile)
         else:
@@ -119,7 +131,9 @@ class DartsRNNCell(nn.Module):
                 raise ValueError("genotype search space differs from the cell's search space")
             self.op_weights = nn.ParameterDict(
                 {
-                    self._module_name(e): nn.Parameter(_init_uniform(torch.empty(hidden_size, 2 * hidden_size)))
+                    self._module_name(e): nn.Parameter(
+                        _init_uniform(torch.empty(hidden_size, 2 * hidden_size))
+                    )
                     for e in genotype.union_edges()
                 }
             )
@@ -164,11 +178,21 @@ class DartsRNNCell(nn.Module):
             return mats, inputs, codes
         key = (cell, torch.device(device))
         if key not in self._chains:
-            self._chains[key] = (torch.tensor(inputs, device=device), torch.tensor(codes, device=device))
+            self._chains[key] = (
+                torch.tensor(inputs, device=device),
+                torch.tensor(codes, device=device),
+            )
         return (mats,) + self._chains[key]
 
-    def _run(self, xw: Tensor, h: Tensor, weights: Tuple[Tensor, ...], rest: tuple,
-             product_rows: Sequence[int], batch_args: Sequence[Optional[Tensor]]) -> Tensor:
+    def _run(
+        self,
+        xw: Tensor,
+        h: Tensor,
+        weights: Tuple[Tensor, ...],
+        rest: tuple,
+        product_rows: Sequence[int],
+        batch_args: Sequence[Optional[Tensor]],
+    ) -> Tensor:
         """The time loop ``h_t = step(xw[t], h_{t-1}, W_0h, node matrices, *rest, probes)``; returns
         (T, B, H). ``weights`` = (W_0h, node matrices...), whose gradients are deferred to one
         product per matrix and sequence (:mod:`.deferred`); ``product_rows``: rows of each product."""
@@ -219,15 +243,25 @@ class DartsRNNCell(nn.Module):
             # softmax(alpha) may be fp32 while the cell runs in fp16
             mix = mixing_probs[..., self.weighted_op_index].to(inputs.dtype)
             rows = [batch] + [j * batch for j in range(1, self.space.num_nodes + 1)]
-            return self._run(xw, h, (w0h,) + self._packed_node_weights(), (mix, mask_h, tuple(self.weighted_ops)),
-                             rows, (mask_h, mix if mix.dim() == 3 else None))
+            return self._run(
+                xw,
+                h,
+                (w0h,) + self._packed_node_weights(),
+                (mix, mask_h, tuple(self.weighted_ops)),
+                rows,
+                (mask_h, mix if mix.dim() == 3 else None),
+            )
         if cells is None or len(cells) != batch:
             raise ValueError("a derived-mode cell needs the cell name of every sample")
         unknown = sorted(set(cells) - set(self.choices))
         if unknown:
-            raise KeyError(f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}")
+            raise KeyError(
+                f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}"
+            )
         ops = tuple(self.weighted_ops)
-        as_tensors = self.steps.prepare(inputs.device.type)  # a compiled step takes the chain as tensors
+        as_tensors = self.steps.prepare(
+            inputs.device.type
+        )  # a compiled step takes the chain as tensors
         rows = [batch] * (self.space.num_nodes + 1)
         unique = sorted(set(cells))
         if len(unique) == 1:
@@ -240,8 +274,16 @@ class DartsRNNCell(nn.Module):
             idx = torch.tensor(rows, device=inputs.device)
             sub_mask = mask_h.index_select(0, idx) if mask_h is not None else None
             mats, chain_in, codes = self._chain(cell, inputs.device, as_tensors)
-            outputs.append(self._run(xw.index_select(1, idx), h.index_select(0, idx), (w0h,) + mats,
-                                     (chain_in, codes, sub_mask, ops), [len(rows)] * len(mats + (w0h,)), (sub_mask,)))
+            outputs.append(
+                self._run(
+                    xw.index_select(1, idx),
+                    h.index_select(0, idx),
+                    (w0h,) + mats,
+                    (chain_in, codes, sub_mask, ops),
+                    [len(rows)] * len(mats + (w0h,)),
+                    (sub_mask,),
+                )
+            )
             order.extend(rows)
         inverse = torch.empty(batch, dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(batch)
@@ -286,8 +328,12 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
         compile_cell: str = "auto",
     ):
         if embed_dim != hidden_dim:
-            raise ValueError(f"tied embeddings need embed_dim == hidden_dim, got {embed_dim} and {hidden_dim}")
-        super().__init__(domains, darts_rnn_space(num_nodes), genotype, shared_architecture, alpha_init_scale)
+            raise ValueError(
+                f"tied embeddings need embed_dim == hidden_dim, got {embed_dim} and {hidden_dim}"
+            )
+        super().__init__(
+            domains, darts_rnn_space(num_nodes), genotype, shared_architecture, alpha_init_scale
+        )
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
@@ -297,7 +343,9 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
         # huge gradients in fp32).
         self.initial_state = nn.Parameter(torch.empty(hidden_dim).uniform_(-1.0, 1.0))
         self.dropout, self.dropout_emb = dropout, dropout_emb
-        self.cell = DartsRNNCell(embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h, compile_cell)
+        self.cell = DartsRNNCell(
+            embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h, compile_cell
+        )
 
     def _embed(self, tokens: Tensor) -> Tensor:
         """Input embeddings; in training, DARTS' embedding dropout drops whole word types (rows of the
@@ -308,7 +356,9 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
             weight = weight * (keep.bernoulli_(1 - self.dropout_emb) / (1 - self.dropout_emb))
         return F.embedding(tokens, weight, self.embedding.padding_idx)
 
-    def forward(self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None
+    ) -> Tuple[Tensor, Tensor]:
         """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), states (B, T, H)).
 
         ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
@@ -323,15 +373,23 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
 
     # ------------------------------------------------------------------ sizes
     def shared_param_count(self) -> int:
-        return (self.embedding.weight.numel() + self.output_bias.numel() + self.initial_state.numel()
-                + self.cell.shared_param_count())
+        return (
+            self.embedding.weight.numel()
+            + self.output_bias.numel()
+            + self.initial_state.numel()
+            + self.cell.shared_param_count()
+        )
 
     def param_table(self) -> ParamTable:
         """Parameter counts of this network's modules: one matrix per (node, operation) whatever the
         input (:func:`rnn_share_key`), plus embeddings, output bias and the first matrix."""
         rows = [
-            [0 if op == self.space.none_op else self.cell.op_param_count(GenotypeEdge(node=j, input=i, op=op))
-             for op in self.space.operations]
+            [
+                0
+                if op == self.space.none_op
+                else self.cell.op_param_count(GenotypeEdge(node=j, input=i, op=op))
+                for op in self.space.operations
+            ]
             for i, j in self.space.edges
         ]
         return ParamTable(self.space, rows, "node", self.shared_param_count())

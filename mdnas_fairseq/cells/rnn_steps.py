@@ -17,6 +17,7 @@ The derived step takes the chain either as Python ints (eager: the chosen activa
 directly) or as integer tensors (compiled: one graph serves every domain's chain; the activation
 is selected with ``torch.where``, which is exact).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union
@@ -39,7 +40,9 @@ def _norm(x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
 
 
-def first_state(xw: Tensor, h: Tensor, w0h: Tensor, mask_h: Optional[Tensor], probe: Optional[Tensor]):
+def first_state(
+    xw: Tensor, h: Tensor, w0h: Tensor, mask_h: Optional[Tensor], probe: Optional[Tensor]
+):
     """``LN(h + sigmoid(c0) * (tanh(g0) - h))`` with ``[c0, g0] = x_t W_0x + (h * mask_h) W_0h``;
     returns it and the product's left factor ``h * mask_h``."""
     hm = h if mask_h is None else h * mask_h
@@ -146,7 +149,9 @@ def search_step(
         j = n + 1
         prev = torch.stack(states)  # (j, B, H)
         src = (prev if mask_h is None else prev * mask_h).reshape(-1, hidden)
-        z = _product(src, node_mats[n], None if probes is None else probes[j]).view(j, -1, k, 2, hidden)
+        z = _product(src, node_mats[n], None if probes is None else probes[j]).view(
+            j, -1, k, 2, hidden
+        )
         w = mix[..., start : start + j, :]
         start += j
         states.append(_norm(MixedNode.apply(z, prev, w, ops)))
@@ -188,9 +193,15 @@ def derived_step(
     for n in range(len(node_mats)):
         i = inputs[n]
         # a tensor index stays on the device: index_select, never an implicit .item()
-        s = states[i] if isinstance(i, int) else torch.stack(states).index_select(0, inputs[n : n + 1])[0]
+        s = (
+            states[i]
+            if isinstance(i, int)
+            else torch.stack(states).index_select(0, inputs[n : n + 1])[0]
+        )
         src = s if mask_h is None else s * mask_h
-        gate, value = _product(src, node_mats[n], None if probes is None else probes[n + 1]).chunk(2, dim=-1)
+        gate, value = _product(src, node_mats[n], None if probes is None else probes[n + 1]).chunk(
+            2, dim=-1
+        )
         act = _apply_op(value, op_codes[n], ops)
         states.append(_norm(s + torch.sigmoid(gate) * (act - s)))
         lefts.append(src)

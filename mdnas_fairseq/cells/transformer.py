@@ -29,6 +29,7 @@ slot, K candidates shared by all slots, each slot allowing only its kind's candi
 Candidate modules come from a factory (op name -> module, see :mod:`.transformer_ops`): the
 fairseq model passes one building fairseq's ``MultiheadAttention`` and ``LightweightConv``.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,12 +81,19 @@ class SearchableTransformerLM(MultiDomainNetwork):
         scale_embedding: bool = True,
         alpha_init_scale: float = 1e-3,
     ):
-        super().__init__(domains, transformer_lm_space(num_layers, kernel_sizes), genotype, shared_architecture,
-                         alpha_init_scale)
+        super().__init__(
+            domains,
+            transformer_lm_space(num_layers, kernel_sizes),
+            genotype,
+            shared_architecture,
+            alpha_init_scale,
+        )
         self.embed_dim, self.dropout = embed_dim, dropout
         self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
-        nn.init.normal_(self.embedding.weight, mean=0.0, std=embed_dim**-0.5)  # as fairseq's Embedding
+        nn.init.normal_(
+            self.embedding.weight, mean=0.0, std=embed_dim**-0.5
+        )  # as fairseq's Embedding
         with torch.no_grad():
             self.embedding.weight[padding_idx].zero_()
         self.positions = positions
@@ -95,16 +103,21 @@ class SearchableTransformerLM(MultiDomainNetwork):
         if genotype is None:
             # edge e -> its allowed candidates that compute something (`none` adds 0 and is skipped)
             self.slot_ops = nn.ModuleList(
-                nn.ModuleDict({op: candidates(op) for op in self._weighted(e)}) for e in range(self.space.num_edges)
+                nn.ModuleDict({op: candidates(op) for op in self._weighted(e)})
+                for e in range(self.space.num_edges)
             )
             self.slot_op_index = [
-                [self.space.op_index(op) for op in self._weighted(e)] for e in range(self.space.num_edges)
+                [self.space.op_index(op) for op in self._weighted(e)]
+                for e in range(self.space.num_edges)
             ]
         else:
-            self.ops = nn.ModuleDict({self._module_name(e): candidates(e.op) for e in genotype.union_edges()})
+            self.ops = nn.ModuleDict(
+                {self._module_name(e): candidates(e.op) for e in genotype.union_edges()}
+            )
             # cell name -> node -> module name
             self.choices: Dict[str, Dict[int, str]] = {
-                d: {e.node: self._module_name(e) for e in genotype.cells[d]} for d in genotype.domains
+                d: {e.node: self._module_name(e) for e in genotype.cells[d]}
+                for d in genotype.domains
             }
         self._op_sizes = self._candidate_sizes(candidates)
 
@@ -156,7 +169,9 @@ class SearchableTransformerLM(MultiDomainNetwork):
             x = x + self.positions(tokens)
         return F.dropout(x, self.dropout, self.training).transpose(0, 1)
 
-    def forward(self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None
+    ) -> Tuple[Tensor, Tensor]:
         """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), features (B, T, C)).
 
         ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
@@ -173,7 +188,9 @@ class SearchableTransformerLM(MultiDomainNetwork):
             else:  # several domains in one batch: each runs its own modules on its samples
                 out = torch.empty_like(x)
                 for cell in unique:
-                    idx = torch.tensor([b for b, n in enumerate(names) if n == cell], device=x.device)
+                    idx = torch.tensor(
+                        [b for b, n in enumerate(names) if n == cell], device=x.device
+                    )
                     out[:, idx] = self._derived_layers(x[:, idx], cell)
                 x = out
         features = self.final_norm(x).transpose(0, 1)
@@ -195,8 +212,12 @@ class SearchableTransformerLM(MultiDomainNetwork):
         """Parameter counts of this network's modules: one per (slot, operation) (share rule "edge";
         an operation a slot does not allow counts 0), plus what every domain uses."""
         rows = [
-            [self._op_sizes[op] if op in self.space.allowed(e) and op != self.space.none_op else 0
-             for op in self.space.operations]
+            [
+                self._op_sizes[op]
+                if op in self.space.allowed(e) and op != self.space.none_op
+                else 0
+                for op in self.space.operations
+            ]
             for e in range(self.space.num_edges)
         ]
         return ParamTable(self.space, rows, "edge", self.shared_param_count())

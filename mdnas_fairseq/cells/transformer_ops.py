@@ -17,6 +17,7 @@ causal: output position t depends on input positions <= t only (tested for every
 * :func:`torch_candidates`: a candidate factory built from these (the core's tests, users
   without fairseq).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -44,12 +45,16 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, activation: str, activation_dropout: float = 0.0):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown feed-forward activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown feed-forward activation {activation!r}; known: {sorted(ACTIVATIONS)}"
+            )
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
         self.activation, self.activation_dropout = activation, activation_dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.dropout(ACTIVATIONS[self.activation](self.fc1(x)), self.activation_dropout, self.training)
+        h = F.dropout(
+            ACTIVATIONS[self.activation](self.fc1(x)), self.activation_dropout, self.training
+        )
         return self.fc2(h)
 
 
@@ -85,13 +90,21 @@ class CausalLightweightConv(nn.Module):
     def __init__(self, dim: int, kernel_size: int, num_heads: int, weight_dropout: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"lightweight convolution: {dim} channels are not divisible by {num_heads} heads")
-        self.num_heads, self.kernel_size, self.weight_dropout = num_heads, kernel_size, weight_dropout
+            raise ValueError(
+                f"lightweight convolution: {dim} channels are not divisible by {num_heads} heads"
+            )
+        self.num_heads, self.kernel_size, self.weight_dropout = (
+            num_heads,
+            kernel_size,
+            weight_dropout,
+        )
         self.weight = nn.Parameter(torch.empty(num_heads, 1, kernel_size))
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = F.dropout(F.softmax(self.weight.float(), dim=-1), self.weight_dropout, self.training)
+        weight = F.dropout(
+            F.softmax(self.weight.float(), dim=-1), self.weight_dropout, self.training
+        )
         per_channel = weight.repeat_interleave(x.shape[-1] // self.num_heads, dim=0)  # (C, 1, k)
         return causal_conv_tbc(x, per_channel)
 
@@ -115,22 +128,28 @@ class CausalSelfAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"attention: {dim} dims are not divisible by {num_heads} heads")
         self.num_heads, self.dropout = num_heads, dropout
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
+            nn.Linear(dim, dim) for _ in range(4)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         steps, batch, dim = x.shape
 
         def heads(t: Tensor) -> Tensor:  # (T, B, C) -> (B, H, T, C / H)
-            return t.reshape(steps, batch, self.num_heads, dim // self.num_heads).permute(1, 2, 0, 3)
+            return t.reshape(steps, batch, self.num_heads, dim // self.num_heads).permute(
+                1, 2, 0, 3
+            )
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
         return self.out_proj(out.permute(2, 0, 1, 3).reshape(steps, batch, dim))
 
 
 def kernel_of(name: str, prefix: str) -> int:
     """The kernel width of a convolution candidate's name, e.g. ``dwconv_7`` -> 7."""
-    return int(name[len(prefix):])
+    return int(name[len(prefix) :])
 
 
 def build_common_candidate(name: str, dim: int, ffn_dim: int, activation_dropout: float = 0.0):
@@ -141,14 +160,20 @@ def build_common_candidate(name: str, dim: int, ffn_dim: int, activation_dropout
     if name == "identity":
         return Identity()
     if name.startswith("ffn_"):
-        return FeedForward(dim, ffn_dim, name[len("ffn_"):], activation_dropout)
+        return FeedForward(dim, ffn_dim, name[len("ffn_") :], activation_dropout)
     if name.startswith("dwconv_"):
         return CausalDepthwiseConv(dim, kernel_of(name, "dwconv_"))
     return None
 
 
-def torch_candidates(dim: int, num_heads: int, ffn_dim: int, attention_dropout: float = 0.0,
-                     activation_dropout: float = 0.0, weight_dropout: float = 0.0) -> CandidateFactory:
+def torch_candidates(
+    dim: int,
+    num_heads: int,
+    ffn_dim: int,
+    attention_dropout: float = 0.0,
+    activation_dropout: float = 0.0,
+    weight_dropout: float = 0.0,
+) -> CandidateFactory:
     """A fairseq-free candidate factory: op name -> a new module."""
 
     def build(name: str) -> nn.Module:
@@ -158,7 +183,9 @@ def torch_candidates(dim: int, num_heads: int, ffn_dim: int, attention_dropout: 
         if name == "attention":
             return CausalSelfAttention(dim, num_heads, attention_dropout)
         if name.startswith("lightconv_"):
-            conv = CausalLightweightConv(dim, kernel_of(name, "lightconv_"), num_heads, weight_dropout)
+            conv = CausalLightweightConv(
+                dim, kernel_of(name, "lightconv_"), num_heads, weight_dropout
+            )
             return LightConvBlock(dim, conv)
         raise ValueError(f"unknown Transformer candidate operation {name!r}")
 

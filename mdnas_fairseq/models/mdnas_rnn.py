@@ -12,7 +12,12 @@ Named sizes: ``mdnas_rnn_tiny`` (tests, demo), ``mdnas_rnn_small``, ``mdnas_rnn_
 from dataclasses import dataclass, field
 
 from fairseq.dataclass import ChoiceEnum
-from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY, register_model, register_model_architecture
+from fairseq.models import (
+    ARCH_MODEL_REGISTRY,
+    MODEL_REGISTRY,
+    register_model,
+    register_model_architecture,
+)
 from fairseq.utils import safe_getattr
 
 from ..cells.rnn import DartsRNNLanguageModel
@@ -24,13 +29,23 @@ from .searchable import genotype_for_model
 
 @dataclass
 class MDNASRNNConfig(LanguageModelSearchConfig):
-    embed_dim: int = field(default=256, metadata={"help": "embedding size (= hidden size, embeddings are tied)"})
+    embed_dim: int = field(
+        default=256, metadata={"help": "embedding size (= hidden size, embeddings are tied)"}
+    )
     hidden_dim: int = field(default=256, metadata={"help": "recurrent state size"})
-    num_nodes: int = field(default=8, metadata={"help": "intermediate nodes of the DARTS recurrent cell"})
+    num_nodes: int = field(
+        default=8, metadata={"help": "intermediate nodes of the DARTS recurrent cell"}
+    )
     dropout: float = field(default=0.1, metadata={"help": "dropout on the cell output"})
-    dropout_emb: float = field(default=0.0, metadata={"help": "word-type dropout on the embeddings"})
-    dropout_x: float = field(default=0.0, metadata={"help": "variational dropout on the cell input"})
-    dropout_h: float = field(default=0.0, metadata={"help": "variational dropout on the recurrent states"})
+    dropout_emb: float = field(
+        default=0.0, metadata={"help": "word-type dropout on the embeddings"}
+    )
+    dropout_x: float = field(
+        default=0.0, metadata={"help": "variational dropout on the cell input"}
+    )
+    dropout_h: float = field(
+        default=0.0, metadata={"help": "variational dropout on the recurrent states"}
+    )
     compile_cell: ChoiceEnum(["auto", "on", "off"]) = field(
         default="auto",
         metadata={
@@ -89,7 +104,14 @@ def mdnas_rnn_base(args):
     _sizes(args, 512, 0.4, 0.2, 0.2, 0.1)
 
 
-register_once(MODEL_REGISTRY, "mdnas_rnn", lambda: register_model("mdnas_rnn", dataclass=MDNASRNNConfig)(MDNASRNNModel))
+register_once(
+    MODEL_REGISTRY,
+    "mdnas_rnn",
+    lambda: register_model("mdnas_rnn", dataclass=MDNASRNNConfig)(MDNASRNNModel),
+)
 for _preset in (mdnas_rnn_tiny, mdnas_rnn_small, mdnas_rnn_base):
-    register_once(ARCH_MODEL_REGISTRY, _preset.__name__,
-                  lambda p=_preset: register_model_architecture("mdnas_rnn", p.__name__)(p))
+    register_once(
+        ARCH_MODEL_REGISTRY,
+        _preset.__name__,
+        lambda p=_preset: register_model_architecture("mdnas_rnn", p.__name__)(p),
+    )

@@ -45,21 +45,36 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MDNASTransformerConfig(LanguageModelSearchConfig):
-    decoder_layers: int = field(default=6, metadata={"help": "layers (each a token-mixing and a channel-mixing slot)"})
-    decoder_embed_dim: int = field(default=512, metadata={"help": "model width (embeddings are tied)"})
-    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "hidden size of the feed-forward candidates"})
+    decoder_layers: int = field(
+        default=6, metadata={"help": "layers (each a token-mixing and a channel-mixing slot)"}
+    )
+    decoder_embed_dim: int = field(
+        default=512, metadata={"help": "model width (embeddings are tied)"}
+    )
+    decoder_ffn_embed_dim: int = field(
+        default=2048, metadata={"help": "hidden size of the feed-forward candidates"}
+    )
     decoder_attention_heads: int = field(
         default=8, metadata={"help": "heads of attention and lightweight convolutions"}
     )
     decoder_conv_kernel_sizes: str = field(
-        default="3,7", metadata={"help": "widths of the lightweight and depthwise convolution candidates"}
+        default="3,7",
+        metadata={"help": "widths of the lightweight and depthwise convolution candidates"},
     )
-    decoder_learned_pos: bool = field(default=False, metadata={"help": "learned (not sinusoidal) positions"})
-    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale the embeddings by sqrt(dim)"})
+    decoder_learned_pos: bool = field(
+        default=False, metadata={"help": "learned (not sinusoidal) positions"}
+    )
+    no_scale_embedding: bool = field(
+        default=False, metadata={"help": "do not scale the embeddings by sqrt(dim)"}
+    )
     dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings and slot outputs"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
-    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the feed-forward activation"})
-    weight_dropout: float = field(default=0.0, metadata={"help": "dropout on lightweight-convolution kernels"})
+    activation_dropout: float = field(
+        default=0.0, metadata={"help": "dropout after the feed-forward activation"}
+    )
+    weight_dropout: float = field(
+        default=0.0, metadata={"help": "dropout on lightweight-convolution kernels"}
+    )
 
 
 def kernel_sizes(cfg):
@@ -91,15 +106,24 @@ def fairseq_candidates(cfg):
     dim, heads = cfg.decoder_embed_dim, cfg.decoder_attention_heads
 
     def build(name: str) -> nn.Module:
-        module = build_common_candidate(name, dim, cfg.decoder_ffn_embed_dim, cfg.activation_dropout)
+        module = build_common_candidate(
+            name, dim, cfg.decoder_ffn_embed_dim, cfg.activation_dropout
+        )
         if module is not None:
             return module
         if name == "attention":
             return FairseqCausalSelfAttention(dim, heads, cfg.attention_dropout)
         if name.startswith("lightconv_"):
             k = kernel_of(name, "lightconv_")
-            conv = LightweightConv1dTBC(dim, kernel_size=k, padding_l=k - 1, num_heads=heads,
-                                        weight_dropout=cfg.weight_dropout, weight_softmax=True, bias=False)
+            conv = LightweightConv1dTBC(
+                dim,
+                kernel_size=k,
+                padding_l=k - 1,
+                num_heads=heads,
+                weight_dropout=cfg.weight_dropout,
+                weight_softmax=True,
+                bias=False,
+            )
             return LightConvBlock(dim, conv)
         raise ValueError(f"unknown Transformer candidate operation {name!r}")
 
@@ -110,10 +134,16 @@ class MDNASTransformerModel(SearchableLanguageModel):
     @classmethod
     def build_model(cls, cfg, task):
         domains = list(task.domain_names)
-        genotype = genotype_for_model(cfg, domains, transformer_lm_space(cfg.decoder_layers, kernel_sizes(cfg)))
+        genotype = genotype_for_model(
+            cfg, domains, transformer_lm_space(cfg.decoder_layers, kernel_sizes(cfg))
+        )
         dictionary = task.source_dictionary
-        positions = PositionalEmbedding(cfg.max_target_positions, cfg.decoder_embed_dim, dictionary.pad(),
-                                        learned=cfg.decoder_learned_pos)
+        positions = PositionalEmbedding(
+            cfg.max_target_positions,
+            cfg.decoder_embed_dim,
+            dictionary.pad(),
+            learned=cfg.decoder_learned_pos,
+        )
         lm = SearchableTransformerLM(
             vocab_size=len(dictionary),
             padding_idx=dictionary.pad(),
@@ -129,10 +159,14 @@ class MDNASTransformerModel(SearchableLanguageModel):
             scale_embedding=not cfg.no_scale_embedding,
             alpha_init_scale=cfg.alpha_init_scale,
         )
-        model = cls(SearchableDecoder(dictionary, lm, cfg.max_target_positions, "mdnas_transformer_lm"), cfg)
+        model = cls(
+            SearchableDecoder(dictionary, lm, cfg.max_target_positions, "mdnas_transformer_lm"), cfg
+        )
         if genotype is not None:
-            logger.info(f"derived multimodel: {sum(p.numel() for p in model.parameters())} parameters "
-                        f"(genotype count {lm.genotype_param_count(genotype)})")
+            logger.info(
+                f"derived multimodel: {sum(p.numel() for p in model.parameters())} parameters "
+                f"(genotype count {lm.genotype_param_count(genotype)})"
+            )
         return model
 
 
@@ -156,8 +190,16 @@ def mdnas_transformer_lm_base(args):
     _sizes(args, 6, 512, 2048, 8, 0.1)
 
 
-register_once(MODEL_REGISTRY, "mdnas_transformer_lm",
-              lambda: register_model("mdnas_transformer_lm", dataclass=MDNASTransformerConfig)(MDNASTransformerModel))
+register_once(
+    MODEL_REGISTRY,
+    "mdnas_transformer_lm",
+    lambda: register_model("mdnas_transformer_lm", dataclass=MDNASTransformerConfig)(
+        MDNASTransformerModel
+    ),
+)
 for _preset in (mdnas_transformer_lm_tiny, mdnas_transformer_lm_small, mdnas_transformer_lm_base):
-    register_once(ARCH_MODEL_REGISTRY, _preset.__name__,
-                  lambda p=_preset: register_model_architecture("mdnas_transformer_lm", p.__name__)(p))
+    register_once(
+        ARCH_MODEL_REGISTRY,
+        _preset.__name__,
+        lambda p=_preset: register_model_architecture("mdnas_transformer_lm", p.__name__)(p),
+    )

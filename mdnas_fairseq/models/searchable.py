@@ -1,12 +1,19 @@
 """What makes a fairseq model searchable: its architecture options, the genotype a derived model is
 built from, and the search API the task and the criterion call (delegated to the pure-PyTorch network)."""
+
 import json
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from fairseq.dataclass import FairseqDataclass
 
-from ..search import DomainArchitectures, MultiDomainGenotype, SearchSpace, genotype_from_dict, load_genotype
+from ..search import (
+    DomainArchitectures,
+    MultiDomainGenotype,
+    SearchSpace,
+    genotype_from_dict,
+    load_genotype,
+)
 
 
 @dataclass
@@ -14,20 +21,27 @@ class ArchitectureConfig(FairseqDataclass):
     """Options every searchable model has: search (no ``--genotype``) or derived (``--genotype``)."""
 
     genotype: Optional[str] = field(
-        default=None, metadata={"help": "genotype.json of a search: build the derived concordant multimodel"}
+        default=None,
+        metadata={"help": "genotype.json of a search: build the derived concordant multimodel"},
     )
     shared_architecture: bool = field(
         default=False, metadata={"help": "one architecture for all domains (the union baseline)"}
     )
-    alpha_init_scale: float = field(default=1e-3, metadata={"help": "std of the initial architecture parameters"})
+    alpha_init_scale: float = field(
+        default=1e-3, metadata={"help": "std of the initial architecture parameters"}
+    )
     genotype_data: Optional[str] = field(
         default=None,
-        metadata={"help": "set automatically: the --genotype file's content, kept in the checkpoint so "
-                          "evaluation does not need the file"},
+        metadata={
+            "help": "set automatically: the --genotype file's content, kept in the checkpoint so "
+            "evaluation does not need the file"
+        },
     )
 
 
-def genotype_for_model(cfg, domains: List[str], space: SearchSpace) -> Optional[MultiDomainGenotype]:
+def genotype_for_model(
+    cfg, domains: List[str], space: SearchSpace
+) -> Optional[MultiDomainGenotype]:
     """The genotype of a derived model, or None for a search model.
 
     Read from ``cfg.genotype`` (a file) the first time, then kept in ``cfg.genotype_data``, which

@@ -15,6 +15,7 @@ Public API:
     derive_with_budget, budget_sequence, BUDGET_RULE         -- a parameter budget from one search
     edge_entropy, edge_margin, decisiveness                  -- how decided a search is
 """
+
 from .alpha import (
     MASKED_LOGIT,
     ArchitectureParameters,

@@ -17,11 +17,12 @@ model) whose ``requires_grad`` is False except inside :meth:`ArchitectureParamet
 Optimizers built from ``filter(lambda p: p.requires_grad, model.parameters())`` (fairseq's
 trainer does exactly this) therefore never see it; the alpha optimizer owns it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Union
 
 import torch
 import torch.nn as nn
@@ -29,13 +30,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DomainSelector = Union[None, int, Tensor]
-MASKED_LOGIT = -1e4  # finite (also in fp16), so log-space code stays finite; its softmax weight is 0
+MASKED_LOGIT = (
+    -1e4
+)  # finite (also in fp16), so log-space code stays finite; its softmax weight is 0
 
 
 class ArchitectureParameters(nn.Module):
     """Architecture parameters ``alpha`` (D, E, K) of one cell type."""
 
-    def __init__(self, num_domains: int, num_edges: int, num_ops: int, init_scale: float = 1e-3, allowed=None):
+    def __init__(
+        self, num_domains: int, num_edges: int, num_ops: int, init_scale: float = 1e-3, allowed=None
+    ):
         super().__init__()
         if min(num_domains, num_edges, num_ops) < 1:
             raise ValueError(f"need D, E, K >= 1, got D={num_domains} E={num_edges} K={num_ops}")
@@ -96,7 +101,9 @@ class ArchitectureParameters(nn.Module):
         if domains is not None:
             if isinstance(domains, int):
                 if not 0 <= domains < self.num_domains:
-                    raise IndexError(f"domain {domains} out of range for {self.num_domains} domains")
+                    raise IndexError(
+                        f"domain {domains} out of range for {self.num_domains} domains"
+                    )
             alpha = alpha[domains]
         if gumbel and self.training:
             return F.gumbel_softmax(alpha, tau=temperature, hard=hard, dim=-1)
@@ -115,13 +122,21 @@ def mix(candidates: Tensor, probs: Tensor) -> Tensor:
     """
     if probs.dim() == 1:
         return torch.tensordot(probs, candidates, dims=([0], [0]))
-    if probs.dim() != 2 or probs.shape[0] != candidates.shape[1] or probs.shape[1] != candidates.shape[0]:
-        raise ValueError(f"probs {tuple(probs.shape)} do not fit candidates {tuple(candidates.shape)}")
+    if (
+        probs.dim() != 2
+        or probs.shape[0] != candidates.shape[1]
+        or probs.shape[1] != candidates.shape[0]
+    ):
+        raise ValueError(
+            f"probs {tuple(probs.shape)} do not fit candidates {tuple(candidates.shape)}"
+        )
     extra = candidates.dim() - 2
     return (probs.t().reshape(*probs.t().shape, *([1] * extra)) * candidates).sum(0)
 
 
-def annealed_temperature(step: int, total_steps: int, start: float = 1.0, end: float = 0.1) -> float:
+def annealed_temperature(
+    step: int, total_steps: int, start: float = 1.0, end: float = 0.1
+) -> float:
     """Exponential annealing of the (Gumbel-)softmax temperature from ``start`` to ``end``."""
     if total_steps <= 0:
         return end
@@ -145,6 +160,8 @@ def alphas_trainable(module: nn.Module) -> Iterator[List[Tensor]]:
     """Enable gradients for every architecture parameter of ``module`` inside the block."""
     with contextlib.ExitStack() as stack:
         alphas = [
-            stack.enter_context(m.trainable()) for m in module.modules() if isinstance(m, ArchitectureParameters)
+            stack.enter_context(m.trainable())
+            for m in module.modules()
+            if isinstance(m, ArchitectureParameters)
         ]
         yield alphas

@@ -16,6 +16,7 @@ Given shared weights ``w`` and architecture parameters ``alpha``, the outer prob
 The losses are given as closures so the architect works with any model: the virtual step is
 applied to the weights in place and undone afterwards, so no copy of the model is needed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,7 +87,9 @@ class BilevelArchitect:
         if shared:
             raise ValueError("architecture parameters must not be among the weights")
         self.order = order
-        self.optimizer = torch.optim.Adam(self.alphas, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.optimizer = torch.optim.Adam(
+            self.alphas, lr=lr, betas=tuple(betas), weight_decay=weight_decay
+        )
 
     @property
     def trainable_weights(self) -> List[Tensor]:
@@ -118,12 +121,16 @@ class BilevelArchitect:
         with _requires_grad(self.alphas):
             if self.order == 1:
                 val_loss, extras = _split(val_loss_fn())
-                grads = _grads(val_loss * loss_scale if loss_scale != 1.0 else val_loss, self.alphas)
+                grads = _grads(
+                    val_loss * loss_scale if loss_scale != 1.0 else val_loss, self.alphas
+                )
                 if loss_scale != 1.0:
                     grads = [g / loss_scale for g in grads]
                 return {"grads": grads, "val_loss": val_loss.detach(), "extras": extras}
             if virtual_step is None:
-                raise ValueError("a second-order alpha step needs the weight optimizer's virtual step")
+                raise ValueError(
+                    "a second-order alpha step needs the weight optimizer's virtual step"
+                )
             if loss_scale != 1.0:
                 raise ValueError("the second-order alpha step does not support loss scaling (fp16)")
             return self._second_order(train_loss_fn, val_loss_fn, virtual_step)
@@ -149,7 +156,10 @@ class BilevelArchitect:
                 eps = (0.01 / norm.clamp_min(1e-30)).to(direction[0].dtype)
                 grads_plus = self._alpha_grads_at(weights, backup, direction, eps, train_loss_fn)
                 grads_minus = self._alpha_grads_at(weights, backup, direction, -eps, train_loss_fn)
-                d_alpha = [da - (gp - gm) / (2.0 * eps) for da, gp, gm in zip(d_alpha, grads_plus, grads_minus)]
+                d_alpha = [
+                    da - (gp - gm) / (2.0 * eps)
+                    for da, gp, gm in zip(d_alpha, grads_plus, grads_minus)
+                ]
             return {"grads": d_alpha, "val_loss": val_loss.detach(), "extras": extras}
         finally:
             with torch.no_grad():
@@ -164,8 +174,12 @@ class BilevelArchitect:
         return _grads(_split(loss_fn())[0], self.alphas)
 
     # ------------------------------------------------------------------ update
-    def step(self, train_loss_fn: LossFn, val_loss_fn: LossFn, virtual_step: Optional[VirtualStep] = None,
-             ) -> Dict[str, Tensor]:
+    def step(
+        self,
+        train_loss_fn: LossFn,
+        val_loss_fn: LossFn,
+        virtual_step: Optional[VirtualStep] = None,
+    ) -> Dict[str, Tensor]:
         """One architecture update on one process. Weights are left exactly as they were.
 
         Returns ``{"alpha_loss": value}``, the held-out objective the gradient was taken of (a

@@ -5,6 +5,7 @@ Every domain has its own architecture (one alpha row, one genotype cell, named a
 or, with ``shared``, all domains use ONE architecture named ``"+".join(domains)`` (the baseline of
 a single model on the union of the domains).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -26,7 +27,9 @@ class DomainArchitectures:
         self.domains: List[str] = list(domains)
         self.shared = bool(shared)
         self.names: List[str] = ["+".join(self.domains)] if self.shared else list(self.domains)
-        self.rows: List[int] = [0] * len(self.domains) if self.shared else list(range(len(self.domains)))
+        self.rows: List[int] = (
+            [0] * len(self.domains) if self.shared else list(range(len(self.domains)))
+        )
 
     def row(self, domain: int) -> int:
         """The architecture (alpha row, genotype cell index) of a domain index."""
@@ -40,21 +43,30 @@ class DomainArchitectures:
             raise IndexError(f"domain index out of range for domains {self.domains}")
         return torch.as_tensor(self.rows, device=domain.device)[domain]
 
-    def check_genotype(self, genotype: MultiDomainGenotype, space: SearchSpace, source: str = "genotype") -> None:
+    def check_genotype(
+        self, genotype: MultiDomainGenotype, space: SearchSpace, source: str = "genotype"
+    ) -> None:
         """A genotype fits the model when it has one cell per architecture, in order, over ``space``."""
         check_compatible(genotype, source, space=space)
         if list(genotype.domains) != self.names:
             raise GenotypeError(
                 f"{source}: genotype is for {genotype.num_domains} domain(s) {list(genotype.domains)}, "
-                f"this run needs {len(self.names)}: {self.names}" + (" (--shared-architecture)" if self.shared else "")
+                f"this run needs {len(self.names)}: {self.names}"
+                + (" (--shared-architecture)" if self.shared else "")
             )
 
-    def alpha(self, space: SearchSpace, genotype: Optional[MultiDomainGenotype] = None,
-              init_scale: float = 1e-3) -> Optional[ArchitectureParameters]:
+    def alpha(
+        self,
+        space: SearchSpace,
+        genotype: Optional[MultiDomainGenotype] = None,
+        init_scale: float = 1e-3,
+    ) -> Optional[ArchitectureParameters]:
         """New alpha, one row per architecture, for a search model (``genotype`` None); None for a
         derived model, after checking its genotype."""
         if genotype is not None:
             self.check_genotype(genotype, space)
             return None
         allowed = space.allowed_mask() if space.allowed_ops is not None else None
-        return ArchitectureParameters(len(self.names), space.num_edges, space.num_ops, init_scale, allowed)
+        return ArchitectureParameters(
+            len(self.names), space.num_edges, space.num_ops, init_scale, allowed
+        )

@@ -8,6 +8,7 @@ parameters, never fewer shared edges (:meth:`ParamTable.shared_edges`: every mov
 edge it sets shared and unshares none). ``P_d(i->j, op)`` is the softmax(alpha_d) weight of
 ``op`` on edge ``(i, j)``, the weight DARTS derivation ranks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,13 @@ import numpy as np
 import torch
 
 from .genotype import GenotypeEdge, MultiDomainGenotype, derive_cell
-from .params import DerivationError, NodeChoice, ParamTable, cell_to_node_choices, node_choices_to_cell
+from .params import (
+    DerivationError,
+    NodeChoice,
+    ParamTable,
+    cell_to_node_choices,
+    node_choices_to_cell,
+)
 from .space import SearchSpace
 
 BUDGET_RULE = """\
@@ -92,21 +99,33 @@ class _State:
     def __init__(self, genotype: MultiDomainGenotype, probs: np.ndarray, table: ParamTable):
         self.table, self.space, self.probs = table, table.space, probs
         self.domains = list(genotype.domains)
-        self.choices = {d: cell_to_node_choices(genotype.cells[d], self.space) for d in self.domains}
+        self.choices = {
+            d: cell_to_node_choices(genotype.cells[d], self.space) for d in self.domains
+        }
 
     def weight(self, d: int, node: int, choice: Sequence[Tuple[int, str]]) -> float:
-        return float(sum(self.probs[d, self.space.edge_index(i, node), self.space.op_index(op)] for i, op in choice))
+        return float(
+            sum(
+                self.probs[d, self.space.edge_index(i, node), self.space.op_index(op)]
+                for i, op in choice
+            )
+        )
 
     def node_params(self, node: int, replace: Optional[Dict[str, NodeChoice]] = None) -> int:
         replace = replace or {}
-        return self.table.node_params(node, [replace.get(d, self.choices[d][node]) for d in self.domains])
+        return self.table.node_params(
+            node, [replace.get(d, self.choices[d][node]) for d in self.domains]
+        )
 
     def count(self) -> int:
         return self.table.shared_params + sum(self.node_params(j) for j in self.space.node_ids)
 
     def genotype(self) -> MultiDomainGenotype:
-        return MultiDomainGenotype(self.space, tuple(self.domains),
-                                   {d: node_choices_to_cell(self.choices[d]) for d in self.domains})
+        return MultiDomainGenotype(
+            self.space,
+            tuple(self.domains),
+            {d: node_choices_to_cell(self.choices[d]) for d in self.domains},
+        )
 
     def _module(self, node: int, edge: Tuple[int, str]):
         return self.table.module_key(GenotypeEdge(node=node, input=edge[0], op=edge[1]))
@@ -116,9 +135,18 @@ class _State:
         for di, d in enumerate(self.domains):
             for j in self.space.node_ids:
                 own = self.choices[d][j]
-                others = {self._module(j, e) for d2 in self.domains if d2 != d for e in self.choices[d2][j]}
-                new_edges = [(i, op) for i in range(j) for op in ops
-                             if op != self.space.none_op and self._module(j, (i, op)) in others]
+                others = {
+                    self._module(j, e)
+                    for d2 in self.domains
+                    if d2 != d
+                    for e in self.choices[d2][j]
+                }
+                new_edges = [
+                    (i, op)
+                    for i in range(j)
+                    for op in ops
+                    if op != self.space.none_op and self._module(j, (i, op)) in others
+                ]
                 before = self.node_params(j)
                 for old in own:
                     rest = [e for e in own if e != old]
@@ -130,7 +158,16 @@ class _State:
                         if saved <= 0:
                             continue
                         cost = self.weight(di, j, [old]) - self.weight(di, j, [new])
-                        key = (cost / saved, -saved, di, j, old[0], ops.index(old[1]), new[0], ops.index(new[1]))
+                        key = (
+                            cost / saved,
+                            -saved,
+                            di,
+                            j,
+                            old[0],
+                            ops.index(old[1]),
+                            new[0],
+                            ops.index(new[1]),
+                        )
                         yield key, BudgetStep("merge", j, (d,), {d: own}, choice, cost, saved, 0)
 
     def node_moves(self) -> Iterator[Tuple[tuple, BudgetStep]]:
@@ -144,21 +181,34 @@ class _State:
                     continue
                 cost = held - sum(self.weight(di, j, choice) for di in range(len(self.domains)))
                 changed = tuple(d for d in self.domains if current[d] != choice)
-                step = BudgetStep("node", j, changed, {d: current[d] for d in changed}, choice, cost, saved, 0)
+                step = BudgetStep(
+                    "node", j, changed, {d: current[d] for d in changed}, choice, cost, saved, 0
+                )
                 yield (cost / saved, -saved, j, rank), step
 
     def apply(self, step: BudgetStep) -> BudgetStep:
         for d in step.domains:
             self.choices[d][step.node] = step.after
-        return BudgetStep(step.kind, step.node, step.domains, step.before, step.after,
-                          step.probability_cost, step.params_saved, self.count())
+        return BudgetStep(
+            step.kind,
+            step.node,
+            step.domains,
+            step.before,
+            step.after,
+            step.probability_cost,
+            step.params_saved,
+            self.count(),
+        )
 
 
 def argmax_genotype(probs: Any, space: SearchSpace, names: Sequence[str]) -> MultiDomainGenotype:
     """Every name's DARTS argmax cell of ``probs`` = softmax(alpha) (D, E, K)."""
     array = _as_probs(probs, space, len(names))
-    return MultiDomainGenotype(space, tuple(names),
-                               {n: derive_cell(torch.from_numpy(array[k]), space) for k, n in enumerate(names)})
+    return MultiDomainGenotype(
+        space,
+        tuple(names),
+        {n: derive_cell(torch.from_numpy(array[k]), space) for k, n in enumerate(names)},
+    )
 
 
 def budget_sequence(
@@ -169,7 +219,9 @@ def budget_sequence(
     array = _as_probs(probs, table.space, len(names))
     genotype = start if start is not None else argmax_genotype(array, table.space, names)
     if list(genotype.domains) != list(names) or genotype.space != table.space:
-        raise DerivationError(f"start genotype for {list(genotype.domains)} does not fit {list(names)} and the table")
+        raise DerivationError(
+            f"start genotype for {list(genotype.domains)} does not fit {list(names)} and the table"
+        )
     state = _State(genotype, array, table)
     while True:
         best = min(state.merges(), key=lambda ks: ks[0], default=None)
@@ -203,8 +255,10 @@ def derive_with_budget(
     steps: List[BudgetStep] = []
     if table.multimodel_count(genotype) <= budget:
         return genotype, steps
-    for step, genotype in budget_sequence(array, table, names, genotype):
+    for step, reduced in budget_sequence(array, table, names, genotype):
         steps.append(step)
         if step.params_after <= budget:
-            return genotype, steps
-    raise AssertionError("the budget sequence ended above the smallest multimodel")  # pragma: no cover
+            return reduced, steps
+    raise AssertionError(
+        "the budget sequence ended above the smallest multimodel"
+    )  # pragma: no cover

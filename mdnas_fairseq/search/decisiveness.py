@@ -11,6 +11,7 @@ can log them lazily.
   ``none``, on the plain softmax(alpha) probabilities. DARTS derivation never picks ``none`` and ranks the
   other operations by these probabilities, so the margin says how firmly the derived operation won.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -29,13 +30,17 @@ def edge_entropy(probs: Tensor) -> Tensor:
 def edge_margin(probs: Tensor, space: SearchSpace) -> Tensor:
     """Mean over edges of best minus second-best weight among the non-``none`` operations: (..., E, K) -> (...,)."""
     if probs.shape[-1] != space.num_ops:
-        raise ValueError(f"probabilities with {probs.shape[-1]} operations do not match search space {space.name!r} "
-                         f"({space.num_ops} operations)")
+        raise ValueError(
+            f"probabilities with {probs.shape[-1]} operations do not match search space {space.name!r} "
+            f"({space.num_ops} operations)"
+        )
     if space.num_ops - (space.none_op in space.operations) < 2:
-        raise ValueError(f"search space {space.name!r}: a margin needs two operations other than {space.none_op!r}")
+        raise ValueError(
+            f"search space {space.name!r}: a margin needs two operations other than {space.none_op!r}"
+        )
     if space.none_op in space.operations:  # slices, not an index tensor: no host-to-device copy
         k = space.op_index(space.none_op)
-        probs = torch.cat([probs[..., :k], probs[..., k + 1:]], dim=-1)
+        probs = torch.cat([probs[..., :k], probs[..., k + 1 :]], dim=-1)
     top = probs.topk(2, dim=-1).values
     return (top[..., 0] - top[..., 1]).mean(dim=-1)
 

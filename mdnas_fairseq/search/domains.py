@@ -5,6 +5,7 @@ exponential moving average of the architecture-batch losses of that domain) and,
 weight step, set ``p = softmax(eta_p * L_hat)``, so domains that do worse are sampled more.
 ``eta_p = 0`` keeps p as it was given.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -16,8 +17,13 @@ class DomainSampler:
     """The domain distribution p and its robust update (the draws themselves are laid out per
     epoch by :func:`mdnas_fairseq.data.draw_domain_batches`)."""
 
-    def __init__(self, num_domains: int, probs: Optional[Sequence[float]] = None, eta_p: float = 0.0,
-                 loss_ema: float = 0.9):
+    def __init__(
+        self,
+        num_domains: int,
+        probs: Optional[Sequence[float]] = None,
+        eta_p: float = 0.0,
+        loss_ema: float = 0.9,
+    ):
         if num_domains < 1:
             raise ValueError(f"need at least one domain, got {num_domains}")
         if probs is None:
@@ -25,9 +31,13 @@ class DomainSampler:
         else:
             p = torch.tensor(list(probs), dtype=torch.float64)
             if p.shape != (num_domains,):
-                raise ValueError(f"domain probabilities: got {p.numel()} values for {num_domains} domains")
+                raise ValueError(
+                    f"domain probabilities: got {p.numel()} values for {num_domains} domains"
+                )
             if not torch.isfinite(p).all() or (p < 0).any() or float(p.sum()) <= 0:
-                raise ValueError(f"domain probabilities must be finite and non-negative with a positive sum, got {list(probs)}")
+                raise ValueError(
+                    f"domain probabilities must be finite and non-negative with a positive sum, got {list(probs)}"
+                )
             p = p / p.sum()
         if eta_p < 0:
             raise ValueError(f"eta_p must be >= 0, got {eta_p}")
@@ -42,7 +52,7 @@ class DomainSampler:
     def num_domains(self) -> int:
         return self.probs.numel()
 
-    def to(self, device) -> "DomainSampler":
+    def to(self, device) -> DomainSampler:
         """Keep p and the loss estimates on ``device`` (the model's), so updates need no host sync."""
         self.probs = self.probs.to(device)
         self.loss_estimates = self.loss_estimates.to(device)
@@ -57,7 +67,9 @@ class DomainSampler:
         old = self.loss_estimates
         losses = torch.as_tensor(losses).to(old)
         seen = torch.as_tensor(seen).to(old.device).bool() & torch.isfinite(losses)
-        averaged = torch.where(torch.isnan(old), losses, self.loss_ema * old + (1.0 - self.loss_ema) * losses)
+        averaged = torch.where(
+            torch.isnan(old), losses, self.loss_ema * old + (1.0 - self.loss_ema) * losses
+        )
         self.loss_estimates = torch.where(seen, averaged, old)
 
     def update(self) -> torch.Tensor:
@@ -69,8 +81,11 @@ class DomainSampler:
         return self.probs
 
     def state_dict(self) -> Dict[str, object]:
-        return {"probs": self.probs.cpu().clone(), "loss_estimates": self.loss_estimates.cpu().clone(),
-                "eta_p": self.eta_p}
+        return {
+            "probs": self.probs.cpu().clone(),
+            "loss_estimates": self.loss_estimates.cpu().clone(),
+            "eta_p": self.eta_p,
+        }
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         probs = torch.as_tensor(state["probs"], dtype=torch.float64)
@@ -80,4 +95,6 @@ class DomainSampler:
             )
         device = self.probs.device
         self.probs = probs.clone().to(device)
-        self.loss_estimates = torch.as_tensor(state["loss_estimates"], dtype=torch.float64).clone().to(device)
+        self.loss_estimates = (
+            torch.as_tensor(state["loss_estimates"], dtype=torch.float64).clone().to(device)
+        )

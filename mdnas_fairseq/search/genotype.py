@@ -12,6 +12,7 @@
   (``format: mdnas-genotype``, ``version: 1``); writes are atomic and the loader rejects bad
   files with a :class:`GenotypeError` naming the file and the problem.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,8 @@ class MultiDomainGenotype:
             for e in self.cells[domain]:
                 out.setdefault((e.input, e.node), {}).setdefault(e.op, []).append(domain)
         return {
-            edge: {op: tuple(ds) for op, ds in sorted(ops.items())} for edge, ops in sorted(out.items())
+            edge: {op: tuple(ds) for op, ds in sorted(ops.items())}
+            for edge, ops in sorted(out.items())
         }
 
     def union_edges(self) -> List[GenotypeEdge]:
@@ -83,7 +85,11 @@ class MultiDomainGenotype:
         union = self.union()
         if not union:
             return 1.0
-        agreed = sum(1 for ops in union.values() if len(ops) == 1 and len(next(iter(ops.values()))) == self.num_domains)
+        agreed = sum(
+            1
+            for ops in union.values()
+            if len(ops) == 1 and len(next(iter(ops.values()))) == self.num_domains
+        )
         return agreed / len(union)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -163,22 +169,35 @@ def derive_cell(probs: Tensor, space: SearchSpace) -> Cell:
         sl = space.node_edge_slice(j)
         scores = best_weight[sl]
         # stable: on equal scores the earlier input wins
-        order = sorted(range(len(inputs)), key=lambda n: (-float(scores[n]), n))[: space.edges_per_node]
+        order = sorted(range(len(inputs)), key=lambda n: (-float(scores[n]), n))[
+            : space.edges_per_node
+        ]
         for n in sorted(order):
-            edges.append(GenotypeEdge(node=j, input=inputs[n], op=space.operations[int(best_op[sl][n])]))
+            edges.append(
+                GenotypeEdge(node=j, input=inputs[n], op=space.operations[int(best_op[sl][n])])
+            )
     return tuple(edges)
 
 
-def derive_genotype(alpha: Tensor, space: SearchSpace, domains: Sequence[str]) -> MultiDomainGenotype:
+def derive_genotype(
+    alpha: Tensor, space: SearchSpace, domains: Sequence[str]
+) -> MultiDomainGenotype:
     """Per-domain argmax genotype from alpha of shape (D, E, K)."""
     if alpha.dim() != 3 or alpha.shape[0] != len(domains):
-        raise GenotypeError(f"alpha of shape {tuple(alpha.shape)} does not hold one row per domain of {list(domains)}")
+        raise GenotypeError(
+            f"alpha of shape {tuple(alpha.shape)} does not hold one row per domain of {list(domains)}"
+        )
     logits = alpha.detach().double()
-    if space.allowed_ops is not None and tuple(logits.shape[1:]) == (space.num_edges, space.num_ops):
+    if space.allowed_ops is not None and tuple(logits.shape[1:]) == (
+        space.num_edges,
+        space.num_ops,
+    ):
         mask = torch.tensor(space.allowed_mask(), dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    return MultiDomainGenotype(space, tuple(domains), {d: derive_cell(probs[k], space) for k, d in enumerate(domains)})
+    return MultiDomainGenotype(
+        space, tuple(domains), {d: derive_cell(probs[k], space) for k, d in enumerate(domains)}
+    )
 
 
 def default_share_key(edge: GenotypeEdge) -> Hashable:
@@ -210,9 +229,13 @@ def multimodel_param_count(
 def genotype_from_dict(data: Any, source: str = "genotype") -> MultiDomainGenotype:
     """Parse the JSON structure of a genotype file, with errors naming ``source``."""
     if not isinstance(data, dict):
-        raise GenotypeError(f"{source}: expected a JSON object at the top level, got {type(data).__name__}")
+        raise GenotypeError(
+            f"{source}: expected a JSON object at the top level, got {type(data).__name__}"
+        )
     if data.get("format") != GENOTYPE_FORMAT:
-        raise GenotypeError(f"{source}: field 'format' is {data.get('format')!r}, expected {GENOTYPE_FORMAT!r}")
+        raise GenotypeError(
+            f"{source}: field 'format' is {data.get('format')!r}, expected {GENOTYPE_FORMAT!r}"
+        )
     if data.get("version") != GENOTYPE_VERSION:
         raise GenotypeError(
             f"{source}: unsupported genotype version {data.get('version')!r} (this reader knows {GENOTYPE_VERSION})"
@@ -237,7 +260,9 @@ def genotype_from_dict(data: Any, source: str = "genotype") -> MultiDomainGenoty
         parsed = []
         for k, e in enumerate(edges):
             try:
-                parsed.append(GenotypeEdge(node=int(e["node"]), input=int(e["input"]), op=str(e["op"])))
+                parsed.append(
+                    GenotypeEdge(node=int(e["node"]), input=int(e["input"]), op=str(e["op"]))
+                )
             except (KeyError, TypeError, ValueError):
                 raise GenotypeError(
                     f"{source}: domain {domain!r}: edge {k} must be an object with 'node', 'input' and 'op', got {e!r}"
@@ -248,7 +273,9 @@ def genotype_from_dict(data: Any, source: str = "genotype") -> MultiDomainGenoty
     except GenotypeError as e:
         raise GenotypeError(str(e).replace("genotype:", f"{source}:", 1)) from None
     if "union" in data and data["union"] != genotype.to_dict()["union"]:
-        raise GenotypeError(f"{source}: field 'union' does not match the union of the domains' cells")
+        raise GenotypeError(
+            f"{source}: field 'union' does not match the union of the domains' cells"
+        )
     return genotype
 
 
@@ -271,7 +298,9 @@ def check_compatible(
         )
 
 
-def save_genotype(path: str, genotype: MultiDomainGenotype, extra: Optional[Dict[str, Any]] = None) -> None:
+def save_genotype(
+    path: str, genotype: MultiDomainGenotype, extra: Optional[Dict[str, Any]] = None
+) -> None:
     """Write ``genotype`` (plus optional ``extra`` fields such as softmax(alpha) or metrics) atomically."""
     data = genotype.to_dict()
     if extra:

@@ -18,6 +18,7 @@ genotype.json, so that ``mdnas-derive`` counts parameters of new genotypes witho
 :meth:`ParamTable.expected_cell_params` is the differentiable expected size of one domain's cell
 under softmax(alpha_d), the structure-complexity penalty of ``--param-coef``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,7 +32,9 @@ from .genotype import Cell, GenotypeEdge, MultiDomainGenotype, multimodel_param_
 from .space import SearchSpace
 
 MODULE_SHARING = ("edge", "node")
-NodeChoice = Tuple[Tuple[int, str], ...]  # the (input, op) pairs one domain keeps at one node, sorted
+NodeChoice = Tuple[
+    Tuple[int, str], ...
+]  # the (input, op) pairs one domain keeps at one node, sorted
 
 
 class DerivationError(ValueError):
@@ -49,10 +52,16 @@ class ParamTable:
 
     def __post_init__(self):
         space = self.space
-        object.__setattr__(self, "op_params", tuple(tuple(int(c) for c in row) for row in self.op_params))
+        object.__setattr__(
+            self, "op_params", tuple(tuple(int(c) for c in row) for row in self.op_params)
+        )
         if self.module_sharing not in MODULE_SHARING:
-            raise DerivationError(f"param table: module_sharing {self.module_sharing!r} is not one of {MODULE_SHARING}")
-        if len(self.op_params) != space.num_edges or any(len(r) != space.num_ops for r in self.op_params):
+            raise DerivationError(
+                f"param table: module_sharing {self.module_sharing!r} is not one of {MODULE_SHARING}"
+            )
+        if len(self.op_params) != space.num_edges or any(
+            len(r) != space.num_ops for r in self.op_params
+        ):
             raise DerivationError(
                 f"param table: op_params must be {space.num_edges} edges x {space.num_ops} operations of "
                 f"search space {space.name!r}, got {[len(r) for r in self.op_params]}"
@@ -63,7 +72,9 @@ class ParamTable:
         if space.none_op in space.operations:
             none = space.op_index(space.none_op)
             if any(row[none] for row in self.op_params):
-                raise DerivationError(f"param table: operation {space.none_op!r} must have 0 parameters")
+                raise DerivationError(
+                    f"param table: operation {space.none_op!r} must have 0 parameters"
+                )
         if self.module_sharing == "node":
             for j in space.node_ids:
                 rows = {self.op_params[e] for e in range(space.num_edges)[space.node_edge_slice(j)]}
@@ -82,14 +93,22 @@ class ParamTable:
 
     def op_count(self, edge: GenotypeEdge) -> int:
         """Parameters of the module of ``edge``."""
-        return self.op_params[self.space.edge_index(edge.input, edge.node)][self.space.op_index(edge.op)]
+        return self.op_params[self.space.edge_index(edge.input, edge.node)][
+            self.space.op_index(edge.op)
+        ]
 
     # ------------------------------------------------------------------ genotypes
-    def multimodel_count(self, genotype: MultiDomainGenotype, domains: Optional[Iterable[str]] = None) -> int:
+    def multimodel_count(
+        self, genotype: MultiDomainGenotype, domains: Optional[Iterable[str]] = None
+    ) -> int:
         """Parameters of the concordant multimodel of ``genotype`` (or of the model of ``domains`` only)."""
         if genotype.space != self.space:
-            raise DerivationError(f"genotype search space {genotype.space.to_dict()} differs from the table's")
-        return multimodel_param_count(genotype, self.op_count, self.shared_params, self.module_key, domains)
+            raise DerivationError(
+                f"genotype search space {genotype.space.to_dict()} differs from the table's"
+            )
+        return multimodel_param_count(
+            genotype, self.op_count, self.shared_params, self.module_key, domains
+        )
 
     def param_counts(self, genotype: MultiDomainGenotype) -> Dict[str, Any]:
         """The ``param_counts`` field of genotype.json: every domain's model alone and the multimodel."""
@@ -118,7 +137,12 @@ class ParamTable:
         for d in genotype.domains:
             for e in genotype.cells[d]:
                 users.setdefault(self.module_key(e), set()).add(d)
-        return sum(1 for d in genotype.domains for e in genotype.cells[d] if len(users[self.module_key(e)]) > 1)
+        return sum(
+            1
+            for d in genotype.domains
+            for e in genotype.cells[d]
+            if len(users[self.module_key(e)]) > 1
+        )
 
     # ------------------------------------------------------------------ extremes
     def node_choices(self, node: int) -> Iterator[NodeChoice]:
@@ -127,13 +151,19 @@ class ParamTable:
         operations in the space's order)."""
         space = self.space
         for inputs in itertools.combinations(space.node_inputs(node), space.edges_per_node):
-            per_edge = [[op for op in space.allowed(space.edge_index(i, node)) if op != space.none_op] for i in inputs]
+            per_edge = [
+                [op for op in space.allowed(space.edge_index(i, node)) if op != space.none_op]
+                for i in inputs
+            ]
             for chosen in itertools.product(*per_edge):
                 yield tuple(zip(inputs, chosen))
 
     def cheapest_node_choice(self, node: int) -> Tuple[NodeChoice, int]:
         """The first valid choice at ``node`` with the fewest parameters, and its count."""
-        return min(((c, self.node_params(node, [c])) for c in self.node_choices(node)), key=lambda cp: cp[1])
+        return min(
+            ((c, self.node_params(node, [c])) for c in self.node_choices(node)),
+            key=lambda cp: cp[1],
+        )
 
     def smallest_cell(self) -> int:
         """Parameters of the smallest valid cell (every node at its cheapest choice)."""
@@ -141,7 +171,9 @@ class ParamTable:
 
     def largest_cell(self) -> int:
         """Parameters of the largest valid cell."""
-        return sum(max(self.node_params(j, [c]) for c in self.node_choices(j)) for j in self.space.node_ids)
+        return sum(
+            max(self.node_params(j, [c]) for c in self.node_choices(j)) for j in self.space.node_ids
+        )
 
     def smallest_multimodel(self) -> int:
         """The smallest multimodel of any genotype: one cell of the cheapest choices shared by all domains."""
@@ -181,14 +213,18 @@ class ParamTable:
             "shared_params": self.shared_params,
             "module_sharing": self.module_sharing,
             "edges": [[i, j] for i, j in self.space.edges],
-            "op_params": {op: [row[k] for row in self.op_params] for k, op in enumerate(self.space.operations)},
+            "op_params": {
+                op: [row[k] for row in self.op_params] for k, op in enumerate(self.space.operations)
+            },
         }
 
     @classmethod
-    def from_dict(cls, data: Any, space: SearchSpace, source: str = "param_table") -> "ParamTable":
+    def from_dict(cls, data: Any, space: SearchSpace, source: str = "param_table") -> ParamTable:
         """Parse :meth:`to_dict`'s structure for ``space``; errors name ``source`` and the field."""
         if not isinstance(data, dict):
-            raise DerivationError(f"{source}: field 'param_table' must be an object, got {type(data).__name__}")
+            raise DerivationError(
+                f"{source}: field 'param_table' must be an object, got {type(data).__name__}"
+            )
         for key in ("shared_params", "module_sharing", "edges", "op_params"):
             if key not in data:
                 raise DerivationError(f"{source}: field 'param_table' has no {key!r}")
@@ -237,7 +273,9 @@ def cell_to_node_choices(cell: Cell, space: SearchSpace) -> Dict[int, NodeChoice
 
 
 def node_choices_to_cell(choices: Dict[int, NodeChoice]) -> Cell:
-    return tuple(sorted(GenotypeEdge(node=j, input=i, op=op) for j, c in choices.items() for i, op in c))
+    return tuple(
+        sorted(GenotypeEdge(node=j, input=i, op=op) for j, c in choices.items() for i, op in c)
+    )
 
 
 class ParamPenalty:
@@ -266,4 +304,3 @@ class ParamPenalty:
 def param_penalty(probs: Tensor, table: ParamTable) -> Tensor:
     """One-off :class:`ParamPenalty` of ``probs`` (..., E, K) -> (...,) in [0, 1]."""
     return ParamPenalty(table)(probs)
-

@@ -10,6 +10,7 @@ in the order names, nodes, then inputs before operations, so a seed gives one ge
 :func:`random_matched_genotype` redraws (from one generator) until the multimodel's parameter
 count is within ``within`` (relative) of a target, e.g. the searched multimodel's count.
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -34,9 +35,13 @@ def random_cell(space: SearchSpace, rng: np.random.Generator) -> Tuple[GenotypeE
     return tuple(edges)
 
 
-def random_genotype(space: SearchSpace, names: Sequence[str], rng: np.random.Generator) -> MultiDomainGenotype:
+def random_genotype(
+    space: SearchSpace, names: Sequence[str], rng: np.random.Generator
+) -> MultiDomainGenotype:
     """One uniformly random cell per name (domain or shared architecture), drawn from ``rng``."""
-    return MultiDomainGenotype(space, tuple(names), {name: random_cell(space, rng) for name in names})
+    return MultiDomainGenotype(
+        space, tuple(names), {name: random_cell(space, rng) for name in names}
+    )
 
 
 def random_matched_genotype(
@@ -55,7 +60,9 @@ def random_matched_genotype(
     of ``max_draws`` draws matches.
     """
     if within < 0 or max_draws < 1:
-        raise DerivationError(f"need within >= 0 and max_draws >= 1, got within={within}, max_draws={max_draws}")
+        raise DerivationError(
+            f"need within >= 0 and max_draws >= 1, got within={within}, max_draws={max_draws}"
+        )
     low, high = None, None
     for draw in range(1, max_draws + 1):
         genotype = random_genotype(space, names, rng)

@@ -1,4 +1,5 @@
 """The two regularizers of concordant multi-domain search (docs/method.md, section 3)."""
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,9 @@ def batch_hard_triplet_loss(
         a scalar; a zero still attached to the inputs' graph when no anchor has a valid triplet.
     """
     if h_a.dim() != 2 or h_b.dim() != 2 or h_a.shape[1] != h_b.shape[1]:
-        raise ValueError(f"h_a and h_b must be (N, H) and (M, H), got {tuple(h_a.shape)} and {tuple(h_b.shape)}")
+        raise ValueError(
+            f"h_a and h_b must be (N, H) and (M, H), got {tuple(h_a.shape)} and {tuple(h_b.shape)}"
+        )
     if labels_a.shape != h_a.shape[:1] or labels_b.shape != h_b.shape[:1]:
         raise ValueError("labels_a / labels_b must hold one label per row of h_a / h_b")
     dist = pairwise_euclidean(h_a, h_b)  # (N, M)
@@ -66,5 +69,7 @@ def batch_hard_triplet_loss(
     hardest_neg = dist.masked_fill(same, float("inf")).min(dim=1).values
     # anchors without a positive or a negative get -inf here, so 0 after the hinge (no host read
     # of ``valid`` is needed: the mean is over the valid anchors, 0 when there is none)
-    losses = torch.where(valid, F.relu(margin + hardest_pos - hardest_neg), torch.zeros_like(hardest_pos))
+    losses = torch.where(
+        valid, F.relu(margin + hardest_pos - hardest_neg), torch.zeros_like(hardest_pos)
+    )
     return losses.sum() / valid.sum().clamp_min(1) + (h_a.sum() + h_b.sum()) * 0.0

@@ -10,6 +10,7 @@ architecture parameters of a cell are a tensor of shape (D, E, K): D domains, E 
 order of :attr:`SearchSpace.edges`, K candidate operations (shared by every edge; an operation an
 edge does not allow gets weight 0 and is never derived, see :meth:`SearchSpace.allowed_mask`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,11 +51,15 @@ class SearchSpace:
         if self.allowed_ops is not None:
             object.__setattr__(self, "allowed_ops", tuple(tuple(ops) for ops in self.allowed_ops))
         if len(set(self.operations)) != len(self.operations):
-            raise ValueError(f"search space {self.name!r}: duplicate operation names {self.operations}")
+            raise ValueError(
+                f"search space {self.name!r}: duplicate operation names {self.operations}"
+            )
         if self.num_input_nodes < 1 or self.num_nodes < 1:
             raise ValueError(f"search space {self.name!r}: needs at least one input and one node")
         if not [op for op in self.operations if op != self.none_op]:
-            raise ValueError(f"search space {self.name!r}: needs an operation other than {self.none_op!r}")
+            raise ValueError(
+                f"search space {self.name!r}: needs an operation other than {self.none_op!r}"
+            )
         if self.topology is None:
             # node j has at least num_input_nodes incoming edges, so this many can be kept
             fewest, where = self.num_input_nodes, f"num_input_nodes={self.num_input_nodes}"
@@ -84,7 +89,9 @@ class SearchSpace:
             )
         bare = [j for j in self.node_ids if not any(e[1] == j for e in edges)]
         if bare:
-            raise ValueError(f"search space {self.name!r}: node(s) {bare} have no incoming edge in the topology")
+            raise ValueError(
+                f"search space {self.name!r}: node(s) {bare} have no incoming edge in the topology"
+            )
 
     def _check_allowed_ops(self) -> None:
         if len(self.allowed_ops) != self.num_edges:
@@ -174,7 +181,9 @@ class SearchSpace:
         try:
             return self.operations.index(op)
         except ValueError:
-            raise KeyError(f"unknown operation {op!r}; search space {self.name!r} has {list(self.operations)}")
+            raise KeyError(
+                f"unknown operation {op!r}; search space {self.name!r} has {list(self.operations)}"
+            ) from None
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form; ``topology`` and ``allowed_ops`` only when set, so DARTS spaces keep the old form."""
@@ -193,7 +202,7 @@ class SearchSpace:
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "SearchSpace":
+    def from_dict(cls, d: Dict[str, Any]) -> SearchSpace:
         topology = d.get("topology")
         allowed = d.get("allowed_ops")
         return cls(
@@ -204,7 +213,9 @@ class SearchSpace:
             edges_per_node=int(d["edges_per_node"]),
             none_op=str(d.get("none_op", "none")),
             topology=None if topology is None else tuple((int(e[0]), int(e[1])) for e in topology),
-            allowed_ops=None if allowed is None else tuple(tuple(str(op) for op in ops) for ops in allowed),
+            allowed_ops=None
+            if allowed is None
+            else tuple(tuple(str(op) for op in ops) for ops in allowed),
         )
 
 
@@ -223,21 +234,29 @@ CNN_OPERATIONS = (
 
 def darts_rnn_space(num_nodes: int = 8) -> SearchSpace:
     """The DARTS recurrent cell: one input state, each node keeps its single best edge."""
-    return SearchSpace("darts_rnn", RNN_OPERATIONS, num_input_nodes=1, num_nodes=num_nodes, edges_per_node=1)
+    return SearchSpace(
+        "darts_rnn", RNN_OPERATIONS, num_input_nodes=1, num_nodes=num_nodes, edges_per_node=1
+    )
 
 
 def darts_cnn_space(num_nodes: int = 4) -> SearchSpace:
     """The DARTS conv cell: two input states, each node keeps its two best edges."""
-    return SearchSpace("darts_cnn", CNN_OPERATIONS, num_input_nodes=2, num_nodes=num_nodes, edges_per_node=2)
+    return SearchSpace(
+        "darts_cnn", CNN_OPERATIONS, num_input_nodes=2, num_nodes=num_nodes, edges_per_node=2
+    )
 
 
 def transformer_token_ops(kernel_sizes: Sequence[int] = (3, 7)) -> Tuple[str, ...]:
     """Token-mixing candidates: causal self-attention, causal lightweight and depthwise convolutions."""
     sizes = [int(k) for k in kernel_sizes]
     if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
-        raise ValueError(f"convolution kernel sizes must be distinct positive integers, got {list(kernel_sizes)}")
-    return ("none", "identity", "attention") + tuple(f"lightconv_{k}" for k in sizes) + tuple(
-        f"dwconv_{k}" for k in sizes
+        raise ValueError(
+            f"convolution kernel sizes must be distinct positive integers, got {list(kernel_sizes)}"
+        )
+    return (
+        ("none", "identity", "attention")
+        + tuple(f"lightconv_{k}" for k in sizes)
+        + tuple(f"dwconv_{k}" for k in sizes)
     )
 
 

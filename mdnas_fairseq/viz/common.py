@@ -2,6 +2,7 @@
 
 Nothing here imports graphviz, matplotlib or fairseq.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,7 +57,9 @@ def edge_labels(space: SearchSpace) -> List[str]:
     return [f"{i}->{j}" for i, j in space.edges]
 
 
-def as_weight_array(weights: Any, space: SearchSpace, domains: Sequence[str], source: str = "weights") -> np.ndarray:
+def as_weight_array(
+    weights: Any, space: SearchSpace, domains: Sequence[str], source: str = "weights"
+) -> np.ndarray:
     """Softmax weights as a float array of shape (D, E, K), checked against ``space`` and ``domains``.
 
     ``weights`` may be a torch tensor, a numpy array, a nested list (D, E, K) or a mapping
@@ -66,14 +69,18 @@ def as_weight_array(weights: Any, space: SearchSpace, domains: Sequence[str], so
     if isinstance(weights, dict):
         missing = [d for d in domains if d not in weights]
         if missing:
-            raise ValueError(f"{source}: no weights for domain(s) {missing} (it has {sorted(weights)})")
+            raise ValueError(
+                f"{source}: no weights for domain(s) {missing} (it has {sorted(weights)})"
+            )
         weights = [weights[d] for d in domains]
     if hasattr(weights, "detach"):  # torch tensor, without importing torch here
         weights = weights.detach().cpu().double().numpy()
     try:
         array = np.asarray(weights, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: cannot be read as a (domains, edges, operations) array of numbers: {e}") from None
+        raise ValueError(
+            f"{source}: cannot be read as a (domains, edges, operations) array of numbers: {e}"
+        ) from None
     expected = (len(domains), space.num_edges, space.num_ops)
     if array.shape != expected:
         raise ValueError(

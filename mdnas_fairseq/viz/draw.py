@@ -20,6 +20,7 @@ Command line (console script ``mdnas-draw``)::
 
     mdnas-draw path/to/genotype.json --out DIR [--format png,svg] [--name genotype]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,9 @@ def ensure_dot_available() -> str:
     _graphviz()
     dot = shutil.which("dot")
     if dot is None:
-        raise GraphvizNotInstalledError(f"the Graphviz `dot` program was not found on PATH; {INSTALL_HINT}")
+        raise GraphvizNotInstalledError(
+            f"the Graphviz `dot` program was not found on PATH; {INSTALL_HINT}"
+        )
     return dot
 
 
@@ -121,9 +124,13 @@ def _new_cell_graph(genotype: MultiDomainGenotype, title_html: str):
     graph = graphviz.Digraph(
         name="cell",
         # a chain of many slots reads best top to bottom, like a layer diagram
-        graph_attr={"rankdir": "LR" if space.topology is None else "TB", "label": f"<{title_html}>",
-                    "labelloc": "t", "fontsize": "16",
-                    "fontname": "Helvetica"},
+        graph_attr={
+            "rankdir": "LR" if space.topology is None else "TB",
+            "label": f"<{title_html}>",
+            "labelloc": "t",
+            "fontsize": "16",
+            "fontname": "Helvetica",
+        },
         node_attr={"fontname": "Helvetica", "style": "filled"},
         edge_attr={"fontname": "Helvetica", "fontsize": "11"},
     )
@@ -131,21 +138,29 @@ def _new_cell_graph(genotype: MultiDomainGenotype, title_html: str):
         graph.node(state_node_name(i), graphviz.escape(label), shape="box", fillcolor="#cfe2f3")
     for j in space.node_ids:
         label = node_label(space, j)
-        graph.node(state_node_name(j), graphviz.escape(label), shape="circle" if label == str(j) else "box",
-                   fillcolor="#fff2cc")
+        graph.node(
+            state_node_name(j),
+            graphviz.escape(label),
+            shape="circle" if label == str(j) else "box",
+            fillcolor="#fff2cc",
+        )
     graph.node(OUTPUT_NODE, graphviz.escape(output_label(space)), shape="box", fillcolor="#d9ead3")
     return graph
 
 
 def _add_output_edges(graph, space: SearchSpace) -> None:
     for j in space.output_nodes:
-        graph.edge(state_node_name(j), OUTPUT_NODE, style="dashed", color="#999999", arrowhead="vee")
+        graph.edge(
+            state_node_name(j), OUTPUT_NODE, style="dashed", color="#999999", arrowhead="vee"
+        )
 
 
 def cell_digraph(genotype: MultiDomainGenotype, domain: str):
     """The ``graphviz.Digraph`` of ``domain``'s cell: one edge per (input, node, op), labelled with the op."""
     if domain not in genotype.cells:
-        raise KeyError(f"genotype has no domain {domain!r}; its domains are {list(genotype.domains)}")
+        raise KeyError(
+            f"genotype has no domain {domain!r}; its domains are {list(genotype.domains)}"
+        )
     graphviz = _graphviz()
     color = domain_colors(genotype.domains)[domain]
     space = genotype.space
@@ -175,7 +190,9 @@ def union_digraph(genotype: MultiDomainGenotype):
     graphviz = _graphviz()
     colors = domain_colors(genotype.domains)
     space = genotype.space
-    legend = ", ".join(f'<font color="{colors[d]}">{html.escape(d)}</font>' for d in genotype.domains)
+    legend = ", ".join(
+        f'<font color="{colors[d]}">{html.escape(d)}</font>' for d in genotype.domains
+    )
     title = (
         f"<b>concordant union of {genotype.num_domains} domain(s)</b> ({html.escape(space.name)}): {legend}"
         f"<br/>bold black = one module shared by several domains; coloured = used by one domain only"
@@ -186,12 +203,22 @@ def union_digraph(genotype: MultiDomainGenotype):
             label = graphviz.escape(f"{op} ({', '.join(users)})")
             if len(users) > 1:
                 graph.edge(
-                    state_node_name(i), state_node_name(j), label=label, color=SHARED_EDGE_COLOR,
-                    fontcolor=SHARED_EDGE_COLOR, penwidth=SHARED_EDGE_PENWIDTH, style="bold",
+                    state_node_name(i),
+                    state_node_name(j),
+                    label=label,
+                    color=SHARED_EDGE_COLOR,
+                    fontcolor=SHARED_EDGE_COLOR,
+                    penwidth=SHARED_EDGE_PENWIDTH,
+                    style="bold",
                 )
             else:
-                graph.edge(state_node_name(i), state_node_name(j), label=label,
-                           color=colors[users[0]], fontcolor=colors[users[0]])
+                graph.edge(
+                    state_node_name(i),
+                    state_node_name(j),
+                    label=label,
+                    color=colors[users[0]],
+                    fontcolor=colors[users[0]],
+                )
     _add_output_edges(graph, space)
     return graph
 
@@ -212,7 +239,9 @@ def render_digraph(graph, path_stem: str, formats: Sequence[str]) -> List[str]:
         try:
             data = graph.pipe(format=fmt, engine="dot")
         except graphviz.ExecutableNotFound:
-            raise GraphvizNotInstalledError(f"the Graphviz `dot` program was not found; {INSTALL_HINT}") from None
+            raise GraphvizNotInstalledError(
+                f"the Graphviz `dot` program was not found; {INSTALL_HINT}"
+            ) from None
         except subprocess.CalledProcessError as e:
             stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
             raise RuntimeError(f"dot failed to render {path_stem}.{fmt}: {stderr}") from None
@@ -231,7 +260,9 @@ def _check_formats(formats: Sequence[str]) -> List[str]:
         raise ValueError("no output format given (e.g. png,svg)")
     unknown = [f for f in formats if f not in graphviz.FORMATS]
     if unknown:
-        raise ValueError(f"unknown output format(s) {unknown}; Graphviz knows e.g. png, svg, pdf, gv")
+        raise ValueError(
+            f"unknown output format(s) {unknown}; Graphviz knows e.g. png, svg, pdf, gv"
+        )
     return list(dict.fromkeys(formats))
 
 
@@ -256,7 +287,9 @@ def draw_genotype(
     return {key: render_digraph(graph, stems[key], formats) for key, graph in graphs.items()}
 
 
-def diagram_path_stems(genotype: MultiDomainGenotype, out_dir: str, name: str = "genotype") -> Dict[str, str]:
+def diagram_path_stems(
+    genotype: MultiDomainGenotype, out_dir: str, name: str = "genotype"
+) -> Dict[str, str]:
     """Diagram key -> the path, without format suffix, that :func:`draw_genotype` writes it to."""
     keys = list(genotype.domains) + [union_key(genotype)]  # domains first: they keep their names
     stems = unique_file_stems(keys)
@@ -277,11 +310,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="mdnas-draw",
         description="Draw the cells of a multi-domain genotype (one per domain and their concordant union).",
     )
-    parser.add_argument("genotype", help="genotype.json written by the search (or the search directory holding it)")
-    parser.add_argument("--out", default=None,
-                        help="output directory (default: 'figures' beside the genotype file)")
-    parser.add_argument("--format", default=",".join(DEFAULT_FORMATS),
-                        help="comma-separated output formats (default: png,svg)")
+    parser.add_argument(
+        "genotype", help="genotype.json written by the search (or the search directory holding it)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output directory (default: 'figures' beside the genotype file)"
+    )
+    parser.add_argument(
+        "--format",
+        default=",".join(DEFAULT_FORMATS),
+        help="comma-separated output formats (default: png,svg)",
+    )
     parser.add_argument("--name", default="genotype", help="file name prefix (default: genotype)")
     args = parser.parse_args(argv)
 

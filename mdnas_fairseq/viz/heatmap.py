@@ -1,7 +1,8 @@
 """Pictures of the architecture weights softmax(alpha).
 
 * :func:`save_alpha_heatmaps`: one PNG per domain, rows = edges ``"i->j"``, columns = operations,
-  every cell annotated with its weight (blank where the edge does not allow the operation). Called by the search at every epoch end.
+  every cell annotated with its weight (blank where the edge does not allow the operation).
+  Called by the search at every epoch end.
 * :func:`plot_alpha_history`: from ``alpha_history.jsonl``, per domain the mean over edges of each
   operation's weight against the epoch (how the search moves towards its operations).
 * :func:`plot_decisiveness`: from ``alpha_history.jsonl``, per domain the mean entropy of
@@ -11,6 +12,7 @@
 matplotlib is used through its object API on the Agg canvas: no display is needed and the
 process-wide pyplot backend is left alone. Every file is written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +36,9 @@ def _figure(figsize: Tuple[float, float]):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("matplotlib is needed for the alpha pictures: `pip install matplotlib`") from None
+        raise ImportError(
+            "matplotlib is needed for the alpha pictures: `pip install matplotlib`"
+        ) from None
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -65,8 +69,13 @@ def alpha_heatmap_figure(weights: np.ndarray, space: SearchSpace, title: str):
     fig = _figure((2.2 + 1.05 * num_ops, 1.4 + 0.32 * num_edges))
     ax = fig.add_subplot(1, 1, 1)
     # operations an edge does not allow are left blank (no colour, no number)
-    image = ax.imshow(np.ma.masked_invalid(np.where(allowed, weights, np.nan)), cmap="viridis", vmin=0.0, vmax=1.0,
-                      aspect="auto")
+    image = ax.imshow(
+        np.ma.masked_invalid(np.where(allowed, weights, np.nan)),
+        cmap="viridis",
+        vmin=0.0,
+        vmax=1.0,
+        aspect="auto",
+    )
     ax.set_xticks(range(num_ops), labels=list(space.operations), rotation=35, ha="right")
     ax.set_yticks(range(num_edges), labels=edge_labels(space))
     ax.set_xlabel("operation")
@@ -114,17 +123,23 @@ def save_alpha_heatmaps(
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for d, (domain, path) in enumerate(heatmap_paths(domains, out_dir, epoch).items()):
-        title = f"softmax(alpha), domain {domain}" + (f", epoch {epoch}" if epoch is not None else "")
+        title = f"softmax(alpha), domain {domain}" + (
+            f", epoch {epoch}" if epoch is not None else ""
+        )
         fig = alpha_heatmap_figure(array[d], space, title)
         paths.append(_save_png(fig, path))
     return paths
 
 
-def heatmap_paths(domains: Sequence[str], out_dir: str, epoch: Optional[int] = None) -> Dict[str, str]:
+def heatmap_paths(
+    domains: Sequence[str], out_dir: str, epoch: Optional[int] = None
+) -> Dict[str, str]:
     """Domain -> the PNG path :func:`save_alpha_heatmaps` writes its heatmap to (in domain order)."""
     stems = unique_file_stems(list(domains))
     suffix = f"_epoch{epoch}" if epoch is not None else ""
-    return {domain: os.path.join(out_dir, f"alpha_{stems[domain]}{suffix}.png") for domain in domains}
+    return {
+        domain: os.path.join(out_dir, f"alpha_{stems[domain]}{suffix}.png") for domain in domains
+    }
 
 
 # ------------------------------------------------------------------------------ history
@@ -149,7 +164,9 @@ def read_alpha_history(history_jsonl: str) -> List[Dict[str, Any]]:
             if field not in entry:
                 raise ValueError(f"{history_jsonl}, line {number}: missing field {field!r}")
         if not isinstance(entry["alpha"], dict) or not entry["alpha"]:
-            raise ValueError(f"{history_jsonl}, line {number}: field 'alpha' must map domain names to weights")
+            raise ValueError(
+                f"{history_jsonl}, line {number}: field 'alpha' must map domain names to weights"
+            )
         entries.append(entry)
     if not entries:
         raise ValueError(f"{history_jsonl}: no entries")
@@ -171,7 +188,9 @@ def alpha_history_series(
             try:
                 array = np.asarray(weights, dtype=np.float64)
             except (TypeError, ValueError):
-                raise ValueError(f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights are not numbers") from None
+                raise ValueError(
+                    f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights are not numbers"
+                ) from None
             if array.ndim != 2:
                 raise ValueError(
                     f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights of shape {array.shape}, "
@@ -202,7 +221,9 @@ def _operations_beside(history_jsonl: str) -> Optional[List[str]]:
         return None
 
 
-def plot_alpha_history(history_jsonl: str, out_png: str, operations: Optional[Sequence[str]] = None) -> str:
+def plot_alpha_history(
+    history_jsonl: str, out_png: str, operations: Optional[Sequence[str]] = None
+) -> str:
     """Plot, per domain, the mean over edges of each operation's softmax weight against the epoch.
 
     ``operations`` names the K operations; by default they are read from ``genotype.json`` beside
@@ -219,6 +240,7 @@ def plot_alpha_history(history_jsonl: str, out_png: str, operations: Optional[Se
     nrows = math.ceil(len(domains) / ncols)
     fig = _figure((6.0 * ncols, 3.6 * nrows))
     from matplotlib.ticker import MaxNLocator
+
     colors = domain_colors(domains)
     for index, domain in enumerate(domains):
         ax = fig.add_subplot(nrows, ncols, index + 1)
@@ -274,7 +296,9 @@ def decisiveness_series(
 
 def plot_decisiveness(history_jsonl: str, out_png: str, space: SearchSpace) -> str:
     """Plot, per domain, the mean edge entropy and margin of softmax(alpha) against the epoch."""
-    domains, series = decisiveness_series(read_alpha_history(history_jsonl), space, source=history_jsonl)
+    domains, series = decisiveness_series(
+        read_alpha_history(history_jsonl), space, source=history_jsonl
+    )
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure((11.0, 3.8))
@@ -286,8 +310,14 @@ def plot_decisiveness(history_jsonl: str, out_png: str, space: SearchSpace) -> s
     for index, (label, column, limits) in enumerate(panels):
         ax = fig.add_subplot(1, 2, index + 1)
         for domain in domains:
-            ax.plot(series[domain][0], series[domain][column], marker="o", markersize=3, color=colors[domain],
-                    label=domain)
+            ax.plot(
+                series[domain][0],
+                series[domain][column],
+                marker="o",
+                markersize=3,
+                color=colors[domain],
+                label=domain,
+            )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label, fontsize=8)

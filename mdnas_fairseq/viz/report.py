@@ -19,6 +19,7 @@ of failing. Command line (console script ``mdnas-report``)::
 
     mdnas-report SEARCH_DIR [--out report.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -117,7 +118,10 @@ def write_report(search_dir: str, out: Optional[str] = None) -> str:
         lines += [f"### Domain {domain}", ""]
         lines += _table(
             ["node", "input", "op"],
-            [[node_label(space, e.node), _state_label(genotype, e.input), f"`{e.op}`"] for e in genotype.cells[domain]],
+            [
+                [node_label(space, e.node), _state_label(genotype, e.input), f"`{e.op}`"]
+                for e in genotype.cells[domain]
+            ],
         )
 
     lines += ["## Concordant union (the multimodel's cell)", ""]
@@ -127,8 +131,10 @@ def write_report(search_dir: str, out: Optional[str] = None) -> str:
             kind = "shared" if len(users) > 1 else "domain-specific"
             rows.append([j, _state_label(genotype, i), f"`{op}`", ", ".join(users), kind, i])
     rows.sort(key=lambda row: (row[0], row[5], row[2]))  # by node, then input, then op
-    lines += _table(["node", "input", "op", "domains using it", "module"],
-                    [[node_label(space, row[0])] + row[1:5] for row in rows])
+    lines += _table(
+        ["node", "input", "op", "domains using it", "module"],
+        [[node_label(space, row[0])] + row[1:5] for row in rows],
+    )
 
     lines += ["## Over the epochs", ""]
     lines += _epochs_section(search_dir)
@@ -150,7 +156,8 @@ def write_report(search_dir: str, out: Optional[str] = None) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``mdnas-report SEARCH_DIR [--out PATH]``; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="mdnas-report", description="Write a one-page Markdown report (report.md) of a search directory."
+        prog="mdnas-report",
+        description="Write a one-page Markdown report (report.md) of a search directory.",
     )
     parser.add_argument("search_dir", help="the search's --save-dir, holding genotype.json")
     parser.add_argument("--out", default=None, help="report path (default: SEARCH_DIR/report.md)")

@@ -1,5 +1,6 @@
 """The sections of a search report (:mod:`mdnas_fairseq.viz.report`): number formats, parameter
 counts, drawings, heatmaps, the alpha history, the per-epoch genotypes and the decisiveness."""
+
 from __future__ import annotations
 
 import glob
@@ -96,7 +97,11 @@ def _missing(field: str, source: str) -> str:
 def agreement_counts(genotype: MultiDomainGenotype) -> Dict[str, int]:
     """Union edges, edges where all domains chose the same op, and the (edge, op) module counts."""
     union = genotype.union()
-    agreed = sum(1 for ops in union.values() if len(ops) == 1 and len(next(iter(ops.values()))) == genotype.num_domains)
+    agreed = sum(
+        1
+        for ops in union.values()
+        if len(ops) == 1 and len(next(iter(ops.values()))) == genotype.num_domains
+    )
     modules = genotype.union_edges()
     shared = sum(1 for ops in union.values() for users in ops.values() if len(users) > 1)
     return {
@@ -120,7 +125,12 @@ def _param_counts(data: Dict[str, Any], genotype: MultiDomainGenotype, source: s
         return [_missing("param_counts", source), "", module_line, ""]
     pc = data["param_counts"]
     if not isinstance(pc, dict):
-        return [f"_Not available: field `param_counts` of `{source}` is not an object._", "", module_line, ""]
+        return [
+            f"_Not available: field `param_counts` of `{source}` is not an object._",
+            "",
+            module_line,
+            "",
+        ]
     rows = []
     notes = []
     per_domain = pc.get("domains")
@@ -129,14 +139,28 @@ def _param_counts(data: Dict[str, Any], genotype: MultiDomainGenotype, source: s
             if domain in per_domain:
                 rows.append([f"domain {domain} alone", format_number(per_domain[domain])])
             else:
-                notes.append(f"_No count for domain {domain}: `param_counts.domains.{domain}` is missing._")
-        numbers = [per_domain[d] for d in genotype.domains if isinstance(per_domain.get(d), (int, float))]
+                notes.append(
+                    f"_No count for domain {domain}: `param_counts.domains.{domain}` is missing._"
+                )
+        numbers = [
+            per_domain[d] for d in genotype.domains if isinstance(per_domain.get(d), (int, float))
+        ]
         if len(numbers) == genotype.num_domains and genotype.num_domains > 1:
-            rows.append([f"{genotype.num_domains} separate single-domain models (sum)", format_number(sum(numbers))])
+            rows.append(
+                [
+                    f"{genotype.num_domains} separate single-domain models (sum)",
+                    format_number(sum(numbers)),
+                ]
+            )
     else:
         notes.append(_missing("param_counts.domains", source))
     if "multimodel" in pc:
-        rows.append(["**concordant multimodel** (union of all domains)", f"**{format_number(pc['multimodel'])}**"])
+        rows.append(
+            [
+                "**concordant multimodel** (union of all domains)",
+                f"**{format_number(pc['multimodel'])}**",
+            ]
+        )
     else:
         notes.append(_missing("param_counts.multimodel", source))
     lines = _table(["model", "parameters"], rows) if rows else []
@@ -170,7 +194,12 @@ def _diagram_section(genotype, figures_dir, source_mtime, report_dir) -> List[st
     for key in [ukey] + list(genotype.domains):
         png, svg = expected[key]
         title = "concordant union" if key == ukey else f"domain {key}"
-        lines += [f"**{title}** ([svg]({_link(svg, report_dir)}))", "", f"![{title}]({_link(png, report_dir)})", ""]
+        lines += [
+            f"**{title}** ([svg]({_link(svg, report_dir)}))",
+            "",
+            f"![{title}]({_link(png, report_dir)})",
+            "",
+        ]
     return lines
 
 
@@ -229,13 +258,18 @@ def _epochs_section(search_dir: str) -> List[str]:
         counts = agreement_counts(genotype)
         pc = data.get("param_counts")
         multimodel = pc.get("multimodel", "n/a") if isinstance(pc, dict) else "n/a"
-        rows.append([
-            _epoch_of(path),
-            f"{format_percent(genotype.agreement())} ({counts['agreed_edges']}/{counts['union_edges']})",
-            counts["distinct_modules"],
-            format_number(multimodel),
-        ])
-    return _table(["epoch", "agreement", "distinct (edge, op) modules", "multimodel parameters"], rows) + note
+        rows.append(
+            [
+                _epoch_of(path),
+                f"{format_percent(genotype.agreement())} ({counts['agreed_edges']}/{counts['union_edges']})",
+                counts["distinct_modules"],
+                format_number(multimodel),
+            ]
+        )
+    return (
+        _table(["epoch", "agreement", "distinct (edge, op) modules", "multimodel parameters"], rows)
+        + note
+    )
 
 
 def _evenly(items: Sequence[Any]) -> List[Any]:
@@ -252,7 +286,9 @@ def _decisiveness_section(search_dir, genotype, figures_dir, report_dir) -> List
         return [f"_Not available: `{HISTORY_FILE}` is missing from the search directory._", ""]
     space = genotype.space
     try:
-        domains, series = decisiveness_series(read_alpha_history(history), space, source=HISTORY_FILE)
+        domains, series = decisiveness_series(
+            read_alpha_history(history), space, source=HISTORY_FILE
+        )
     except (ValueError, OSError) as e:
         return [f"_Decisiveness not computed: {e}_", ""]
     lines = [
@@ -282,7 +318,10 @@ def _decisiveness_section(search_dir, genotype, figures_dir, report_dir) -> List
             plot_decisiveness(history, out_png, space)
         except (ValueError, ImportError, OSError) as e:
             return lines + [f"_Decisiveness not plotted: {e}_", ""]
-    return lines + [f"![entropy and margin of softmax(alpha) over epochs]({_link(out_png, report_dir)})", ""]
+    return lines + [
+        f"![entropy and margin of softmax(alpha) over epochs]({_link(out_png, report_dir)})",
+        "",
+    ]
 
 
 # ------------------------------------------------------------------------------ report

@@ -10,6 +10,7 @@ Writes into OUT_DIR, for this worker's rank R:
   rankR_steps.json     {"train": one [update_num, domain] per train_step call (domain null for a padding
                        batch), "valid": the number of valid_step calls (padding batches included)}.
 """
+
 import contextlib
 import json
 import os

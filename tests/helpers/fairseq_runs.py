@@ -1,4 +1,5 @@
 """Shared helpers for the language-model tests: a tiny real corpus and fairseq command lines."""
+
 import importlib.util
 import os
 import subprocess
@@ -39,20 +40,59 @@ def make_tiny_corpus(out_dir, rows=400, langs=("en", "de"), vocab_size=300, seed
             f.write("\t".join(fields[c] for c in cols) + "\n")
     data = os.path.join(out_dir, "prepared")
     load_script("prepare_parallel").prepare(
-        tsv, ",".join(langs), data, vocab_size=vocab_size, seed=seed, heldout_fraction=0.2,
-        valid_fraction=0.1, test_fraction=0.1, workers=1, quiet=True,
+        tsv,
+        ",".join(langs),
+        data,
+        vocab_size=vocab_size,
+        seed=seed,
+        heldout_fraction=0.2,
+        valid_fraction=0.1,
+        test_fraction=0.1,
+        workers=1,
+        quiet=True,
     )
     return os.path.join(data, "data-bin")
 
 
 def train_args(data_bin, save_dir, domains="en,de", arch="mdnas_rnn_tiny", extra=()):
     return [
-        os.path.join(BIN, "fairseq-train"), data_bin, "--user-dir", USER_DIR, "--task", "multidomain_nas",
-        "--domains", domains, "--arch", arch, "--criterion", "multidomain_nas_loss",
-        "--optimizer", "adam", "--lr", "0.003", "--clip-norm", "0.25",
-        "--batch-size", "16", "--cpu", "--seed", "3", "--save-dir", save_dir, "--no-epoch-checkpoints",
-        "--log-format", "simple", "--num-workers", "0", "--no-alpha-heatmaps",
-        "--embed-dim", "16", "--hidden-dim", "16", "--num-nodes", "3",
+        os.path.join(BIN, "fairseq-train"),
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "multidomain_nas",
+        "--domains",
+        domains,
+        "--arch",
+        arch,
+        "--criterion",
+        "multidomain_nas_loss",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--clip-norm",
+        "0.25",
+        "--batch-size",
+        "16",
+        "--cpu",
+        "--seed",
+        "3",
+        "--save-dir",
+        save_dir,
+        "--no-epoch-checkpoints",
+        "--log-format",
+        "simple",
+        "--num-workers",
+        "0",
+        "--no-alpha-heatmaps",
+        "--embed-dim",
+        "16",
+        "--hidden-dim",
+        "16",
+        "--num-nodes",
+        "3",
     ] + list(extra)
 
 
@@ -61,18 +101,22 @@ def run(cmd, check=True, env=None):
     full_env.update(env or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=ROOT)
     if check and proc.returncode != 0:
-        raise AssertionError(f"command failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"command failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
 def build_in_process(data_bin, save_dir, domains="en,de", arch="mdnas_rnn_tiny", extra=()):
     """task, model, criterion and fairseq optimizer built as fairseq-train builds them (one process)."""
-    return build_from_argv(train_args(data_bin, save_dir, domains=domains, arch=arch, extra=extra)[1:])
+    return build_from_argv(
+        train_args(data_bin, save_dir, domains=domains, arch=arch, extra=extra)[1:]
+    )
 
 
 def build_from_argv(argv):
     """task, model, criterion and fairseq optimizer of fairseq-train arguments, in this process."""
-    from fairseq import options, optim, tasks
+    from fairseq import optim, options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     import mdnas_fairseq  # noqa: F401
@@ -90,6 +134,8 @@ def build_from_argv(argv):
 
 def first_batches(task, n, seed=1):
     """The first ``n`` batches of the search's first epoch."""
-    itr = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=task.cfg.batch_size, seed=seed)
+    itr = task.get_batch_iterator(
+        dataset=task.dataset("train"), max_sentences=task.cfg.batch_size, seed=seed
+    )
     batches = itr.next_epoch_itr(shuffle=True)
     return [next(batches) for _ in range(n)]

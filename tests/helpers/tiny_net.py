@@ -1,5 +1,6 @@
 """A tiny two-edge network with per-domain mixed operations and an independent functional copy of it
 (test helpers for the alpha step)."""
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -83,5 +84,3 @@ def closures(model):
 def ref_loss(ws, alpha, batch):
     x, d, y = batch
     return F.mse_loss(reference_forward(ws, alpha, x, d), y)
-
-

@@ -1,4 +1,5 @@
 """Checks shared by the Transformer tests: causality of a candidate and of a whole network."""
+
 import torch
 
 from mdnas_fairseq.search import GenotypeEdge, MultiDomainGenotype
@@ -14,10 +15,14 @@ def assert_candidate_causal(module, dim, steps=9, batch=2, seed=0):
         assert y.shape == x.shape
         for t in range(steps - 1):
             x2 = x.clone()
-            x2[t + 1:] = torch.randn(steps - t - 1, batch, dim, generator=gen, dtype=torch.float64)
+            x2[t + 1 :] = torch.randn(steps - t - 1, batch, dim, generator=gen, dtype=torch.float64)
             y2 = module(x2)
-            assert torch.equal(y2[: t + 1], y[: t + 1]), f"output at <= {t} changed when inputs after {t} did"
-            assert not torch.allclose(y2[t + 1:], y[t + 1:]), "the changed positions' outputs did not change"
+            assert torch.equal(y2[: t + 1], y[: t + 1]), (
+                f"output at <= {t} changed when inputs after {t} did"
+            )
+            assert not torch.allclose(y2[t + 1 :], y[t + 1 :]), (
+                "the changed positions' outputs did not change"
+            )
         x3 = x.clone()
         x3[0] += 1.0
         return not torch.allclose(module(x3)[1], y[1])  # does position 1 see position 0?

@@ -1,4 +1,5 @@
 """fairseq-train runs of the rotated-MNIST task in forked children (test helpers)."""
+
 import multiprocessing as mp
 import os
 import traceback
@@ -17,11 +18,42 @@ def mnist_args():
 
 
 def search_argv(save_dir, rotations, extra):
-    return ["--user-dir", USER_DIR, "--task", "rotated_mnist_nas", "--rotations", rotations,
-            "--train-images-per-domain", "32", "--heldout-images-per-domain", "32", "--arch", "mdnas_conv_tiny",
-            "--criterion", "multidomain_nas_loss", "--optimizer", "adam", "--lr", "0.01", "--batch-size", "16",
-            "--cpu", "--num-workers", "0", "--seed", "1", "--save-dir", save_dir, "--no-alpha-heatmaps",
-            "--log-format", "simple"] + mnist_args() + extra
+    return (
+        [
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "rotated_mnist_nas",
+            "--rotations",
+            rotations,
+            "--train-images-per-domain",
+            "32",
+            "--heldout-images-per-domain",
+            "32",
+            "--arch",
+            "mdnas_conv_tiny",
+            "--criterion",
+            "multidomain_nas_loss",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "16",
+            "--cpu",
+            "--num-workers",
+            "0",
+            "--seed",
+            "1",
+            "--save-dir",
+            save_dir,
+            "--no-alpha-heatmaps",
+            "--log-format",
+            "simple",
+        ]
+        + mnist_args()
+        + extra
+    )
 
 
 def train_in_child(argv):
@@ -36,7 +68,9 @@ def train_in_child(argv):
             from fairseq_cli.train import main
 
             parser = options.get_training_parser()
-            main(convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv)))
+            main(
+                convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv))
+            )
         except BaseException:
             traceback.print_exc()
             os._exit(1)
@@ -46,5 +80,3 @@ def train_in_child(argv):
     proc.start()
     proc.join(300)
     assert proc.exitcode == 0, f"fairseq-train failed: {argv}"
-
-

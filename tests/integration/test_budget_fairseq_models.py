@@ -3,6 +3,7 @@ by the search task's own writer (from the fairseq search model, alpha set at ran
 derived by mdnas-derive, then the derived model built by fairseq's task from ``--genotype FILE`` as
 fairseq-train builds it: its sum(p.numel()) is the file's count and at most the budget (recurrent
 LM and conv)."""
+
 import numpy as np
 import pytest
 import torch

@@ -5,6 +5,7 @@ workers get padding (dummy) batches, and the workers of one update hold differen
 checked: every per-domain loss fairseq logs (training and validation, unrounded meters) equals the
 single-process value on the same weights, and all workers end with identical alpha and weights.
 """
+
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers.fairseq_runs import BIN, ROOT, USER_DIR, train_args
+from tests.helpers.fairseq_runs import ROOT, USER_DIR, train_args
 
 LANGS = ("en", "de", "fr")
 BATCH = 8
@@ -44,13 +45,34 @@ def capture(out, command, args, world=1, ddp="legacy_ddp", check=True):
     port = _free_port()
     procs = []
     for rank in range(world):
-        dist = [] if world == 1 else [
-            "--distributed-backend", "gloo", "--ddp-backend", ddp, "--distributed-world-size", str(world),
-            "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
-            "--distributed-rank", str(rank)]
+        dist = (
+            []
+            if world == 1
+            else [
+                "--distributed-backend",
+                "gloo",
+                "--ddp-backend",
+                ddp,
+                "--distributed-world-size",
+                str(world),
+                "--distributed-init-method",
+                f"tcp://127.0.0.1:{port}",
+                "--distributed-no-spawn",
+                "--distributed-rank",
+                str(rank),
+            ]
+        )
         cmd = [sys.executable, CAPTURE, out, command] + list(args) + dist
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                                      cwd=ROOT))
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=_env(),
+                cwd=ROOT,
+            )
+        )
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     if not check:
         return [(p.returncode, text) for p, text in zip(procs, outputs)]
@@ -62,14 +84,34 @@ def capture(out, command, args, world=1, ddp="legacy_ddp", check=True):
             meters = json.load(f)
         with open(os.path.join(out, f"rank{rank}_steps.json")) as f:
             steps = json.load(f)
-        result.append({"meters": meters, "steps": steps["train"], "valid_steps": steps["valid"], "log": outputs[rank]})
+        result.append(
+            {
+                "meters": meters,
+                "steps": steps["train"],
+                "valid_steps": steps["valid"],
+                "log": outputs[rank],
+            }
+        )
     return result
 
 
 def search_args(data_bin, save, *extra):
-    return train_args(data_bin, save, domains=",".join(LANGS), extra=[
-        "--max-epoch", "1", "--batch-size", str(BATCH), "--max-tokens", str(MAX_TOKENS),
-        "--required-batch-size-multiple", "1"] + list(extra))[1:]
+    return train_args(
+        data_bin,
+        save,
+        domains=",".join(LANGS),
+        extra=[
+            "--max-epoch",
+            "1",
+            "--batch-size",
+            str(BATCH),
+            "--max-tokens",
+            str(MAX_TOKENS),
+            "--required-batch-size-multiple",
+            "1",
+        ]
+        + list(extra),
+    )[1:]
 
 
 def domain_losses(meters):
@@ -85,13 +127,16 @@ def assert_close(got, want, rel=1e-4):
 def check_layout(runs):
     """The shards were uneven (padding batches) and one update held several domains."""
     per_rank = [r["steps"] for r in runs]
-    assert any(d is None for steps in per_rank for _, d in steps), \
+    assert any(d is None for steps in per_rank for _, d in steps), (
         f"no padding batch: the test would not test it ({[len(s) for s in per_rank]} steps per rank)"
+    )
     by_update = {}
     for steps in per_rank:
         for update, domain in steps:
             by_update.setdefault(update, set()).add(domain)
-    assert any(len(ds - {None}) > 1 for ds in by_update.values()), "no update mixed domains across workers"
+    assert any(len(ds - {None}) > 1 for ds in by_update.values()), (
+        "no update mixed domains across workers"
+    )
 
 
 # weights and alpha never move and there is no dropout: every batch's loss is the same on any worker
@@ -107,26 +152,47 @@ def single_process_frozen(data_bin, tmp_path_factory):
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_logged_training_losses_equal_single_process(data_bin, tmp_path, single_process_frozen, world):
-    runs = capture(str(tmp_path), "train", search_args(data_bin, str(tmp_path / "ckpt"), *FROZEN), world=world)
+def test_logged_training_losses_equal_single_process(
+    data_bin, tmp_path, single_process_frozen, world
+):
+    runs = capture(
+        str(tmp_path), "train", search_args(data_bin, str(tmp_path / "ckpt"), *FROZEN), world=world
+    )
     check_layout(runs)
     batches = len(single_process_frozen["steps"])
     assert batches % world != 0  # uneven shards
     assert sum(d is not None for r in runs for _, d in r["steps"]) == batches
     want = domain_losses(single_process_frozen["meters"]["train"][-1])
     assert len(want) == 3
-    for rank, r in enumerate(runs):  # every worker logs the reduced (global) values
+    for r in runs:  # every worker logs the reduced (global) values
         assert_close(domain_losses(r["meters"]["train"][-1]), want)
-    assert runs[0]["meters"]["train"][-1]["loss"] == pytest.approx(single_process_frozen["meters"]["train"][-1]["loss"],
-                                                                   rel=1e-4)
+    assert runs[0]["meters"]["train"][-1]["loss"] == pytest.approx(
+        single_process_frozen["meters"]["train"][-1]["loss"], rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_search_keeps_workers_identical_and_validation_is_exact(data_bin, tmp_path, world):
     save = str(tmp_path / "ckpt")
-    runs = capture(str(tmp_path / "run"), "train", search_args(
-        data_bin, save, "--struct-coef", "0.3", "--contrastive-coef", "0.1", "--alpha-lr", "0.05", "--eta-p", "0.5",
-        "--valid-subset", "valid"), world=world)
+    runs = capture(
+        str(tmp_path / "run"),
+        "train",
+        search_args(
+            data_bin,
+            save,
+            "--struct-coef",
+            "0.3",
+            "--contrastive-coef",
+            "0.1",
+            "--alpha-lr",
+            "0.05",
+            "--eta-p",
+            "0.5",
+            "--valid-subset",
+            "valid",
+        ),
+        world=world,
+    )
     check_layout(runs)
     # identical alpha and weights on every worker, and alpha really moved
     states = [torch.load(tmp_path / "run" / f"rank{r}_epoch1.pt") for r in range(world)]
@@ -135,11 +201,30 @@ def test_search_keeps_workers_identical_and_validation_is_exact(data_bin, tmp_pa
             assert torch.equal(states[0][key], state[key]), key
     assert states[0][ALPHA].abs().max() > 10 * 1e-3
     # the validation that the workers logged equals one process validating the saved checkpoint
-    ref = capture(str(tmp_path / "ref"), "validate", [
-        data_bin, "--user-dir", USER_DIR, "--task", "multidomain_nas", "--path", os.path.join(save, "checkpoint_last.pt"),
-        "--valid-subset", "valid", "--batch-size", str(BATCH), "--max-tokens", str(MAX_TOKENS),
-        "--required-batch-size-multiple", "1", "--cpu",
-        "--num-workers", "0"])[0]
+    ref = capture(
+        str(tmp_path / "ref"),
+        "validate",
+        [
+            data_bin,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "multidomain_nas",
+            "--path",
+            os.path.join(save, "checkpoint_last.pt"),
+            "--valid-subset",
+            "valid",
+            "--batch-size",
+            str(BATCH),
+            "--max-tokens",
+            str(MAX_TOKENS),
+            "--required-batch-size-multiple",
+            "1",
+            "--cpu",
+            "--num-workers",
+            "0",
+        ],
+    )[0]
     want = domain_losses(ref["meters"]["valid"][-1])
     assert len(want) == 3
     for r in runs:
@@ -153,13 +238,17 @@ def test_derived_multimodel_under_pytorch_ddp(data_bin, tmp_path):
     (fairseq's pytorch_ddp itself runs on GPUs only: scripts/gpu_check.sh runs the accepted case.)"""
     from mdnas_fairseq.search import darts_rnn_space, derive_genotype, save_genotype
 
-    alpha = torch.randn(3, darts_rnn_space(3).num_edges, 5, generator=torch.Generator().manual_seed(3))
+    alpha = torch.randn(
+        3, darts_rnn_space(3).num_edges, 5, generator=torch.Generator().manual_seed(3)
+    )
     genotype = derive_genotype(alpha, darts_rnn_space(3), list(LANGS))
     assert len({tuple(c) for c in genotype.cells.values()}) > 1  # the domains' cells differ
     path = str(tmp_path / "genotype.json")
     save_genotype(path, genotype)
     args = search_args(data_bin, str(tmp_path / "ckpt"), "--genotype", path, "--disable-validation")
-    refused = capture(str(tmp_path / "refused"), "train", args, world=2, ddp="pytorch_ddp", check=False)
+    refused = capture(
+        str(tmp_path / "refused"), "train", args, world=2, ddp="pytorch_ddp", check=False
+    )
     for code, text in refused:
         assert code != 0 and "add --find-unused-parameters, or use --ddp-backend legacy_ddp" in text
     # the legacy backend needs no flag

@@ -1,6 +1,7 @@
 """``mdnas-derive`` (mdnas_fairseq.derive): budgeted and random genotypes from a search's genotype.json,
 the files it writes (loadable, counts equal to built models), and its errors. The search directory is
 written by hand the way the search task writes it (genotype, softmax(alpha), param_counts, param_table)."""
+
 import json
 import os
 import subprocess
@@ -11,7 +12,13 @@ import torch
 
 from mdnas_fairseq import derive
 from mdnas_fairseq.cells.conv import DartsConvClassifier
-from mdnas_fairseq.search import derive_genotype, derive_with_budget, load_genotype, read_genotype_json, save_genotype
+from mdnas_fairseq.search import (
+    derive_genotype,
+    derive_with_budget,
+    load_genotype,
+    read_genotype_json,
+    save_genotype,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOMAINS = ["rot0", "rot90", "rot180"]
@@ -32,12 +39,18 @@ def write_search(directory, seed=0, drop=()):
     extra = {
         "epoch": 3,
         "alpha": {d: probs[k].tolist() for k, d in enumerate(DOMAINS)},
-        "param_counts": {"domains": {d: model.genotype_param_count(genotype, [d]) for d in DOMAINS},
-                         "multimodel": model.genotype_param_count(genotype)},
+        "param_counts": {
+            "domains": {d: model.genotype_param_count(genotype, [d]) for d in DOMAINS},
+            "multimodel": model.genotype_param_count(genotype),
+        },
         "param_table": table.to_dict(),
     }
     os.makedirs(directory, exist_ok=True)
-    save_genotype(os.path.join(directory, "genotype.json"), genotype, {k: v for k, v in extra.items() if k not in drop})
+    save_genotype(
+        os.path.join(directory, "genotype.json"),
+        genotype,
+        {k: v for k, v in extra.items() if k not in drop},
+    )
     return genotype, probs, table
 
 
@@ -50,9 +63,23 @@ def test_budget_from_the_command_line_as_a_subprocess(tmp_path):
     budget = (table.multimodel_count(searched) + table.smallest_multimodel()) // 2
     out = tmp_path / "budget.json"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run([sys.executable, "-m", "mdnas_fairseq.derive", str(tmp_path / "search"),
-                          "--param-budget", str(budget), "--out", str(out)],
-                         capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mdnas_fairseq.derive",
+            str(tmp_path / "search"),
+            "--param-budget",
+            str(budget),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     genotype = load_genotype(str(out))
     data = read_genotype_json(str(out))
@@ -60,8 +87,12 @@ def test_budget_from_the_command_line_as_a_subprocess(tmp_path):
     assert genotype == expected and len(data["derived_by"]["steps"]) == len(steps) > 0
     assert data["param_counts"]["multimodel"] == built_count(genotype) <= budget
     for d in DOMAINS:
-        alone = DartsConvClassifier([d], channels=4, num_nodes=4, genotype=type(genotype)(
-            genotype.space, (d,), {d: genotype.cells[d]}))
+        alone = DartsConvClassifier(
+            [d],
+            channels=4,
+            num_nodes=4,
+            genotype=type(genotype)(genotype.space, (d,), {d: genotype.cells[d]}),
+        )
         assert data["param_counts"]["domains"][d] == sum(p.numel() for p in alone.parameters())
     assert data["derived_by"]["method"] == "param_budget" and data["derived_by"]["budget"] == budget
     assert str(data["param_counts"]["multimodel"]) in run.stdout
@@ -71,7 +102,10 @@ def test_own_count_gives_the_searched_genotype_and_the_search_file_is_accepted(t
     searched, _, table = write_search(str(tmp_path))
     own = table.multimodel_count(searched)
     out = str(tmp_path / "same.json")
-    assert derive.main([str(tmp_path / "genotype.json"), "--param-budget", str(own), "--out", out]) == 0
+    assert (
+        derive.main([str(tmp_path / "genotype.json"), "--param-budget", str(own), "--out", out])
+        == 0
+    )
     data = read_genotype_json(out)
     assert load_genotype(out) == searched and data["derived_by"]["steps"] == []
     assert data["param_counts"]["multimodel"] == own
@@ -83,22 +117,37 @@ def test_random_genotypes_reproducible_and_matched(tmp_path):
     files = []
     for name in ("r1.json", "r2.json"):
         files.append(str(tmp_path / name))
-        assert derive.main([str(tmp_path), "--random-seed", "11", "--match-params", "--out", files[-1]]) == 0
+        assert (
+            derive.main(
+                [str(tmp_path), "--random-seed", "11", "--match-params", "--out", files[-1]]
+            )
+            == 0
+        )
     a, b = (read_genotype_json(f) for f in files)
     assert a["cells"] == b["cells"] and a["derived_by"] == b["derived_by"]
     genotype = load_genotype(files[0])
-    assert abs(built_count(genotype) - target) <= 0.1 * target and a["derived_by"]["target_params"] == target
+    assert (
+        abs(built_count(genotype) - target) <= 0.1 * target
+        and a["derived_by"]["target_params"] == target
+    )
     assert a["param_counts"]["multimodel"] == built_count(genotype)
-    assert a["derived_by"]["seed"] == 11 and a["derived_by"]["draws"] >= 1 and a["derived_by"]["tolerance"] == 0.1
+    assert (
+        a["derived_by"]["seed"] == 11
+        and a["derived_by"]["draws"] >= 1
+        and a["derived_by"]["tolerance"] == 0.1
+    )
     plain = str(tmp_path / "plain.json")
     assert derive.main([str(tmp_path), "--random-seed", "12", "--out", plain]) == 0
     assert read_genotype_json(plain)["derived_by"]["draws"] == 1
 
 
-@pytest.mark.parametrize("drop,args,message", [
-    (("alpha",), ["--param-budget", "5000"], "field 'alpha' is missing"),
-    (("param_table",), ["--random-seed", "1"], "field 'param_table' is missing"),
-])
+@pytest.mark.parametrize(
+    "drop,args,message",
+    [
+        (("alpha",), ["--param-budget", "5000"], "field 'alpha' is missing"),
+        (("param_table",), ["--random-seed", "1"], "field 'param_table' is missing"),
+    ],
+)
 def test_missing_fields_are_named_and_nothing_is_written(tmp_path, capsys, drop, args, message):
     write_search(str(tmp_path), drop=drop)
     out = tmp_path / "out.json"
@@ -114,8 +163,23 @@ def test_errors_budget_too_small_inconsistent_file_no_match_and_usage(tmp_path, 
     out = str(tmp_path / "out.json")
     assert derive.main([str(tmp_path), "--param-budget", str(smallest - 1), "--out", out]) == 1
     assert f"smallest possible multimodel, {smallest} parameters" in capsys.readouterr().err
-    assert derive.main([str(tmp_path), "--random-seed", "0", "--match-params", "--tolerance", "0",
-                        "--max-draws", "3", "--out", out]) == 1
+    assert (
+        derive.main(
+            [
+                str(tmp_path),
+                "--random-seed",
+                "0",
+                "--match-params",
+                "--tolerance",
+                "0",
+                "--max-draws",
+                "3",
+                "--out",
+                out,
+            ]
+        )
+        == 1
+    )
     assert "in 3 draw(s)" in capsys.readouterr().err
     path = tmp_path / "genotype.json"
     data = json.loads(path.read_text())
@@ -123,8 +187,11 @@ def test_errors_budget_too_small_inconsistent_file_no_match_and_usage(tmp_path, 
     path.write_text(json.dumps(data))
     assert derive.main([str(tmp_path), "--random-seed", "0", "--out", out]) == 1
     assert "inconsistent" in capsys.readouterr().err and not os.path.exists(out)
-    usage_errors = (["--match-params"], ["--random-seed", "1", "--param-budget", "3"],
-                    ["--random-seed", "1", "--tolerance", "0.2"])
+    usage_errors = (
+        ["--match-params"],
+        ["--random-seed", "1", "--param-budget", "3"],
+        ["--random-seed", "1", "--tolerance", "0.2"],
+    )
     for bad in usage_errors:
         with pytest.raises(SystemExit) as info:
             derive.main([str(tmp_path), "--out", out] + bad)
@@ -135,5 +202,11 @@ def test_help_states_the_budget_rule(capsys):
     with pytest.raises(SystemExit):
         derive.main(["--help"])
     text = capsys.readouterr().out
-    for phrase in ("MERGE", "NODE MOVE", "smallest cost / parameters saved", "ties go to", "smallest multimodel"):
+    for phrase in (
+        "MERGE",
+        "NODE MOVE",
+        "smallest cost / parameters saved",
+        "ties go to",
+        "smallest multimodel",
+    ):
         assert phrase in text

@@ -4,6 +4,7 @@ fairseq's overflow handler calls CUDA, so on CPU any gradient overflow ends the 
 a run that finishes had no overflow (at a small initial loss scale, 4). The search must keep alpha
 and its optimizer in fp32 while the weights are fp16.
 """
+
 import json
 import math
 import os
@@ -11,8 +12,8 @@ import os
 import pytest
 import torch
 
-from tests.helpers.fairseq_runs import BIN, USER_DIR, run, train_args
 from mdnas_fairseq.search import ArchitectureParameters, darts_rnn_space, load_genotype, mix
+from tests.helpers.fairseq_runs import BIN, USER_DIR, run, train_args
 
 FP16 = ["--fp16", "--fp16-no-flatten-grads", "--fp16-init-scale", "4"]
 ALPHA = "decoder.lm.alphas.alpha"
@@ -53,8 +54,26 @@ SMALL = ["--dropout", "0.3", "--dropout-emb", "0.05", "--dropout-x", "0.1", "--d
 def test_lm_search_retrain_and_eval_in_fp16(data_bin, tmp_path, memory_efficient):
     precision = FP16 + (["--memory-efficient-fp16"] if memory_efficient else [])
     search = str(tmp_path / "search")
-    proc = run(train_args(data_bin, search, extra=["--max-epoch", "2", "--struct-coef", "0.5", "--contrastive-coef",
-                                                   "0.1", "--eta-p", "0.5", "--alpha-lr", "0.05"] + SMALL + precision))
+    proc = run(
+        train_args(
+            data_bin,
+            search,
+            extra=[
+                "--max-epoch",
+                "2",
+                "--struct-coef",
+                "0.5",
+                "--contrastive-coef",
+                "0.1",
+                "--eta-p",
+                "0.5",
+                "--alpha-lr",
+                "0.05",
+            ]
+            + SMALL
+            + precision,
+        )
+    )
     log = proc.stdout + proc.stderr
     assert "overflow" not in log and "loss_scale 4" in log
     alpha = load_ckpt(os.path.join(search, "checkpoint_last.pt"))["model"][ALPHA]
@@ -62,17 +81,43 @@ def test_lm_search_retrain_and_eval_in_fp16(data_bin, tmp_path, memory_efficient
     genotype = os.path.join(search, "genotype.json")
     load_genotype(genotype, domains=["en", "de"], space=darts_rnn_space(3))
     retrain = str(tmp_path / "retrain")
-    run(train_args(data_bin, retrain, extra=["--max-epoch", "1", "--genotype", genotype] + SMALL + precision))
+    run(
+        train_args(
+            data_bin,
+            retrain,
+            extra=["--max-epoch", "1", "--genotype", genotype] + SMALL + precision,
+        )
+    )
     state = load_ckpt(os.path.join(retrain, "checkpoint_last.pt"))["model"]
-    assert sum(v.numel() for k, v in state.items() if not k.endswith("fingerprint")) == \
-        json.load(open(genotype))["param_counts"]["multimodel"]
+    assert (
+        sum(v.numel() for k, v in state.items() if not k.endswith("fingerprint"))
+        == json.load(open(genotype))["param_counts"]["multimodel"]
+    )
     for domain in ("en", "de"):
-        out = run([os.path.join(BIN, "fairseq-eval-lm"), data_bin, "--user-dir", USER_DIR, "--task", "multidomain_nas",
-                   "--path", os.path.join(retrain, "checkpoint_last.pt"), "--gen-subset", f"test.{domain}", "--cpu",
-                   "--batch-size", "8", "--num-workers", "0"])
+        out = run(
+            [
+                os.path.join(BIN, "fairseq-eval-lm"),
+                data_bin,
+                "--user-dir",
+                USER_DIR,
+                "--task",
+                "multidomain_nas",
+                "--path",
+                os.path.join(retrain, "checkpoint_last.pt"),
+                "--gen-subset",
+                f"test.{domain}",
+                "--cpu",
+                "--batch-size",
+                "8",
+                "--num-workers",
+                "0",
+            ]
+        )
         line = [ln for ln in (out.stdout + out.stderr).splitlines() if "Perplexity:" in ln][-1]
         ppl = float(line.rsplit("Perplexity:", 1)[1])
-        assert math.isfinite(ppl) and 1 < ppl < 2 * 312  # finite, and no worse than twice uniform over the vocabulary
+        assert (
+            math.isfinite(ppl) and 1 < ppl < 2 * 312
+        )  # finite, and no worse than twice uniform over the vocabulary
 
 
 def test_vision_search_and_retrain_in_fp16(tmp_path):
@@ -80,12 +125,29 @@ def test_vision_search_and_retrain_in_fp16(tmp_path):
     from tests.helpers.vision_runs import train_in_child as _train_in_child
 
     save = str(tmp_path / "search")
-    _train_in_child(_search_argv(save, "0,90", ["--max-epoch", "2", "--contrastive-coef", "0.1", "--struct-coef", "1",
-                                                "--alpha-lr", "0.05"] + FP16))
+    _train_in_child(
+        _search_argv(
+            save,
+            "0,90",
+            [
+                "--max-epoch",
+                "2",
+                "--contrastive-coef",
+                "0.1",
+                "--struct-coef",
+                "1",
+                "--alpha-lr",
+                "0.05",
+            ]
+            + FP16,
+        )
+    )
     alpha = load_ckpt(os.path.join(save, "checkpoint_last.pt"))["model"]["net.alphas.alpha"]
     assert alpha.dtype == torch.float32 and torch.isfinite(alpha).all() and alpha.abs().max() > 0.01
     genotype = os.path.join(save, "genotype.json")
     retrain = str(tmp_path / "retrain")
-    _train_in_child(_search_argv(retrain, "0,90", ["--max-epoch", "1", "--genotype", genotype] + FP16))
+    _train_in_child(
+        _search_argv(retrain, "0,90", ["--max-epoch", "1", "--genotype", genotype] + FP16)
+    )
     state = load_ckpt(os.path.join(retrain, "checkpoint_last.pt"))["model"]
     assert all(torch.isfinite(v.float()).all() for v in state.values() if v.is_floating_point())

@@ -3,6 +3,7 @@
 A tiny real corpus (rows of the embedded En/De corpus) is prepared once; tiny searches run
 through ``fairseq-train`` / ``fairseq-eval-lm`` as users run them.
 """
+
 import json
 import math
 import os
@@ -11,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers.fairseq_runs import BIN, ROOT, USER_DIR, make_tiny_corpus, run, train_args
 from mdnas_fairseq.search import darts_rnn_space, load_genotype
+from tests.helpers.fairseq_runs import BIN, USER_DIR, make_tiny_corpus, run, train_args
 
 ALPHA = "decoder.lm.alphas.alpha"
 
@@ -26,9 +27,28 @@ def data_bin(tiny_corpus):
 def search_dir(data_bin, tmp_path_factory):
     """A 2-epoch second-order search with both regularizers (heatmaps on)."""
     save = str(tmp_path_factory.mktemp("search"))
-    cmd = train_args(data_bin, save, extra=["--max-epoch", "2", "--struct-coef", "0.5", "--contrastive-coef", "0.1",
-                                            "--alpha-order", "2", "--alpha-lr", "0.01", "--eta-p", "0.5",
-                                            "--tensorboard-logdir", os.path.join(save, "tb"), "--log-interval", "5"])
+    cmd = train_args(
+        data_bin,
+        save,
+        extra=[
+            "--max-epoch",
+            "2",
+            "--struct-coef",
+            "0.5",
+            "--contrastive-coef",
+            "0.1",
+            "--alpha-order",
+            "2",
+            "--alpha-lr",
+            "0.01",
+            "--eta-p",
+            "0.5",
+            "--tensorboard-logdir",
+            os.path.join(save, "tb"),
+            "--log-interval",
+            "5",
+        ],
+    )
     cmd.remove("--no-alpha-heatmaps")
     run(cmd)
     return save
@@ -39,11 +59,19 @@ def load_ckpt(path):
 
 
 def test_search_writes_valid_genotypes(search_dir):
-    g = load_genotype(os.path.join(search_dir, "genotype.json"), domains=["en", "de"], space=darts_rnn_space(3))
+    g = load_genotype(
+        os.path.join(search_dir, "genotype.json"), domains=["en", "de"], space=darts_rnn_space(3)
+    )
     for epoch in (1, 2):
-        load_genotype(os.path.join(search_dir, "genotypes", f"genotype_epoch{epoch}.json"), domains=["en", "de"])
+        load_genotype(
+            os.path.join(search_dir, "genotypes", f"genotype_epoch{epoch}.json"),
+            domains=["en", "de"],
+        )
         for d in ("en", "de"):
-            assert os.path.getsize(os.path.join(search_dir, "heatmaps", f"alpha_{d}_epoch{epoch}.png")) > 0
+            assert (
+                os.path.getsize(os.path.join(search_dir, "heatmaps", f"alpha_{d}_epoch{epoch}.png"))
+                > 0
+            )
     with open(os.path.join(search_dir, "alpha_history.jsonl")) as f:
         history = [json.loads(line) for line in f]
     assert [h["epoch"] for h in history] == [1, 2]
@@ -64,9 +92,15 @@ def test_search_writes_valid_genotypes(search_dir):
 def test_tensorboard_gets_the_search_scalars(search_dir):
     """fairseq's --tensorboard-logdir writes our per-domain and search metrics (tensorboardX)."""
     tb = os.path.join(search_dir, "tb")
-    for split, tags in (("train", ["ppl_en", "ppl_de", "js", "triplet", "p_en", "alpha_entropy_de", "alpha_loss"]),
-                        ("valid", ["ppl_en", "ppl_de", "loss_de"])):
-        files = [os.path.join(tb, split, f) for f in os.listdir(os.path.join(tb, split)) if "tfevents" in f]
+    for split, tags in (
+        ("train", ["ppl_en", "ppl_de", "js", "triplet", "p_en", "alpha_entropy_de", "alpha_loss"]),
+        ("valid", ["ppl_en", "ppl_de", "loss_de"]),
+    ):
+        files = [
+            os.path.join(tb, split, f)
+            for f in os.listdir(os.path.join(tb, split))
+            if "tfevents" in f
+        ]
         assert files, split
         raw = b"".join(open(f, "rb").read() for f in files)
         for tag in tags:
@@ -88,7 +122,9 @@ def test_alpha_trained_by_architect_only(search_dir, data_bin):
     params = list(models[0].parameters())
     in_optimizer = ckpt["last_optimizer_state"]["param_groups"][0]["params"]
     assert len(in_optimizer) == len(params) - 1
-    assert task.architect is not None and task.architect.alphas[0] is models[0].decoder.lm.alphas.alpha
+    assert (
+        task.architect is not None and task.architect.alphas[0] is models[0].decoder.lm.alphas.alpha
+    )
     # the alpha optimizer state is in the task state, with DARTS' Adam settings
     arch_state = ckpt["task_state"]["architect"]["optimizer"]
     assert arch_state["param_groups"][0]["betas"] == (0.5, 0.999)
@@ -97,26 +133,59 @@ def test_alpha_trained_by_architect_only(search_dir, data_bin):
 
 
 def test_resume_continues_the_search_exactly(data_bin, tmp_path):
-    common = ["--struct-coef", "0.3", "--alpha-lr", "0.02", "--eta-p", "0.5", "--contrastive-coef", "0.1"]
+    common = [
+        "--struct-coef",
+        "0.3",
+        "--alpha-lr",
+        "0.02",
+        "--eta-p",
+        "0.5",
+        "--contrastive-coef",
+        "0.1",
+    ]
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
     run(train_args(data_bin, full, extra=common + ["--max-epoch", "2"]))
     run(train_args(data_bin, split, extra=common + ["--max-update", "7"]))  # stops mid-epoch
     proc = run(train_args(data_bin, split, extra=common + ["--max-epoch", "2"]))
     assert "restoring alpha optimizer" in proc.stdout + proc.stderr
-    a, b = load_ckpt(os.path.join(full, "checkpoint_last.pt")), load_ckpt(os.path.join(split, "checkpoint_last.pt"))
+    a, b = (
+        load_ckpt(os.path.join(full, "checkpoint_last.pt")),
+        load_ckpt(os.path.join(split, "checkpoint_last.pt")),
+    )
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"]
     assert torch.equal(a["model"][ALPHA], b["model"][ALPHA])
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert torch.equal(a["task_state"]["domain_sampler"]["probs"], b["task_state"]["domain_sampler"]["probs"])
+    assert torch.equal(
+        a["task_state"]["domain_sampler"]["probs"], b["task_state"]["domain_sampler"]["probs"]
+    )
 
 
 def _eval_lm_ppl(data_bin, checkpoint, *extra):
-    proc = run([os.path.join(BIN, "fairseq-eval-lm"), data_bin, "--user-dir", USER_DIR, "--task", "multidomain_nas",
-                "--path", checkpoint, "--sample-break-mode", "eos", "--batch-size", "8", "--cpu", "--num-workers", "0"]
-               + list(extra))
+    proc = run(
+        [
+            os.path.join(BIN, "fairseq-eval-lm"),
+            data_bin,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "multidomain_nas",
+            "--path",
+            checkpoint,
+            "--sample-break-mode",
+            "eos",
+            "--batch-size",
+            "8",
+            "--cpu",
+            "--num-workers",
+            "0",
+        ]
+        + list(extra)
+    )
     line = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Perplexity:" in ln][-1]
-    return float(line.split("Loss (base 2):")[1].split(",")[0]), float(line.rsplit("Perplexity:", 1)[1])
+    return float(line.split("Loss (base 2):")[1].split(",")[0]), float(
+        line.rsplit("Perplexity:", 1)[1]
+    )
 
 
 def _direct_ppl(data_bin, checkpoint, domain):
@@ -125,7 +194,9 @@ def _direct_ppl(data_bin, checkpoint, domain):
 
     import mdnas_fairseq  # noqa: F401
 
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_bin})
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [checkpoint], arg_overrides={"data": data_bin}
+    )
     model = models[0].eval()
     dataset = task.load_dataset(f"test.{domain}")
     total, count = 0.0, 0
@@ -146,9 +217,11 @@ def test_eval_lm_perplexity_equals_direct_computation(search_dir, data_bin, doma
     checkpoint = os.path.join(search_dir, "checkpoint_last.pt")
     loss2, ppl = _eval_lm_ppl(data_bin, checkpoint, "--gen-subset", "test", "--eval-domain", domain)
     direct = _direct_ppl(data_bin, checkpoint, domain)
-    assert 2 ** loss2 == pytest.approx(direct, rel=1e-3)
+    assert 2**loss2 == pytest.approx(direct, rel=1e-3)
     # the per-domain subset name gives the same figure
-    assert _eval_lm_ppl(data_bin, checkpoint, "--gen-subset", f"test.{domain}")[1] == pytest.approx(ppl)
+    assert _eval_lm_ppl(data_bin, checkpoint, "--gen-subset", f"test.{domain}")[1] == pytest.approx(
+        ppl
+    )
 
 
 def test_retrained_multimodel_and_union_baseline(search_dir, data_bin, tmp_path):
@@ -164,7 +237,7 @@ def test_retrained_multimodel_and_union_baseline(search_dir, data_bin, tmp_path)
     mats = sorted(k.split("op_weights.")[1] for k in state["model"] if "op_weights." in k)
     assert mats == sorted({f"node{e.node}_{e.op}" for e in g.union_edges()})
     loss2, _ = _eval_lm_ppl(data_bin, checkpoint, "--gen-subset", "test", "--eval-domain", "de")
-    assert 2 ** loss2 == pytest.approx(_direct_ppl(data_bin, checkpoint, "de"), rel=1e-3)
+    assert 2**loss2 == pytest.approx(_direct_ppl(data_bin, checkpoint, "de"), rel=1e-3)
     # eval-lm of the retrained model needs no genotype file: it is stored in the checkpoint
     moved = str(tmp_path / "moved.json")
     shutil.move(genotype, moved)
@@ -186,7 +259,9 @@ def _fails(cmd):
 
 
 def test_unknown_domain_is_named(data_bin, tmp_path):
-    out = _fails(train_args(data_bin, str(tmp_path / "x"), domains="en,xx", extra=["--max-epoch", "1"]))
+    out = _fails(
+        train_args(data_bin, str(tmp_path / "x"), domains="en,xx", extra=["--max-epoch", "1"])
+    )
     assert "domain 'xx'" in out and "xx.bin/.idx" in out
 
 
@@ -200,14 +275,34 @@ def test_missing_architecture_split_is_named(data_bin, tmp_path):
 
 
 def test_genotype_for_other_domains_is_rejected(search_dir, data_bin, tmp_path):
-    out = _fails(train_args(data_bin, str(tmp_path / "x"), domains="en",
-                            extra=["--max-epoch", "1", "--genotype", os.path.join(search_dir, "genotype.json")]))
+    out = _fails(
+        train_args(
+            data_bin,
+            str(tmp_path / "x"),
+            domains="en",
+            extra=["--max-epoch", "1", "--genotype", os.path.join(search_dir, "genotype.json")],
+        )
+    )
     assert "genotype is for 2 domain(s) ['en', 'de']" in out and "this run needs 1" in out
 
 
 def test_mismatched_dictionary_is_rejected(search_dir, tmp_path):
     other = make_tiny_corpus(str(tmp_path / "other"), rows=300, vocab_size=200, seed=2)
-    out = _fails([os.path.join(BIN, "fairseq-eval-lm"), other, "--user-dir", USER_DIR, "--task", "multidomain_nas",
-                  "--path", os.path.join(search_dir, "checkpoint_last.pt"), "--sample-break-mode", "eos",
-                  "--cpu", "--gen-subset", "test.en"])
+    out = _fails(
+        [
+            os.path.join(BIN, "fairseq-eval-lm"),
+            other,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "multidomain_nas",
+            "--path",
+            os.path.join(search_dir, "checkpoint_last.pt"),
+            "--sample-break-mode",
+            "eos",
+            "--cpu",
+            "--gen-subset",
+            "test.en",
+        ]
+    )
     assert "different dictionary" in out

@@ -5,6 +5,7 @@ References are independent of the code under test: the input TSV is re-read here
 fairseq's Dictionary and sentencepiece, and the IWSLT helper's output is compared with rows
 written out by hand.
 """
+
 import collections
 import importlib.util
 import json
@@ -83,9 +84,14 @@ def test_layout_and_metadata(corpus):
     expected = {"spm.model", "spm.vocab", "raw", "tok", "data-bin"}
     assert set(os.listdir(out)) == expected
     for sub in ("raw", "tok"):
-        assert sorted(os.listdir(os.path.join(out, sub))) == sorted(f"{s}.{l}" for s in SPLITS for l in ("en", "de"))
-    binfiles = {f"{s}.{l}.{e}" for s in SPLITS for l in ("en", "de") for e in ("bin", "idx")}
-    assert set(os.listdir(os.path.join(out, "data-bin"))) == binfiles | {"dict.txt", "mdnas_data.json"}
+        assert sorted(os.listdir(os.path.join(out, sub))) == sorted(
+            f"{s}.{lang}" for s in SPLITS for lang in ("en", "de")
+        )
+    binfiles = {f"{s}.{lang}.{e}" for s in SPLITS for lang in ("en", "de") for e in ("bin", "idx")}
+    assert set(os.listdir(os.path.join(out, "data-bin"))) == binfiles | {
+        "dict.txt",
+        "mdnas_data.json",
+    }
     assert leftovers(os.path.dirname(out), "out") == []
 
     with open(os.path.join(out, "data-bin", "mdnas_data.json"), encoding="utf-8") as f:
@@ -93,7 +99,9 @@ def test_layout_and_metadata(corpus):
     assert js == meta
     assert js["format"] == "mdnas-data" and js["version"] == 1 and js["parallel"] is True
     assert js["langs"] == ["en", "de"] and js["seed"] == 3 and js["source_tsv"] == "in.tsv"
-    assert os.path.samefile(os.path.join(out, "data-bin", js["spm_model"]), os.path.join(out, "spm.model"))
+    assert os.path.samefile(
+        os.path.join(out, "data-bin", js["spm_model"]), os.path.join(out, "spm.model")
+    )
     # 300 usable rows: test 5% = 15, valid 5% = 15, heldout 10% = 30, the rest train
     assert js["splits"] == {"train": 240, "heldout": 30, "valid": 15, "test": 15}
     for s in SPLITS:
@@ -123,7 +131,9 @@ def test_alignment_disjoint_and_cover(corpus):
         assert len(en) == len(de)
         for e, d in zip(en, de):
             assert e in de_of, f"{s}: {e!r} is not an input row"
-            assert de_of[e] == d, f"{s}: line pairs {e!r} with {d!r}, input pairs it with {de_of[e]!r}"
+            assert de_of[e] == d, (
+                f"{s}: line pairs {e!r} with {d!r}, input pairs it with {de_of[e]!r}"
+            )
             seen[(e, d)] += 1
     # every usable row in exactly one split, nothing else
     assert seen == collections.Counter(usable)
@@ -178,7 +188,15 @@ def test_dictionary_is_shared_and_counts_train_only(corpus):
 
 
 def test_same_seed_same_split_other_seed_differs(corpus, tmp_path):
-    again = pp.prepare(corpus["tsv"], "en,de", str(tmp_path / "again"), vocab_size=600, seed=3, workers=1, quiet=True)
+    again = pp.prepare(
+        corpus["tsv"],
+        "en,de",
+        str(tmp_path / "again"),
+        vocab_size=600,
+        seed=3,
+        workers=1,
+        quiet=True,
+    )
     assert again["splits"] == corpus["meta"]["splits"]
     for s in SPLITS:
         for sub in ("raw", "tok"):
@@ -193,8 +211,13 @@ def test_same_seed_same_split_other_seed_differs(corpus, tmp_path):
 
 
 def read_lines_pairs(out, split):
-    return [list(p) for p in zip(read_lines(os.path.join(out, "raw", f"{split}.en")),
-                                 read_lines(os.path.join(out, "raw", f"{split}.de")))]
+    return [
+        list(p)
+        for p in zip(
+            read_lines(os.path.join(out, "raw", f"{split}.en")),
+            read_lines(os.path.join(out, "raw", f"{split}.de")),
+        )
+    ]
 
 
 def test_sentencepiece_sees_train_split_only(tmp_path):
@@ -205,7 +228,16 @@ def test_sentencepiece_sees_train_split_only(tmp_path):
     marked = [(f"{en} {chr(0x4E00 + i)}", de) for i, (en, de) in enumerate(rows)]
     tsv = write_tsv(tmp_path / "m.tsv", ["en", "de"], marked)
     out = tmp_path / "m"
-    pp.prepare(tsv, "en,de", str(out), vocab_size=700, character_coverage=1.0, seed=5, workers=1, quiet=True)
+    pp.prepare(
+        tsv,
+        "en,de",
+        str(out),
+        vocab_size=700,
+        character_coverage=1.0,
+        seed=5,
+        workers=1,
+        quiet=True,
+    )
     vocab_chars = set()
     for line in read_lines(out / "spm.vocab"):
         vocab_chars.update(c for c in line.split("\t")[0] if 0x4E00 <= ord(c) < 0x4E00 + 200)
@@ -218,19 +250,37 @@ def test_sentencepiece_sees_train_split_only(tmp_path):
 
 def test_split_column(tmp_path):
     rows = embedded_rows(240)
-    labels = ["valid" if i % 10 == 3 else "test" if i % 10 == 7 else "train" for i in range(len(rows))]
-    tsv = write_tsv(tmp_path / "s.tsv", ["en", "de", "split"], [(e, d, l) for (e, d), l in zip(rows, labels)])
-    meta = pp.prepare(tsv, "en,de", str(tmp_path / "s"), vocab_size=500, split_column="split",
-                      heldout_rows=20, workers=1, quiet=True)
+    labels = [
+        "valid" if i % 10 == 3 else "test" if i % 10 == 7 else "train" for i in range(len(rows))
+    ]
+    tsv = write_tsv(
+        tmp_path / "s.tsv",
+        ["en", "de", "split"],
+        [(e, d, label) for (e, d), label in zip(rows, labels)],
+    )
+    meta = pp.prepare(
+        tsv,
+        "en,de",
+        str(tmp_path / "s"),
+        vocab_size=500,
+        split_column="split",
+        heldout_rows=20,
+        workers=1,
+        quiet=True,
+    )
     assert meta["splits"] == {"train": 172, "heldout": 20, "valid": 24, "test": 24}
     for s in ("valid", "test"):  # exactly the labelled rows, in file order
-        want = [list(r) for r, l in zip(rows, labels) if l == s]
+        want = [list(r) for r, label in zip(rows, labels) if label == s]
         assert read_lines_pairs(tmp_path / "s", s) == want
-    train_rows = {r for r, l in zip(rows, labels) if l == "train"}
+    train_rows = {r for r, label in zip(rows, labels) if label == "train"}
     got = [tuple(p) for s in ("train", "heldout") for p in read_lines_pairs(tmp_path / "s", s)]
     assert sorted(got) == sorted(train_rows)
 
-    bad = write_tsv(tmp_path / "b.tsv", ["en", "de", "split"], [(e, d, "train") for e, d in rows[:5]] + [("a", "b", "dev")])
+    bad = write_tsv(
+        tmp_path / "b.tsv",
+        ["en", "de", "split"],
+        [(e, d, "train") for e, d in rows[:5]] + [("a", "b", "dev")],
+    )
     with pytest.raises(pp.DataError, match=r"b\.tsv line 7: column 'split' is 'dev'"):
         pp.prepare(bad, "en,de", str(tmp_path / "b"), split_column="split", quiet=True)
 
@@ -239,8 +289,17 @@ def test_duplicate_rows_are_dropped_before_splitting(tmp_path):
     # 100 distinct rows, each written 4 times: split by row, most held-out pairs would also be trained on
     rows = embedded_rows(100)
     tsv = write_tsv(tmp_path / "dup.tsv", ["en", "de"], rows * 4)
-    meta = pp.prepare(tsv, "en,de", str(tmp_path / "dup"), vocab_size=300, test_rows=10, valid_rows=10,
-                      heldout_rows=10, workers=1, quiet=True)
+    meta = pp.prepare(
+        tsv,
+        "en,de",
+        str(tmp_path / "dup"),
+        vocab_size=300,
+        test_rows=10,
+        valid_rows=10,
+        heldout_rows=10,
+        workers=1,
+        quiet=True,
+    )
     assert meta["rows_dropped_duplicate"] == 300
     assert sum(meta["splits"].values()) == 100
     pairs = {s: {tuple(p) for p in read_lines_pairs(tmp_path / "dup", s)} for s in SPLITS}
@@ -249,11 +308,22 @@ def test_duplicate_rows_are_dropped_before_splitting(tmp_path):
         assert not pairs[held] & pairs["train"]
     assert meta["held_out_sentences_also_in_train"] == {"en": 0, "de": 0}
     # with split labels the held-out copy of a duplicate wins over its train copy
-    labelled = [(e, d, "train") for e, d in rows[:40]] + [(e, d, "test") for e, d in rows[:5]] + \
-        [(e, d, "valid") for e, d in rows[40:45]]
+    labelled = (
+        [(e, d, "train") for e, d in rows[:40]]
+        + [(e, d, "test") for e, d in rows[:5]]
+        + [(e, d, "valid") for e, d in rows[40:45]]
+    )
     tsv = write_tsv(tmp_path / "lab.tsv", ["en", "de", "split"], labelled)
-    meta = pp.prepare(tsv, "en,de", str(tmp_path / "lab"), vocab_size=200, split_column="split", heldout_rows=5,
-                      workers=1, quiet=True)
+    meta = pp.prepare(
+        tsv,
+        "en,de",
+        str(tmp_path / "lab"),
+        vocab_size=200,
+        split_column="split",
+        heldout_rows=5,
+        workers=1,
+        quiet=True,
+    )
     assert meta["rows_dropped_duplicate"] == 5
     assert meta["splits"] == {"train": 30, "heldout": 5, "valid": 5, "test": 5}
     assert read_lines_pairs(tmp_path / "lab", "test") == [list(r) for r in rows[:5]]
@@ -271,7 +341,10 @@ def assert_no_output(tmp_path, name):
 
 def test_unknown_language(tmp_path):
     tsv = write_tsv(tmp_path / "t.tsv", ["en", "de"], embedded_rows(50))
-    with pytest.raises(pp.DataError, match=r"t\.tsv line 1: language 'fr' is not a column of the header \['en', 'de'\]"):
+    with pytest.raises(
+        pp.DataError,
+        match=r"t\.tsv line 1: language 'fr' is not a column of the header \['en', 'de'\]",
+    ):
         pp.prepare(tsv, "en,fr", str(tmp_path / "o"), quiet=True)
     assert_no_output(tmp_path, "o")
 
@@ -280,7 +353,9 @@ def test_ragged_line_names_line_number(tmp_path):
     rows = embedded_rows(50)
     rows[5] = rows[5] + ("extra",)  # file line 7 (header is line 1)
     tsv = write_tsv(tmp_path / "r.tsv", ["en", "de"], rows)
-    with pytest.raises(pp.DataError, match=r"r\.tsv line 7: expected 2 tab-separated fields .*found 3"):
+    with pytest.raises(
+        pp.DataError, match=r"r\.tsv line 7: expected 2 tab-separated fields .*found 3"
+    ):
         pp.prepare(tsv, "en,de", str(tmp_path / "o"), quiet=True)
     assert_no_output(tmp_path, "o")
     rows = embedded_rows(50)
@@ -296,8 +371,11 @@ def test_empty_file_and_too_few_rows(tmp_path):
     with pytest.raises(pp.DataError, match=r"e\.tsv: empty file"):
         pp.prepare(str(empty), "en,de", str(tmp_path / "o"), quiet=True)
     few = write_tsv(tmp_path / "f.tsv", ["en", "de"], embedded_rows(3) + [("only english", "")])
-    with pytest.raises(pp.DataError, match=r"f\.tsv: 3 usable rows \(after dropping 1 with an empty field\), "
-                                           r"but the splits need at least 4"):
+    with pytest.raises(
+        pp.DataError,
+        match=r"f\.tsv: 3 usable rows \(after dropping 1 with an empty field\), "
+        r"but the splits need at least 4",
+    ):
         pp.prepare(few, "en,de", str(tmp_path / "o"), quiet=True)
     assert_no_output(tmp_path, "o")
 
@@ -340,8 +418,12 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
 
 def test_vocab_too_large_is_a_clear_error(tmp_path):
     tsv = write_tsv(tmp_path / "t.tsv", ["en", "de"], embedded_rows(60))
-    with pytest.raises(pp.DataError, match=r"--vocab-size 5000 is too large .* use a smaller --vocab-size"):
-        pp.prepare(tsv, "en,de", str(tmp_path / "o"), vocab_size=5000, spm_model_type="unigram", quiet=True)
+    with pytest.raises(
+        pp.DataError, match=r"--vocab-size 5000 is too large .* use a smaller --vocab-size"
+    ):
+        pp.prepare(
+            tsv, "en,de", str(tmp_path / "o"), vocab_size=5000, spm_model_type="unigram", quiet=True
+        )
     assert_no_output(tmp_path, "o")
 
 
@@ -369,8 +451,8 @@ FAKE_TRAIN = {
         "It\u2019s a  great   honor.",
         "Yes.",
         "This English line is very very much longer than its German side.",
-        "<reviewer href=\"x\">R</reviewer>",
-        "<translator href=\"y\">T</translator>",
+        '<reviewer href="x">R</reviewer>',
+        '<translator href="y">T</translator>',
     ],
     "de": [
         "<url>http://www.ted.com/talks/a.html</url>",
@@ -383,8 +465,8 @@ FAKE_TRAIN = {
         "Es ist eine große Ehre.",
         "Ja.",
         "Kurz.",
-        "<reviewer href=\"x\">R</reviewer>",
-        "<translator href=\"y\">T</translator>",
+        '<reviewer href="x">R</reviewer>',
+        '<translator href="y">T</translator>',
     ],
 }
 
@@ -401,9 +483,11 @@ def make_fake_iwslt(folder, n_extra=0):
                 segs += [r[k] for r in embedded_rows(n_extra + 12 * (j + 1))[-12:]]
             body = "\n".join(f'<seg id="{i + 1}"> {s} </seg>' for i, s in enumerate(segs))
             with open(os.path.join(folder, f"{name}.de-en.{lang}.xml"), "w", encoding="utf-8") as f:
-                f.write(f'<?xml version="1.0" encoding="UTF-8"?>\n<mteval>\n<srcset setid="{name}">\n'
-                        f'<doc docid="1" genre="lectures">\n<url>http://x</url>\n<talkid>1</talkid>\n'
-                        f"{body}\n</doc>\n</srcset>\n</mteval>\n")
+                f.write(
+                    f'<?xml version="1.0" encoding="UTF-8"?>\n<mteval>\n<srcset setid="{name}">\n'
+                    f'<doc docid="1" genre="lectures">\n<url>http://x</url>\n<talkid>1</talkid>\n'
+                    f"{body}\n</doc>\n</srcset>\n</mteval>\n"
+                )
 
 
 def test_iwslt_rows_from_fake_folder(tmp_path):
@@ -417,10 +501,14 @@ def test_iwslt_rows_from_fake_folder(tmp_path):
         ("It's a great honor.", "Es ist eine große Ehre."),
         ("Yes.", "Ja."),
     ]
-    want = [(e, d, "valid" if i % 3 == 0 else "train") for i, (e, d) in enumerate(train_pairs, start=1)]
+    want = [
+        (e, d, "valid" if i % 3 == 0 else "train") for i, (e, d) in enumerate(train_pairs, start=1)
+    ]
     for j in range(5):
-        want += [(f"Test {j} & seg 'one' en", f"Test {j} & seg 'one' de", "test"),
-                 (f"Test {j} seg two en", f"Test {j} seg two de", "test")]
+        want += [
+            (f"Test {j} & seg 'one' en", f"Test {j} & seg 'one' de", "test"),
+            (f"Test {j} seg two en", f"Test {j} seg two de", "test"),
+        ]
     assert rows == want
     lower = iw.build_rows(str(folder), lowercase=True, valid_every=3)
     assert lower == [(e.lower(), d.lower(), s) for e, d, s in want]
@@ -436,7 +524,9 @@ def test_iwslt_misaligned_and_missing(tmp_path, capsys):
     make_fake_iwslt(str(folder))
     with open(folder / "train.tags.de-en.de", "a", encoding="utf-8") as f:
         f.write("Eine Zeile zu viel.\n")
-    with pytest.raises(iw.IWSLTError, match=r"not line-aligned.*train\.tags\.de-en\.en: 6 lines.*de: 7 lines"):
+    with pytest.raises(
+        iw.IWSLTError, match=r"not line-aligned.*train\.tags\.de-en\.en: 6 lines.*de: 7 lines"
+    ):
         iw.build_rows(str(folder))
     os.remove(folder / "IWSLT14.TED.tst2011.de-en.en.xml")
     os.remove(folder / "train.tags.de-en.de")
@@ -455,8 +545,22 @@ def test_prepare_iwslt14_sh_offline(tmp_path):
     with tarfile.open(outdir / "orig" / "de-en.tgz", "w:gz") as tar:
         tar.add(src / "de-en", arcname="de-en")
     env = dict(os.environ, PYTHON=sys.executable, IWSLT14_URL="http://127.0.0.1:9/unreachable.tgz")
-    res = subprocess.run(["bash", os.path.join(SCRIPTS, "prepare_iwslt14.sh"), str(outdir), "--vocab-size", "500",
-                          "--workers", "1", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            "bash",
+            os.path.join(SCRIPTS, "prepare_iwslt14.sh"),
+            str(outdir),
+            "--vocab-size",
+            "500",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     with open(outdir / "data" / "data-bin" / "mdnas_data.json", encoding="utf-8") as f:
         meta = json.load(f)
@@ -467,11 +571,19 @@ def test_prepare_iwslt14_sh_offline(tmp_path):
     assert all(x == x.lower() for x in tsv)
     n_train_pairs = sum(x.endswith("\ttrain") or x.endswith("\tvalid") for x in tsv)
     assert meta["splits"]["valid"] == n_train_pairs // 23
-    assert read_lines(outdir / "data" / "raw" / "test.en")[:2] == ["test 0 & seg 'one' en", "test 0 seg two en"]
+    assert read_lines(outdir / "data" / "raw" / "test.en")[:2] == [
+        "test 0 & seg 'one' en",
+        "test 0 seg two en",
+    ]
 
     # no download possible and no archive: a clear failure, nothing extracted
-    res = subprocess.run(["bash", os.path.join(SCRIPTS, "prepare_iwslt14.sh"), str(tmp_path / "none")],
-                         env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["bash", os.path.join(SCRIPTS, "prepare_iwslt14.sh"), str(tmp_path / "none")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode != 0
     assert "could not download http://127.0.0.1:9/unreachable.tgz" in res.stderr
     assert os.listdir(tmp_path / "none" / "orig") == []

@@ -1,5 +1,6 @@
 """The bilevel step inside fairseq: one alpha step per update, the robust p's input, no host
 reads in the hot path, the files written at the end, and refused options."""
+
 import copy
 import json
 import os
@@ -25,7 +26,13 @@ def load_ckpt(path):
 
 
 def test_one_architecture_step_per_update(data_bin, tmp_path):
-    run(train_args(data_bin, str(tmp_path), extra=["--update-freq", "3", "--max-update", "4", "--alpha-lr", "0.01"]))
+    run(
+        train_args(
+            data_bin,
+            str(tmp_path),
+            extra=["--update-freq", "3", "--max-update", "4", "--alpha-lr", "0.01"],
+        )
+    )
     ckpt = load_ckpt(tmp_path / "checkpoint_last.pt")
     assert ckpt["optimizer_history"][-1]["num_updates"] == 4
     adam = ckpt["task_state"]["architect"]["optimizer"]["state"][0]
@@ -33,11 +40,13 @@ def test_one_architecture_step_per_update(data_bin, tmp_path):
 
 
 def test_one_step_on_the_first_sub_batch_in_process(data_bin, tmp_path):
-    task, model, criterion, optimizer = build_in_process(data_bin, str(tmp_path), extra=["--alpha-lr", "0.05"])
+    task, model, criterion, optimizer = build_in_process(
+        data_bin, str(tmp_path), extra=["--alpha-lr", "0.05"]
+    )
     batches = first_batches(task, 4)
     alpha = task.architect.alphas[0]
     history = [alpha.detach().clone()]
-    for k, sample in enumerate(batches[:3]):  # three sub-batches of update 0
+    for sample in batches[:3]:  # three sub-batches of update 0
         task.train_step(sample, model, criterion, optimizer, update_num=0)
         history.append(alpha.detach().clone())
     assert not torch.equal(history[1], history[0])  # the first sub-batch stepped
@@ -50,7 +59,10 @@ def test_one_step_on_the_first_sub_batch_in_process(data_bin, tmp_path):
 def test_robust_p_follows_the_held_out_cross_entropy(data_bin, tmp_path):
     # a huge contrastive coefficient: the architecture objective is ~1000x the cross-entropy
     task, model, criterion, optimizer = build_in_process(
-        data_bin, str(tmp_path), extra=["--eta-p", "1.0", "--contrastive-coef", "1000", "--dropout", "0"])
+        data_bin,
+        str(tmp_path),
+        extra=["--eta-p", "1.0", "--contrastive-coef", "1000", "--dropout", "0"],
+    )
     drawn = []
     original = task.search.heldout.next
 
@@ -63,12 +75,19 @@ def test_robust_p_follows_the_held_out_cross_entropy(data_bin, tmp_path):
     sample = first_batches(task, 1)[0]
     reference = copy.deepcopy(model)  # the weights and alpha the alpha step starts from
     task.train_step(sample, model, criterion, optimizer, update_num=0)
-    (domain, batch), = drawn
+    ((domain, batch),) = drawn
     assert domain == sample["domain"]
     with torch.no_grad():  # the held-out cross-entropy per token, by hand
         logits, _ = reference(**batch["net_input"])
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["target"].reshape(-1),
-                             ignore_index=task.dictionary.pad(), reduction="sum") / batch["ntokens"]
+        ce = (
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                batch["target"].reshape(-1),
+                ignore_index=task.dictionary.pad(),
+                reduction="sum",
+            )
+            / batch["ntokens"]
+        )
     estimates = task.search.domain_sampler.loss_estimates
     assert float(estimates[domain]) == pytest.approx(float(ce), rel=1e-5)
     assert torch.isnan(estimates[1 - domain])
@@ -81,16 +100,31 @@ def test_hot_path_reads_nothing_back_from_tensors(data_bin, tmp_path, monkeypatc
     """No .item()/.tolist()/bool()/float()/int() of a tensor from the package's code in a train or
     valid step (on a GPU each is a host synchronisation)."""
     task, model, criterion, optimizer = build_in_process(
-        data_bin, str(tmp_path), extra=["--alpha-order", "2", "--eta-p", "0.5", "--struct-coef", "0.1",
-                                        "--contrastive-coef", "0.1"])
+        data_bin,
+        str(tmp_path),
+        extra=[
+            "--alpha-order",
+            "2",
+            "--eta-p",
+            "0.5",
+            "--struct-coef",
+            "0.1",
+            "--contrastive-coef",
+            "0.1",
+        ],
+    )
     batches = first_batches(task, 3)
-    task.train_step(batches[0], model, criterion, optimizer, update_num=0)  # warm-up: lazy set-up reads are fine
+    task.train_step(
+        batches[0], model, criterion, optimizer, update_num=0
+    )  # warm-up: lazy set-up reads are fine
     calls = []
     for name in READERS:
         original = getattr(torch.Tensor, name)
 
         def reader(self, *args, _original=original, _name=name, **kwargs):
-            caller = traceback.extract_stack()[-2]  # the code that read the tensor (not torch's internals)
+            caller = traceback.extract_stack()[
+                -2
+            ]  # the code that read the tensor (not torch's internals)
             if caller.filename.startswith(PACKAGE):
                 calls.append(f"{_name} at {caller.filename}:{caller.lineno}")
             return _original(self, *args, **kwargs)
@@ -104,30 +138,52 @@ def test_hot_path_reads_nothing_back_from_tensors(data_bin, tmp_path, monkeypatc
 
 
 def test_genotype_of_the_last_epoch_without_validation(data_bin, tmp_path):
-    run(train_args(data_bin, str(tmp_path / "a"), extra=["--max-epoch", "2", "--disable-validation", "--alpha-lr",
-                                                          "0.05"]))
+    run(
+        train_args(
+            data_bin,
+            str(tmp_path / "a"),
+            extra=["--max-epoch", "2", "--disable-validation", "--alpha-lr", "0.05"],
+        )
+    )
     last = json.load(open(tmp_path / "a" / "genotypes" / "genotype_epoch2.json"))
     alpha = load_ckpt(tmp_path / "a" / "checkpoint_last.pt")["model"][ALPHA]
     probs = torch.softmax(alpha.double(), -1)
     assert torch.allclose(torch.tensor(last["alpha"]["en"], dtype=torch.float64), probs[0])
     assert json.load(open(tmp_path / "a" / "genotype.json"))["epoch"] == 2
     # stopped by --max-update in the middle of an epoch, no validation: the final alpha is written
-    run(train_args(data_bin, str(tmp_path / "b"), extra=["--max-update", "5", "--disable-validation", "--alpha-lr",
-                                                          "0.05"]))
+    run(
+        train_args(
+            data_bin,
+            str(tmp_path / "b"),
+            extra=["--max-update", "5", "--disable-validation", "--alpha-lr", "0.05"],
+        )
+    )
     final = json.load(open(tmp_path / "b" / "genotype.json"))
     alpha = load_ckpt(tmp_path / "b" / "checkpoint_last.pt")["model"][ALPHA]
-    assert torch.allclose(torch.tensor(final["alpha"]["de"], dtype=torch.float64), torch.softmax(alpha.double(), -1)[1])
+    assert torch.allclose(
+        torch.tensor(final["alpha"]["de"], dtype=torch.float64),
+        torch.softmax(alpha.double(), -1)[1],
+    )
 
 
 @pytest.mark.parametrize("subset", ["valid", "test", "valid.en"])
 def test_evaluation_split_is_refused_for_the_architecture_step(data_bin, tmp_path, subset):
-    proc = run(train_args(data_bin, str(tmp_path), extra=["--max-epoch", "1", "--heldout-subset", subset]), check=False)
+    proc = run(
+        train_args(data_bin, str(tmp_path), extra=["--max-epoch", "1", "--heldout-subset", subset]),
+        check=False,
+    )
     assert proc.returncode != 0
     assert f"--heldout-subset {subset!r} is an evaluation split" in proc.stdout + proc.stderr
 
 
 def test_second_order_with_fp16_is_refused(data_bin, tmp_path):
-    proc = run(train_args(data_bin, str(tmp_path), extra=["--max-epoch", "1", "--alpha-order", "2", "--fp16",
-                                                          "--fp16-no-flatten-grads"]), check=False)
+    proc = run(
+        train_args(
+            data_bin,
+            str(tmp_path),
+            extra=["--max-epoch", "1", "--alpha-order", "2", "--fp16", "--fp16-no-flatten-grads"],
+        ),
+        check=False,
+    )
     assert proc.returncode != 0
     assert "--alpha-order 2 cannot run with --fp16" in proc.stdout + proc.stderr

@@ -4,6 +4,7 @@ finished sweep, then the same command again. Checked: every row's parameter coun
 checkpoint's model's sum(p.numel()) and its genotype's count, the budgeted model has at most N
 parameters, an impossible budget is skipped naming the smallest size, and finished runs never rerun
 (the pipeline's command runner is counted)."""
+
 import json
 import os
 import sys
@@ -13,8 +14,22 @@ import pytest
 from mdnas_fairseq.search import ParamTable, genotype_from_dict, read_genotype_json
 from tests.helpers.fairseq_runs import load_script
 
-TINY = ["--search-epochs", "1", "--retrain-epochs", "1", "--batch-size", "16", "--",
-        "--embed-dim", "16", "--hidden-dim", "16", "--num-nodes", "3", "--no-alpha-heatmaps"]
+TINY = [
+    "--search-epochs",
+    "1",
+    "--retrain-epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--",
+    "--embed-dim",
+    "16",
+    "--hidden-dim",
+    "16",
+    "--num-nodes",
+    "3",
+    "--no-alpha-heatmaps",
+]
 
 
 def built_params(checkpoint):
@@ -38,8 +53,23 @@ def test_tiny_lm_sweep_with_a_budget_resumes_without_rerunning(tiny_corpus, tmp_
 
     monkeypatch.setattr(pipeline, "run", counted)
     out = tmp_path / "sweep"
-    argv = ["--task", "lm", "--out", str(out), "--data", data, "--langs", "en,de", "--domains", "2",
-            "--struct-coefs", "0,1", "--seeds", "0", "--no-baselines"]
+    argv = [
+        "--task",
+        "lm",
+        "--out",
+        str(out),
+        "--data",
+        data,
+        "--langs",
+        "en,de",
+        "--domains",
+        "2",
+        "--struct-coefs",
+        "0,1",
+        "--seeds",
+        "0",
+        "--no-baselines",
+    ]
     assert sweep.main(argv + TINY) == 0
     assert sorted(calls) == ["fairseq-eval-lm"] * 4 + ["fairseq-train"] * 4
     source = out / "points" / "struct0.0_contr0.0_seed0"

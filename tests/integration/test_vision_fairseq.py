@@ -1,5 +1,6 @@
 """The rotated_mnist_nas task through fairseq: bad command lines, search -> derive -> retrain -> test,
 and what the structural term adds to the alpha gradient."""
+
 import json
 import os
 import subprocess
@@ -16,23 +17,53 @@ from tests.helpers.vision_runs import train_in_child as _train_in_child
 
 def test_cli_broken_mnist_root_and_bad_rotations(tmp_path):
     code = "import sys, mdnas_fairseq; from fairseq_cli.train import cli_main; sys.argv[0]='fairseq-train'; cli_main()"
-    base = [sys.executable, "-c", code, "--user-dir", USER_DIR, "--task", "rotated_mnist_nas", "--arch",
-            "mdnas_conv_tiny", "--criterion", "multidomain_nas_loss", "--optimizer", "adam", "--batch-size", "8",
-            "--max-epoch", "1", "--cpu", "--save-dir", str(tmp_path / "ckpt")]
+    base = [
+        sys.executable,
+        "-c",
+        code,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "rotated_mnist_nas",
+        "--arch",
+        "mdnas_conv_tiny",
+        "--criterion",
+        "multidomain_nas_loss",
+        "--optimizer",
+        "adam",
+        "--batch-size",
+        "8",
+        "--max-epoch",
+        "1",
+        "--cpu",
+        "--save-dir",
+        str(tmp_path / "ckpt"),
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     broken = tmp_path / "broken_mnist"
     broken.mkdir()
-    out = subprocess.run(base + ["--mnist-root", str(broken)], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        base + ["--mnist-root", str(broken)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode != 0
     assert "broken_mnist" in out.stderr and "torchvision" in out.stderr, out.stderr[-2000:]
-    out = subprocess.run(base + ["--rotations", "0,ninety", "--no-mnist-download"], capture_output=True, text=True,
-                         env=env, timeout=120)
-    assert out.returncode != 0 and "--rotations" in out.stderr and "ninety" in out.stderr, out.stderr[-2000:]
+    out = subprocess.run(
+        base + ["--rotations", "0,ninety", "--no-mnist-download"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "--rotations" in out.stderr and "ninety" in out.stderr, (
+        out.stderr[-2000:]
+    )
 
 
 def test_tiny_search_then_retrain_end_to_end(tmp_path):
     save = str(tmp_path / "search")
-    _train_in_child(_search_argv(save, "0,90", ["--max-epoch", "2", "--contrastive-coef", "0.1", "--no-save"]))
+    _train_in_child(
+        _search_argv(save, "0,90", ["--max-epoch", "2", "--contrastive-coef", "0.1", "--no-save"])
+    )
     path = os.path.join(save, "genotype.json")
     genotype = load_genotype(path, domains=["rot0", "rot90"], space=darts_cnn_space(2))
     raw = json.load(open(path))
@@ -42,28 +73,55 @@ def test_tiny_search_then_retrain_end_to_end(tmp_path):
     assert open(os.path.join(save, "mnist_source.txt")).read().strip()
     # retrain the derived multimodel from that genotype; its size is the genotype's count
     retrain = str(tmp_path / "retrain")
-    _train_in_child(_search_argv(retrain, "0,90", ["--max-epoch", "1", "--genotype", path, "--disable-validation",
-                                                   "--no-epoch-checkpoints"]))
+    _train_in_child(
+        _search_argv(
+            retrain,
+            "0,90",
+            [
+                "--max-epoch",
+                "1",
+                "--genotype",
+                path,
+                "--disable-validation",
+                "--no-epoch-checkpoints",
+            ],
+        )
+    )
     from fairseq import checkpoint_utils
 
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([os.path.join(retrain, "checkpoint_last.pt")])
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [os.path.join(retrain, "checkpoint_last.pt")]
+    )
     model = models[0]
     assert not model.is_search
-    assert sum(p.numel() for p in model.parameters()) == raw["param_counts"]["multimodel"] == \
-        model.genotype_param_count(genotype)
+    assert (
+        sum(p.numel() for p in model.parameters())
+        == raw["param_counts"]["multimodel"]
+        == model.genotype_param_count(genotype)
+    )
     # one domain of the full test set, scored through the task's valid_step / reduce_metrics
     from fairseq import metrics
 
     ds = task.load_dataset("test.rot90")
-    assert ds.domain_indices == [1] and len(ds) == (10000 if task.mnist_source.startswith("torchvision") else 2000)
-    itr = task.get_batch_iterator(dataset=ds, max_sentences=500, seed=1).next_epoch_itr(shuffle=False)
-    logs = [task.valid_step(next(itr), model, task.build_criterion(_cfg.criterion))[2] for _ in range(2)]
+    assert ds.domain_indices == [1] and len(ds) == (
+        10000 if task.mnist_source.startswith("torchvision") else 2000
+    )
+    itr = task.get_batch_iterator(dataset=ds, max_sentences=500, seed=1).next_epoch_itr(
+        shuffle=False
+    )
+    logs = [
+        task.valid_step(next(itr), model, task.build_criterion(_cfg.criterion))[2] for _ in range(2)
+    ]
     with metrics.aggregate() as agg:
         task.reduce_metrics(logs, task.build_criterion(_cfg.criterion))
         values = agg.get_smoothed_values()
-    assert "acc_rot90" in values and "acc_rot0" not in values and values["acc"] == values["acc_rot90"]
+    assert (
+        "acc_rot90" in values and "acc_rot0" not in values and values["acc"] == values["acc_rot90"]
+    )
     # the logged accuracy is the share of correct predictions, counted here image by image
-    itr = task.get_batch_iterator(dataset=ds, max_sentences=500, seed=1).next_epoch_itr(shuffle=False)
+    itr = task.get_batch_iterator(dataset=ds, max_sentences=500, seed=1).next_epoch_itr(
+        shuffle=False
+    )
     correct = 0
     with torch.no_grad():
         for _ in range(2):
@@ -83,7 +141,9 @@ def _js_by_hand(alpha):
         for b in range(p.shape[0]):
             if a != b:
                 m = (p[a] + p[b]) / 2
-                total = total + 0.5 * ((p[a] * (p[a] / m).log()).sum() + (p[b] * (p[b] / m).log()).sum())
+                total = total + 0.5 * (
+                    (p[a] * (p[a] / m).log()).sum() + (p[b] * (p[b] / m).log()).sum()
+                )
                 pairs += 1
     return total / pairs
 
@@ -93,7 +153,9 @@ def test_struct_coefficient_reaches_the_architecture_gradient(tmp_path):
     from mdnas_fairseq.search import alphas_trainable, architecture_parameters
 
     coef = 5.0
-    task, model, criterion, _ = build_from_argv(_search_argv(str(tmp_path), "0,90,180", ["--struct-coef", str(coef)]))
+    task, model, criterion, _ = build_from_argv(
+        _search_argv(str(tmp_path), "0,90,180", ["--struct-coef", str(coef)])
+    )
     without = MultiDomainNASLoss(task, struct_coef=0.0)
     alpha = architecture_parameters(model)[0]
     with torch.no_grad():
@@ -114,7 +176,9 @@ def test_param_coefficient_pushes_alpha_toward_cheaper_operations(tmp_path):
     from mdnas_fairseq.search import alphas_trainable, architecture_parameters
 
     coef = 2.0
-    task, model, criterion, _ = build_from_argv(_search_argv(str(tmp_path), "0,90", ["--param-coef", str(coef)]))
+    task, model, criterion, _ = build_from_argv(
+        _search_argv(str(tmp_path), "0,90", ["--param-coef", str(coef)])
+    )
     without = MultiDomainNASLoss(task, param_coef=0.0)
     alpha = architecture_parameters(model)[0]
     batch = task.search.heldout.next(1)

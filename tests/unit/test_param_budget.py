@@ -1,5 +1,6 @@
 """The parameter budget derivation (mdnas_fairseq.search.budget): the rule on a hand-built alpha whose
 moves are worked out by hand, monotone budgets, counts equal to built models, the smallest size."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +13,9 @@ from mdnas_fairseq.search import (
     argmax_genotype,
     budget_sequence,
     darts_cnn_space,
+    darts_rnn_space,
     derive_with_budget,
     uniform_param_table,
-    darts_rnn_space,
 )
 
 E = GenotypeEdge
@@ -23,12 +24,16 @@ E = GenotypeEdge
 COSTS = {"none": 0, "tanh": 100, "relu": 20, "sigmoid": 60, "identity": 0}
 #                 none  tanh  relu  sigm  iden
 HAND_PROBS = [
-    [[0.05, 0.50, 0.10, 0.30, 0.05],   # A (0,1): tanh
-     [0.30, 0.20, 0.20, 0.20, 0.10],   # A (0,2)
-     [0.10, 0.30, 0.45, 0.10, 0.05]],  # A (1,2): relu 0.45 > 0.20 -> node 2 keeps (1, relu)
-    [[0.05, 0.35, 0.10, 0.40, 0.10],   # B (0,1): sigmoid
-     [0.00, 0.50, 0.44, 0.03, 0.03],   # B (0,2): tanh 0.50 > 0.42 -> node 2 keeps (0, tanh)
-     [0.29, 0.10, 0.42, 0.10, 0.09]],  # B (1,2)
+    [
+        [0.05, 0.50, 0.10, 0.30, 0.05],  # A (0,1): tanh
+        [0.30, 0.20, 0.20, 0.20, 0.10],  # A (0,2)
+        [0.10, 0.30, 0.45, 0.10, 0.05],
+    ],  # A (1,2): relu 0.45 > 0.20 -> node 2 keeps (1, relu)
+    [
+        [0.05, 0.35, 0.10, 0.40, 0.10],  # B (0,1): sigmoid
+        [0.00, 0.50, 0.44, 0.03, 0.03],  # B (0,2): tanh 0.50 > 0.42 -> node 2 keeps (0, tanh)
+        [0.29, 0.10, 0.42, 0.10, 0.09],
+    ],  # B (1,2)
 ]
 
 
@@ -62,27 +67,53 @@ def test_the_rule_on_a_hand_built_alpha():
         ("node", 2, ("A", "B"), ((1, "identity"),), 0.75, 20, 1000),
     ]
     steps = [s for s, _ in budget_sequence(HAND_PROBS, table, ["A", "B"])]
-    got = [(s.kind, s.node, s.domains, s.after, round(s.probability_cost, 10), s.params_saved, s.params_after)
-           for s in steps]
+    got = [
+        (
+            s.kind,
+            s.node,
+            s.domains,
+            s.after,
+            round(s.probability_cost, 10),
+            s.params_saved,
+            s.params_after,
+        )
+        for s in steps
+    ]
     assert got == [e[:4] + (pytest.approx(e[4]),) + e[5:] for e in expected]
     assert table.smallest_multimodel() == 1000
     # budgets pick the first genotype of the sequence at or under them
-    for budget, moves, count in [(1280, 0, 1280), (1200, 1, 1180), (1180, 1, 1180), (1179, 2, 1120), (1000, 5, 1000)]:
+    for budget, moves, count in [
+        (1280, 0, 1280),
+        (1200, 1, 1180),
+        (1180, 1, 1180),
+        (1179, 2, 1120),
+        (1000, 5, 1000),
+    ]:
         genotype, taken = derive_with_budget(HAND_PROBS, table, ["A", "B"], budget)
         assert (len(taken), table.multimodel_count(genotype)) == (moves, count)
-    with pytest.raises(DerivationError, match="below the smallest possible multimodel, 1000 parameters"):
+    with pytest.raises(
+        DerivationError, match="below the smallest possible multimodel, 1000 parameters"
+    ):
         derive_with_budget(HAND_PROBS, table, ["A", "B"], 999)
 
 
 def random_probs(num_domains, space, seed, scale=2.0):
     g = torch.Generator().manual_seed(seed)
-    return torch.softmax(scale * torch.randn(num_domains, space.num_edges, space.num_ops, generator=g), -1)
+    return torch.softmax(
+        scale * torch.randn(num_domains, space.num_edges, space.num_ops, generator=g), -1
+    )
 
 
 def merge_adopts_existing_modules(step, before, table):
     """A merge's new edge uses a module another domain already had at that node, and frees one."""
     (d,) = step.domains
-    others = {table.module_key(e) for o in before.domains if o != d for e in before.cells[o] if e.node == step.node}
+    others = {
+        table.module_key(e)
+        for o in before.domains
+        if o != d
+        for e in before.cells[o]
+        if e.node == step.node
+    }
     new = set(step.after) - set(step.before[d])
     return len(new) == 1 and table.module_key(E(step.node, *next(iter(new)))) in others
 
@@ -137,5 +168,7 @@ def test_budget_below_the_smallest_names_it():
     probs = random_probs(2, darts_cnn_space(2), seed=0)
     genotype, _ = derive_with_budget(probs, table, ["a", "b"], smallest)
     assert table.multimodel_count(genotype) == smallest
-    with pytest.raises(DerivationError, match=f"budget {smallest - 1} is below .* {smallest} parameters"):
+    with pytest.raises(
+        DerivationError, match=f"budget {smallest - 1} is below .* {smallest} parameters"
+    ):
         derive_with_budget(probs, table, ["a", "b"], smallest - 1)

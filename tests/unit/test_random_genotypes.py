@@ -1,5 +1,6 @@
 """Random genotypes (mdnas_fairseq.search.random_genotypes): valid, uniform (chi-square against the
 count of valid choices), reproducible for a seed, and matched in size within the tolerance."""
+
 import itertools
 from collections import Counter
 
@@ -31,7 +32,10 @@ def test_random_genotypes_are_valid_and_reproducible():
                 for j in space.node_ids:
                     edges = [e for e in cell if e.node == j]
                     assert len(edges) == space.edges_per_node == len({e.input for e in edges})
-                    assert all(0 <= e.input < j and e.op in space.operations and e.op != "none" for e in edges)
+                    assert all(
+                        0 <= e.input < j and e.op in space.operations and e.op != "none"
+                        for e in edges
+                    )
             assert g == random_genotype(space, DOMAINS, np.random.default_rng(seed))
         a, b = (random_genotype(space, DOMAINS, np.random.default_rng(s)) for s in (0, 1))
         assert a != b
@@ -59,14 +63,16 @@ def test_matched_genotype_is_within_tolerance_and_counts_its_draws():
     space = darts_cnn_space(4)
     table = DartsConvClassifier(list(DOMAINS), channels=8, num_nodes=4).param_table()
     target = 5000
-    genotype, draws = random_matched_genotype(space, DOMAINS, table, target, np.random.default_rng(7), 0.10, 500)
+    genotype, draws = random_matched_genotype(
+        space, DOMAINS, table, target, np.random.default_rng(7), 0.10, 500
+    )
     count = table.multimodel_count(genotype)
     assert abs(count - target) <= 0.10 * target
     built = DartsConvClassifier(list(DOMAINS), channels=8, num_nodes=4, genotype=genotype)
     assert sum(p.numel() for p in built.parameters()) == count
     # a second path: draw with the same seed by hand until one matches
     rng = np.random.default_rng(7)
-    for manual in itertools.count(1):
+    for manual in itertools.count(1):  # noqa: B007 (read after the loop)
         g = random_genotype(space, DOMAINS, rng)
         if abs(table.multimodel_count(g) - target) <= 0.10 * target:
             break

@@ -1,4 +1,5 @@
 """Importing the plugin registers the task, models and criterion exactly once."""
+
 import importlib
 import subprocess
 import sys
@@ -7,10 +8,11 @@ from tests.helpers.fairseq_runs import ROOT, USER_DIR
 
 
 def test_import_twice_and_reload_keep_one_registration():
-    import mdnas_fairseq
     from fairseq.criterions import CRITERION_REGISTRY
     from fairseq.models import ARCH_MODEL_REGISTRY
     from fairseq.tasks import TASK_REGISTRY
+
+    import mdnas_fairseq
 
     task_cls = TASK_REGISTRY["multidomain_nas"]
     importlib.reload(mdnas_fairseq.tasks.multidomain_nas)

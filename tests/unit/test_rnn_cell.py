@@ -1,4 +1,5 @@
 """The DARTS recurrent cell: search mode against an explicit loop, derived mode against search mode."""
+
 import torch
 import torch.nn.functional as F
 
@@ -37,10 +38,14 @@ def test_search_cell_equals_explicit_loop_with_per_sample_weights():
     cell = DartsRNNCell(H, H, space).double().eval()
     x = torch.randn(T, B, H, dtype=torch.float64)
     weights = torch.softmax(torch.randn(B, space.num_edges, space.num_ops, dtype=torch.float64), -1)
-    assert torch.allclose(cell(x, mixing_probs=weights), reference_search_states(cell, x, weights), atol=1e-10)
+    assert torch.allclose(
+        cell(x, mixing_probs=weights), reference_search_states(cell, x, weights), atol=1e-10
+    )
     # one weight matrix for the whole batch = the same weights for every sample
     w = weights[0]
-    assert torch.allclose(cell(x, mixing_probs=w), reference_search_states(cell, x, w.expand(B, -1, -1)), atol=1e-10)
+    assert torch.allclose(
+        cell(x, mixing_probs=w), reference_search_states(cell, x, w.expand(B, -1, -1)), atol=1e-10
+    )
 
 
 def test_derived_cell_equals_search_cell_with_one_hot_weights():
@@ -52,7 +57,9 @@ def test_derived_cell_equals_search_cell_with_one_hot_weights():
         derived.w0.copy_(search.w0)
         for e in genotype.union_edges():
             n = space.node_ids.index(e.node)
-            derived.op_weights[f"node{e.node}_{e.op}"].copy_(search.node_weights[n][search.weighted_ops.index(e.op)])
+            derived.op_weights[f"node{e.node}_{e.op}"].copy_(
+                search.node_weights[n][search.weighted_ops.index(e.op)]
+            )
     x = torch.randn(T, B, H, dtype=torch.float64)
     for d in ("en", "de"):
         one_hot = torch.zeros(space.num_edges, space.num_ops, dtype=torch.float64)

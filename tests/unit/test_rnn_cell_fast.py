@@ -5,6 +5,7 @@ nodes, input states and operations, the first projection as ``[x_t * m_x, h * m_
 matrix product per (input, operation), variational masks drawn as the cell always drew them (one
 (B, I) mask for x, then one (B, H) mask for h, per sequence).
 """
+
 import logging
 
 import pytest
@@ -15,12 +16,12 @@ from mdnas_fairseq.cells.rnn import DartsRNNCell
 from mdnas_fairseq.search import darts_rnn_space, derive_genotype
 
 ACT = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda v: v}
-I, H, B, T, P = 5, 6, 4, 4, 0.3
+IN, H, B, T, P = 5, 6, 4, 4, 0.3
 
 
 def draw_masks(seed, dtype, p_x=P, p_h=P):
     torch.manual_seed(seed)
-    mx = torch.empty(B, I, dtype=dtype).bernoulli_(1 - p_x) / (1 - p_x)
+    mx = torch.empty(B, IN, dtype=dtype).bernoulli_(1 - p_x) / (1 - p_x)
     mh = torch.empty(B, H, dtype=dtype).bernoulli_(1 - p_h) / (1 - p_h)
     return mx, mh
 
@@ -70,13 +71,16 @@ def grads_match(cell, run_cell, run_ref, extra, atol):
         if b is None:
             assert a is None or a.abs().max() == 0
         else:
-            assert a is not None and torch.allclose(a, b, atol=atol, rtol=0), (tuple(p.shape), (a - b).abs().max())
+            assert a is not None and torch.allclose(a, b, atol=atol, rtol=0), (
+                tuple(p.shape),
+                (a - b).abs().max(),
+            )
 
 
 def search_setup(dtype, nodes=3, compile="off"):
     space = darts_rnn_space(nodes)
-    cell = DartsRNNCell(I, H, space, dropout_x=P, dropout_h=P, compile=compile).to(dtype).train()
-    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    cell = DartsRNNCell(IN, H, space, dropout_x=P, dropout_h=P, compile=compile).to(dtype).train()
+    x = torch.randn(T, B, IN, dtype=dtype, requires_grad=True)
     h0 = torch.randn(B, H, dtype=dtype, requires_grad=True)
     alpha = torch.randn(B, space.num_edges, space.num_ops, dtype=dtype, requires_grad=True)
     return space, cell, x, h0, alpha
@@ -100,9 +104,15 @@ def check_search(cell, x, h0, alpha, dtype, atol, per_sample):
 def derived_setup(dtype, nodes=4, compile="off", seed=0):
     space = darts_rnn_space(nodes)
     torch.manual_seed(seed)
-    genotype = derive_genotype(torch.randn(3, space.num_edges, space.num_ops), space, ["en", "de", "fr"])
-    cell = DartsRNNCell(I, H, space, genotype, dropout_x=P, dropout_h=P, compile=compile).to(dtype).train()
-    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    genotype = derive_genotype(
+        torch.randn(3, space.num_edges, space.num_ops), space, ["en", "de", "fr"]
+    )
+    cell = (
+        DartsRNNCell(IN, H, space, genotype, dropout_x=P, dropout_h=P, compile=compile)
+        .to(dtype)
+        .train()
+    )
+    x = torch.randn(T, B, IN, dtype=dtype, requires_grad=True)
     h0 = torch.randn(B, H, dtype=dtype, requires_grad=True)
     return cell, x, h0
 
@@ -112,7 +122,13 @@ def check_derived(cell, x, h0, cells, dtype, atol):
         torch.manual_seed(11)
         return cell(x, h0, cells=cells)
 
-    grads_match(cell, run_cell, lambda: reference(cell, x, h0, *draw_masks(11, dtype), cells=cells), [x, h0], atol)
+    grads_match(
+        cell,
+        run_cell,
+        lambda: reference(cell, x, h0, *draw_masks(11, dtype), cells=cells),
+        [x, h0],
+        atol,
+    )
 
 
 @pytest.mark.parametrize("per_sample", [False, True])
@@ -122,8 +138,12 @@ def test_fused_search_cell_equals_reference(per_sample):
     # evaluation mode: no masks
     cell.eval()
     w = torch.softmax(alpha, -1)
-    ones = torch.ones(B, I, dtype=torch.float64), torch.ones(B, H, dtype=torch.float64)
-    assert torch.allclose(cell(x, mixing_probs=w), reference(cell, x, torch.zeros_like(h0), *ones, weights=w), atol=1e-10)
+    ones = torch.ones(B, IN, dtype=torch.float64), torch.ones(B, H, dtype=torch.float64)
+    assert torch.allclose(
+        cell(x, mixing_probs=w),
+        reference(cell, x, torch.zeros_like(h0), *ones, weights=w),
+        atol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("cells", [["de"] * B, ["en", "fr", "en", "de"]])
@@ -141,8 +161,8 @@ def test_tensor_chain_equals_python_chain():
         py = cell._chain(name, "cpu", as_tensors=False)
         tens = cell._chain(name, "cpu", as_tensors=True)
         ops = tuple(cell.weighted_ops)
-        a = cell.steps.fn(xw, h0, cell.w0[I:], *py, None, ops)[0]
-        b = cell.steps.fn(xw, h0, cell.w0[I:], *tens, None, ops)[0]
+        a = cell.steps.fn(xw, h0, cell.w0[IN:], *py, None, ops)[0]
+        b = cell.steps.fn(xw, h0, cell.w0[IN:], *tens, None, ops)[0]
         assert torch.equal(a, b)
 
 
@@ -150,7 +170,9 @@ def test_compiled_cell_equals_reference():
     """torch.compile (inductor) of the search and derived steps: outputs and gradients to 1e-5."""
     _, cell, x, h0, alpha = search_setup(torch.float32, nodes=2, compile="on")
     check_search(cell, x, h0, alpha, torch.float32, 1e-5, per_sample=False)
-    assert cell.steps.active and cell.steps.failed is None and cell.steps.compile_seconds is not None
+    assert (
+        cell.steps.active and cell.steps.failed is None and cell.steps.compile_seconds is not None
+    )
     # per-sample mixing weights are one more graph (covered eagerly above); per-sample routing of
     # the derived cell reuses its one graph (a dynamic batch size, the chain as data)
     cell, x, h0 = derived_setup(torch.float32, nodes=2, compile="on")
@@ -187,9 +209,9 @@ def test_auto_mode_compiles_once_eager_time_reaches_the_budget():
     assert cell.steps.eager_seconds > 0 and not cell.steps.active
     check_search(cell, x, h0, alpha, torch.float64, 1e-10, per_sample=False)
     assert cell.steps.active and cell.steps.failed is None
-    off = DartsRNNCell(I, H, darts_rnn_space(2), compile="off")
+    off = DartsRNNCell(IN, H, darts_rnn_space(2), compile="off")
     off.steps.compile_after_s = 0.0
-    off(torch.randn(T, B, I), mixing_probs=torch.softmax(torch.randn(5, 5), -1))
+    off(torch.randn(T, B, IN), mixing_probs=torch.softmax(torch.randn(5, 5), -1))
     assert not off.steps.active
     derived, x, _ = derived_setup(torch.float64, compile="auto")  # compiled only on CUDA by "auto"
     derived.steps.compile_after_s = 0.0
@@ -199,9 +221,11 @@ def test_auto_mode_compiles_once_eager_time_reaches_the_budget():
 
 def test_half_precision_cell_with_fp32_mixing_probs():
     space = darts_rnn_space(3)
-    cell = DartsRNNCell(I, H, space, compile="off").eval()
-    x = torch.randn(T, B, I)
-    w = torch.softmax(torch.randn(space.num_edges, space.num_ops), -1)  # fp32, as softmax(alpha) stays
+    cell = DartsRNNCell(IN, H, space, compile="off").eval()
+    x = torch.randn(T, B, IN)
+    w = torch.softmax(
+        torch.randn(space.num_edges, space.num_ops), -1
+    )  # fp32, as softmax(alpha) stays
     expected = cell(x, mixing_probs=w)
     half = cell.to(torch.float16)
     out = half(x.to(torch.float16), mixing_probs=w)

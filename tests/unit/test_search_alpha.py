@@ -1,4 +1,5 @@
 """Tests of ``ArchitectureParameters``, ``mix`` and ``annealed_temperature`` (docs/method.md, section 1)."""
+
 import math
 
 import numpy as np
@@ -21,7 +22,9 @@ def make_params(D=3, E=4, K=5, seed=0):
     torch.manual_seed(seed)
     params = ArchitectureParameters(D, E, K).double()
     with torch.no_grad():
-        params.alpha.copy_(torch.randn(D, E, K, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+        params.alpha.copy_(
+            torch.randn(D, E, K, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        )
     return params
 
 
@@ -46,8 +49,12 @@ def test_mixing_probs_per_sample_domains_match_numpy():
         expected = np.stack([np_softmax(alpha[d] / temperature, axis=-1) for d in domains.tolist()])
         np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-12, atol=1e-15)
     # one domain, and all domains
-    np.testing.assert_allclose(params.mixing_probs(1).numpy(), np_softmax(alpha[1], axis=-1), rtol=1e-12)
-    np.testing.assert_allclose(params.mixing_probs().numpy(), np_softmax(alpha, axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(
+        params.mixing_probs(1).numpy(), np_softmax(alpha[1], axis=-1), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        params.mixing_probs().numpy(), np_softmax(alpha, axis=-1), rtol=1e-12
+    )
     with pytest.raises(IndexError):
         params.mixing_probs(3)
     with pytest.raises(IndexError):
@@ -71,12 +78,18 @@ def test_gumbel_weights_are_distributions_and_eval_is_plain_softmax():
     params.train()
     soft = params.mixing_probs(torch.tensor([0, 1, 2, 1]), temperature=0.5, gumbel=True)
     assert soft.shape == (4, 4, 5)
-    torch.testing.assert_close(soft.sum(-1), torch.ones(4, 4, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        soft.sum(-1), torch.ones(4, 4, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     assert (soft >= 0).all()
     # a sample, not the softmax itself
-    assert not torch.allclose(soft, params.mixing_probs(torch.tensor([0, 1, 2, 1]), temperature=0.5))
+    assert not torch.allclose(
+        soft, params.mixing_probs(torch.tensor([0, 1, 2, 1]), temperature=0.5)
+    )
     hard = params.mixing_probs(None, temperature=0.5, gumbel=True, hard=True)
-    torch.testing.assert_close(hard.sum(-1), torch.ones(3, 4, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        hard.sum(-1), torch.ones(3, 4, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     assert set(hard.detach().unique().tolist()) <= {0.0, 1.0}
     params.eval()
     deterministic = params.mixing_probs(None, temperature=0.5, gumbel=True)
@@ -124,7 +137,9 @@ def test_annealed_temperature_endpoints_and_geometric_midpoint():
     assert annealed_temperature(500, 100, start=2.0, end=0.05) == pytest.approx(0.05, rel=1e-12)
     assert annealed_temperature(-5, 100, start=2.0, end=0.05) == pytest.approx(2.0, rel=1e-12)
     # exponential: halfway is the geometric mean sqrt(2 * 0.05) = sqrt(0.1)
-    assert annealed_temperature(50, 100, start=2.0, end=0.05) == pytest.approx(math.sqrt(0.1), rel=1e-12)
+    assert annealed_temperature(50, 100, start=2.0, end=0.05) == pytest.approx(
+        math.sqrt(0.1), rel=1e-12
+    )
     # monotone decreasing
     temps = [annealed_temperature(s, 10) for s in range(11)]
     assert all(a > b for a, b in zip(temps, temps[1:]))

@@ -5,29 +5,24 @@ The reference for the second-order step is the EXACT hypergradient
 the unrolled step (double backward, ``create_graph=True``) on a functional copy of the model
 written independently of ``mix`` / ``ArchitectureParameters``.
 """
-import copy
+
 import io
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from mdnas_fairseq.search import (
-    ArchitectureParameters,
     BilevelArchitect,
     SGDVirtualStep,
     architecture_parameters,
-    mix,
     weight_parameters,
 )
-
 from tests.helpers.tiny_net import (  # noqa: F401
-    K,
     NUM_DOMAINS,
     NUM_EDGES,
     TRAIN,
     VAL,
+    K,
     closures,
     make_batch,
     make_model,
@@ -50,12 +45,16 @@ def exact_hypergradient(model, xi, weight_decay=0.0, momentum=0.0, buffers=None)
     grads = torch.autograd.grad(ref_loss(ws, alpha, TRAIN), ws, create_graph=True)
     if buffers is None:
         buffers = [torch.zeros_like(w) for w in ws]
-    w_virtual = [w - xi * (g + weight_decay * w + momentum * b) for w, g, b in zip(ws, grads, buffers)]
+    w_virtual = [
+        w - xi * (g + weight_decay * w + momentum * b) for w, g, b in zip(ws, grads, buffers)
+    ]
     val = ref_loss(w_virtual, alpha, VAL)
     (exact,) = torch.autograd.grad(val, alpha)
     # the first-order gradient at the virtual weights, i.e. without the Hessian term
     alpha2 = alpha.detach().clone().requires_grad_(True)
-    (at_virtual,) = torch.autograd.grad(ref_loss([w.detach() for w in w_virtual], alpha2, VAL), alpha2)
+    (at_virtual,) = torch.autograd.grad(
+        ref_loss([w.detach() for w in w_virtual], alpha2, VAL), alpha2
+    )
     return exact, at_virtual, [w.detach() for w in w_virtual], float(val.detach())
 
 
@@ -77,7 +76,9 @@ def test_second_order_gradient_equals_exact_unrolled_gradient(xi):
     model = make_model()
     architect = make_architect(model, order=2)
     train_loss, val_loss = closures(model)
-    got = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))["grads"]
+    got = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))[
+        "grads"
+    ]
     assert len(got) == 1 and got[0].shape == (NUM_DOMAINS, NUM_EDGES, K)
     exact, at_virtual, _, _ = exact_hypergradient(model, xi)
     assert rel_err(got[0], exact) < 1e-3
@@ -88,7 +89,9 @@ def test_second_order_gradient_equals_exact_unrolled_gradient(xi):
     assert float(hessian_term.norm() / exact.norm()) > 0.1
     assert rel_err(at_virtual + 2 * hessian_term, exact) > 0.1
     # and it differs from the first-order gradient at w by much more than the tolerance
-    first = make_architect(model, order=1).alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))["grads"][0]
+    first = make_architect(model, order=1).alpha_gradients(
+        train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi)
+    )["grads"][0]
     assert rel_err(first, exact) > 0.05
 
 
@@ -103,7 +106,9 @@ def test_second_order_with_momentum_and_weight_decay_in_virtual_step():
     xi, momentum, wd = 0.5, 0.9, 0.03
     train_loss, val_loss = closures(model)
     out = architect.alpha_gradients(
-        train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi, momentum=momentum, weight_decay=wd, buffers=buffers)
+        train_loss,
+        val_loss,
+        virtual_step=SGDVirtualStep(lr=xi, momentum=momentum, weight_decay=wd, buffers=buffers),
     )
     exact, _, w_virtual, val_at_virtual = exact_hypergradient(model, xi, wd, momentum, buffers)
     assert rel_err(out["grads"][0], exact) < 1e-3
@@ -120,8 +125,11 @@ def test_virtual_step_really_moves_the_weights():
     xi = 0.5
     out = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
     # hand-computed virtual weights w' = w - xi * grad_w L_train(w, alpha)
-    ws = [model.w1.detach().clone().requires_grad_(True), model.w2.detach().clone().requires_grad_(True),
-          model.w3.detach().clone().requires_grad_(True)]
+    ws = [
+        model.w1.detach().clone().requires_grad_(True),
+        model.w2.detach().clone().requires_grad_(True),
+        model.w3.detach().clone().requires_grad_(True),
+    ]
     alpha = model.alphas.alpha.detach()
     grads = torch.autograd.grad(ref_loss(ws, alpha, TRAIN), ws)
     w_virtual = [w.detach() - xi * g for w, g in zip(ws, grads)]
@@ -130,7 +138,9 @@ def test_virtual_step_really_moves_the_weights():
     assert abs(val_at_w - val_at_virtual) > 1e-3
     assert float(out["val_loss"]) == pytest.approx(val_at_virtual, rel=1e-12)
     # first order reports the loss at w
-    first = make_architect(model, order=1).alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
+    first = make_architect(model, order=1).alpha_gradients(
+        train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi)
+    )
     assert float(first["val_loss"]) == pytest.approx(val_at_w, rel=1e-12)
 
 
@@ -143,11 +153,15 @@ def test_first_order_gradient_equals_grad_of_val_loss():
         train_calls.append(1)
         return closures(model)[0]()
 
-    out = architect.alpha_gradients(train_loss, closures(model)[1], virtual_step=SGDVirtualStep(lr=0.5))
+    out = architect.alpha_gradients(
+        train_loss, closures(model)[1], virtual_step=SGDVirtualStep(lr=0.5)
+    )
     alpha = model.alphas.alpha.detach().clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(ref_loss([model.w1, model.w2, model.w3], alpha, VAL), alpha)
     torch.testing.assert_close(out["grads"][0], expected, rtol=1e-10, atol=1e-14)
-    assert float(out["val_loss"]) == pytest.approx(float(ref_loss([model.w1, model.w2, model.w3], alpha, VAL).detach()))
+    assert float(out["val_loss"]) == pytest.approx(
+        float(ref_loss([model.w1, model.w2, model.w3], alpha, VAL).detach())
+    )
     assert not train_calls  # first order never evaluates the training loss
 
 
@@ -158,12 +172,18 @@ def test_step_restores_weights_bitwise_changes_alpha_and_is_adam():
     train_loss, val_loss = closures(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     xi = 0.5
-    grad = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))["grads"][0]
+    grad = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))[
+        "grads"
+    ][0]
     for p in weight_parameters(model):
         assert p.grad is None
 
     result = architect.step(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))
-    assert set(result) == {"alpha_loss"} and torch.is_tensor(result["alpha_loss"]) and result["alpha_loss"].dim() == 0
+    assert (
+        set(result) == {"alpha_loss"}
+        and torch.is_tensor(result["alpha_loss"])
+        and result["alpha_loss"].dim() == 0
+    )
     for name, p in model.named_parameters():
         if name == "alphas.alpha":
             assert not torch.equal(p, before[name])
@@ -291,7 +311,9 @@ def test_alpha_is_hidden_from_weight_optimizers():
 def test_constructor_rejects_bad_arguments():
     model = make_model()
     with pytest.raises(ValueError):
-        BilevelArchitect(list(model.parameters()), architecture_parameters(model))  # alpha among weights
+        BilevelArchitect(
+            list(model.parameters()), architecture_parameters(model)
+        )  # alpha among weights
     with pytest.raises(ValueError):
         BilevelArchitect(weight_parameters(model), architecture_parameters(model), order=3)
     with pytest.raises(ValueError):

@@ -1,5 +1,6 @@
 """The domain distribution p (``DomainSampler``: fixed, or robust p = softmax(eta_p * L_hat)) and the
 epoch layout that training really draws from it (``draw_domain_batches``)."""
+
 import numpy as np
 import pytest
 import torch
@@ -46,7 +47,7 @@ def test_epoch_cycles_through_a_domains_batches_before_repeating():
     small = [int(b[0]) for b in epoch if domain_of(b) == 0]
     assert len(small) > 10  # the small domain is drawn more often than it has batches
     for start in range(0, len(small) - 4, 5):  # every full round of 5 draws is a permutation
-        assert sorted(small[start:start + 5]) == [0, 1, 2, 3, 4]
+        assert sorted(small[start : start + 5]) == [0, 1, 2, 3, 4]
 
 
 def test_domain_without_probability_or_batches_is_never_drawn():
@@ -102,7 +103,9 @@ def test_several_domains_observed_at_once():
     observe(b, 0, 1.5)
     observe(b, 2, 2.5)
     assert torch.equal(a.loss_estimates.isnan(), b.loss_estimates.isnan())
-    np.testing.assert_allclose(a.loss_estimates[[0, 2]].numpy(), b.loss_estimates[[0, 2]].numpy(), rtol=0)
+    np.testing.assert_allclose(
+        a.loss_estimates[[0, 2]].numpy(), b.loss_estimates[[0, 2]].numpy(), rtol=0
+    )
 
 
 def test_eta_zero_keeps_given_probabilities():

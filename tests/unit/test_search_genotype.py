@@ -1,7 +1,7 @@
 """Tests of genotypes (docs/method.md, sections 1 and 4): derivation, concordant union, parameter count,
 and the genotype file format (round trip, rejection of bad files, atomic writes)."""
+
 import json
-import math
 import os
 
 import numpy as np
@@ -35,7 +35,9 @@ def test_edge_order_of_rnn_and_custom_spaces():
     assert space.edges == [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
     assert [space.edge_index(i, j) for i, j in space.edges] == list(range(6))
     assert space.node_edge_slice(3) == slice(3, 6)
-    toy = SearchSpace("toy", ("none", "conv", "pool", "skip"), num_input_nodes=2, num_nodes=2, edges_per_node=2)
+    toy = SearchSpace(
+        "toy", ("none", "conv", "pool", "skip"), num_input_nodes=2, num_nodes=2, edges_per_node=2
+    )
     assert toy.edges == [(0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
     assert [toy.edge_index(i, j) for i, j in toy.edges] == list(range(5))
     cnn = darts_cnn_space()  # DARTS conv cell: 2 + 3 + 4 + 5 = 14 edges
@@ -81,7 +83,8 @@ def test_derive_rnn_genotype_by_hand():
     # Shift de's edge (1,2) by +100: its raw alpha is now the largest of node 2 (log 0.2 + 100 >
     # log 0.55), but the softmax weights -- what DARTS ranks edges by -- do not change.
     alpha = torch.tensor(
-        np.stack([_alpha_from_probs(en), _alpha_from_probs(de, shifts=[0, 0, 100, 0, 0, 0])]), dtype=torch.float32
+        np.stack([_alpha_from_probs(en), _alpha_from_probs(de, shifts=[0, 0, 100, 0, 0, 0])]),
+        dtype=torch.float32,
     )
     g = derive_genotype(alpha, space, ["en", "de"])
     assert g.cells["en"] == (E(1, 0, "relu"), E(2, 1, "sigmoid"), E(3, 2, "tanh"))
@@ -95,7 +98,9 @@ def test_derive_rnn_genotype_by_hand():
 
 
 def test_derive_custom_space_keeps_top_two_edges():
-    space = SearchSpace("toy", ("none", "conv", "pool", "skip"), num_input_nodes=2, num_nodes=2, edges_per_node=2)
+    space = SearchSpace(
+        "toy", ("none", "conv", "pool", "skip"), num_input_nodes=2, num_nodes=2, edges_per_node=2
+    )
     #        none  conv  pool  skip
     rows = [
         [0.70, 0.10, 0.15, 0.05],  # (0,2): none largest -> pool
@@ -184,7 +189,14 @@ def test_union_and_agreement_by_hand():
     # 5 edges in the union; only (0,1) has one op chosen by all 3 domains -> 1/5
     assert g.agreement() == pytest.approx(0.2)
     assert g.union_edges() == sorted(
-        {E(1, 0, "tanh"), E(2, 0, "relu"), E(2, 1, "relu"), E(3, 1, "identity"), E(3, 1, "sigmoid"), E(3, 2, "sigmoid")}
+        {
+            E(1, 0, "tanh"),
+            E(2, 0, "relu"),
+            E(2, 1, "relu"),
+            E(3, 1, "identity"),
+            E(3, 1, "sigmoid"),
+            E(3, 2, "sigmoid"),
+        }
     )
 
 
@@ -225,11 +237,19 @@ def test_invalid_genotypes_are_rejected():
     space = darts_rnn_space(3)
     ok = (E(1, 0, "relu"), E(2, 0, "tanh"), E(3, 2, "identity"))
     with pytest.raises(GenotypeError, match="none"):
-        MultiDomainGenotype(space, ("a",), {"a": (E(1, 0, "none"), E(2, 0, "tanh"), E(3, 2, "identity"))})
+        MultiDomainGenotype(
+            space, ("a",), {"a": (E(1, 0, "none"), E(2, 0, "tanh"), E(3, 2, "identity"))}
+        )
     with pytest.raises(GenotypeError, match="node 2"):
-        MultiDomainGenotype(space, ("a",), {"a": (E(1, 0, "relu"), E(2, 0, "tanh"), E(2, 1, "tanh"), E(3, 2, "relu"))})
+        MultiDomainGenotype(
+            space,
+            ("a",),
+            {"a": (E(1, 0, "relu"), E(2, 0, "tanh"), E(2, 1, "tanh"), E(3, 2, "relu"))},
+        )
     with pytest.raises(GenotypeError):
-        MultiDomainGenotype(space, ("a",), {"a": (E(1, 0, "relu"), E(2, 0, "tanh"), E(4, 2, "relu"))})
+        MultiDomainGenotype(
+            space, ("a",), {"a": (E(1, 0, "relu"), E(2, 0, "tanh"), E(4, 2, "relu"))}
+        )
     with pytest.raises(GenotypeError):
         MultiDomainGenotype(space, ("a", "b"), {"a": ok})
     with pytest.raises(GenotypeError):
@@ -253,9 +273,14 @@ def test_save_load_round_trip(tmp_path):
     save_genotype(path2, loaded, extra=extra)
     assert open(path, "rb").read() == open(path2, "rb").read()
     # the round trip also works for derived genotypes of a custom space
-    space = SearchSpace("toy", ("none", "conv", "pool"), num_input_nodes=2, num_nodes=3, edges_per_node=2)
-    derived = derive_genotype(torch.randn(2, space.num_edges, 3, generator=torch.Generator().manual_seed(2)), space,
-                              ["x", "y"])
+    space = SearchSpace(
+        "toy", ("none", "conv", "pool"), num_input_nodes=2, num_nodes=3, edges_per_node=2
+    )
+    derived = derive_genotype(
+        torch.randn(2, space.num_edges, 3, generator=torch.Generator().manual_seed(2)),
+        space,
+        ["x", "y"],
+    )
     save_genotype(path, derived)
     assert load_genotype(path) == derived
     assert load_genotype(path).space == space

@@ -4,7 +4,7 @@
   against closed forms (one-hot distributions: JS = ln 2);
 * ``batch_hard_triplet_loss`` against a hand-worked 2-D example and a brute-force Python loop.
 """
-import itertools
+
 import math
 
 import numpy as np
@@ -70,8 +70,12 @@ def test_js_single_domain_is_exactly_zero_with_zero_finite_gradient():
 def test_js_gradient_matches_gradcheck_float64():
     gen = torch.Generator().manual_seed(3)
     for num_domains in (2, 3):
-        alpha = torch.randn(num_domains, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(js_structural_loss, (alpha,), eps=1e-6, atol=1e-7, rtol=1e-5)
+        alpha = torch.randn(
+            num_domains, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True
+        )
+        assert torch.autograd.gradcheck(
+            js_structural_loss, (alpha,), eps=1e-6, atol=1e-7, rtol=1e-5
+        )
         loss = js_structural_loss(alpha)
         (grad,) = torch.autograd.grad(loss, alpha)
         assert grad.abs().max() > 1e-3  # the gradient is not trivially zero
@@ -133,7 +137,9 @@ def test_triplet_hand_worked_example():
     # mean over the 3 valid anchors = (4 + sqrt(10) + 0) / 3
     h_a = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [10.0, 9.0]], dtype=torch.float64)
     labels_a = torch.tensor([0, 1, 2, 3])
-    h_b = torch.tensor([[0.0, 3.0], [4.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0]], dtype=torch.float64)
+    h_b = torch.tensor(
+        [[0.0, 3.0], [4.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0]], dtype=torch.float64
+    )
     labels_b = torch.tensor([0, 0, 1, 1, 3])
     loss = batch_hard_triplet_loss(h_a, labels_a, h_b, labels_b, margin=1.0)
     assert float(loss) == pytest.approx((4.0 + math.sqrt(10.0) + 0.0) / 3.0, rel=1e-12)
@@ -178,7 +184,9 @@ def test_triplet_matches_brute_force_on_random_data():
         num_labels = 2 + trial % 3
         h_a = torch.randn(n, h, generator=gen, dtype=torch.float64)
         h_b = torch.randn(m, h, generator=gen, dtype=torch.float64)
-        labels_a = torch.randint(0, num_labels + 1, (n,), generator=gen)  # label num_labels may miss in b
+        labels_a = torch.randint(
+            0, num_labels + 1, (n,), generator=gen
+        )  # label num_labels may miss in b
         labels_b = torch.randint(0, num_labels, (m,), generator=gen)
         margin = [0.1, 1.0, 3.0][trial % 3]
         got = batch_hard_triplet_loss(h_a, labels_a, h_b, labels_b, margin=margin)
@@ -218,7 +226,9 @@ def test_triplet_without_valid_triplet_is_attached_zero(labels_a, labels_b):
     gen = torch.Generator().manual_seed(5)
     h_a = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     h_b = torch.randn(2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    loss = batch_hard_triplet_loss(h_a, torch.tensor(labels_a), h_b, torch.tensor(labels_b), margin=1.0)
+    loss = batch_hard_triplet_loss(
+        h_a, torch.tensor(labels_a), h_b, torch.tensor(labels_b), margin=1.0
+    )
     assert float(loss.detach()) == 0.0
     assert loss.requires_grad and loss.grad_fn is not None
     (loss * 3.0 + h_a.sum()).backward()
@@ -244,6 +254,10 @@ def test_triplet_coincident_points_have_finite_gradient():
 
 def test_triplet_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
-        batch_hard_triplet_loss(torch.zeros(3, 2), torch.zeros(3), torch.zeros(2, 3), torch.zeros(2))
+        batch_hard_triplet_loss(
+            torch.zeros(3, 2), torch.zeros(3), torch.zeros(2, 3), torch.zeros(2)
+        )
     with pytest.raises(ValueError):
-        batch_hard_triplet_loss(torch.zeros(3, 2), torch.zeros(2), torch.zeros(2, 2), torch.zeros(2))
+        batch_hard_triplet_loss(
+            torch.zeros(3, 2), torch.zeros(2), torch.zeros(2, 2), torch.zeros(2)
+        )

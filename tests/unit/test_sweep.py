@@ -3,6 +3,7 @@
 retried), the budget rows and skipped budgets, sweep.json / sweep.md on hand-made results, the
 command line. The runs are replaced by a fake that writes a real genotype.json (softmax(alpha) drawn
 from the run's seed and coefficient) and counts the parameters of the model built from it."""
+
 import json
 import os
 import sys
@@ -70,16 +71,28 @@ class FakeRuns:
             alpha = 2 * torch.randn(*shape, generator=g)
             genotype = derive_genotype(alpha, model.space, names)
             probs = torch.softmax(alpha.double(), -1)
-            save_genotype(genotype_path, genotype, {
-                "alpha": {n: probs[k].tolist() for k, n in enumerate(names)},
-                "param_counts": model.param_table().param_counts(genotype),
-                "param_table": model.param_table().to_dict()})
+            save_genotype(
+                genotype_path,
+                genotype,
+                {
+                    "alpha": {n: probs[k].tolist() for k, n in enumerate(names)},
+                    "param_counts": model.param_table().param_counts(genotype),
+                    "param_table": model.param_table().to_dict(),
+                },
+            )
         genotype = load_genotype(genotype_path)
         params = sum(p.numel() for p in net(list(genotype.domains), genotype).parameters())
         ppl = {d: 100.0 + seed + params / 1000 for d in domains}
-        return dict({"params": params, "ppl": sum(ppl.values()) / len(ppl), "ppl_per_domain": ppl,
-                     "search_seconds": 1.0, "retrain_seconds": 2.0},
-                    **tasks.genotype_facts(genotype_path, multi and len(domains) > 1))
+        return dict(
+            {
+                "params": params,
+                "ppl": sum(ppl.values()) / len(ppl),
+                "ppl_per_domain": ppl,
+                "search_seconds": 1.0,
+                "retrain_seconds": 2.0,
+            },
+            **tasks.genotype_facts(genotype_path, multi and len(domains) > 1),
+        )
 
 
 @pytest.fixture
@@ -94,8 +107,21 @@ def fake(monkeypatch, tmp_path):
 
 
 def sweep_argv(tmp_path, data, *extra):
-    return ["--task", "lm", "--out", str(tmp_path / "out"), "--data", data,
-            "--struct-coefs", "0,0.5", "--seeds", "0,1", *extra, "--retrain-epochs", "2"]
+    return [
+        "--task",
+        "lm",
+        "--out",
+        str(tmp_path / "out"),
+        "--data",
+        data,
+        "--struct-coefs",
+        "0,0.5",
+        "--seeds",
+        "0,1",
+        *extra,
+        "--retrain-epochs",
+        "2",
+    ]
 
 
 def run_sweep(argv):
@@ -167,8 +193,10 @@ def test_budgets_retrain_one_search_and_skip_the_impossible(tmp_path, fake, monk
     assert rows[smallest]["params"] == smallest and rows[smallest]["agreement"] == 1.0
     # smaller budgets: never more parameters, never fewer shared edges
     ordered = [rows[b] for b in budgets[:3]]
-    assert all(a["params"] >= b["params"] and a["shared_edges"] <= b["shared_edges"]
-               for a, b in zip(ordered, ordered[1:]))
+    assert all(
+        a["params"] >= b["params"] and a["shared_edges"] <= b["shared_edges"]
+        for a, b in zip(ordered, ordered[1:])
+    )
     (skipped,) = out["skipped_budgets"]
     assert skipped["budget"] == smallest - 1 and f"{smallest} parameters" in skipped["reason"]
     assert f"Skipped budget {smallest - 1:,}" in (tmp_path / "out" / "sweep.md").read_text()
@@ -176,34 +204,71 @@ def test_budgets_retrain_one_search_and_skip_the_impossible(tmp_path, fake, monk
 
 
 def row(kind, struct, seed, params, ppl_en, ppl_de, agreement=0.5, budget=None, model="multimodel"):
-    return {"kind": kind, "model": model, "struct_coef": struct, "contrastive_coef": 0.0,
-            "seed": seed, "budget": budget, "params": params, "params_genotype": params,
-            "agreement": agreement, "shared_edges": 2, "ppl": (ppl_en + ppl_de) / 2,
-            "ppl_per_domain": {"en": ppl_en, "de": ppl_de},
-            "search_seconds": 3.0, "retrain_seconds": 4.0, "moves": 2, "searched_params": 130,
-            "smallest_possible_params": 90,
-            "folder": f"{kind}/{model}_{struct}_{seed}_{budget}"}
+    return {
+        "kind": kind,
+        "model": model,
+        "struct_coef": struct,
+        "contrastive_coef": 0.0,
+        "seed": seed,
+        "budget": budget,
+        "params": params,
+        "params_genotype": params,
+        "agreement": agreement,
+        "shared_edges": 2,
+        "ppl": (ppl_en + ppl_de) / 2,
+        "ppl_per_domain": {"en": ppl_en, "de": ppl_de},
+        "search_seconds": 3.0,
+        "retrain_seconds": 4.0,
+        "moves": 2,
+        "searched_params": 130,
+        "smallest_possible_params": 90,
+        "folder": f"{kind}/{model}_{struct}_{seed}_{budget}",
+    }
 
 
 def test_sweep_json_and_md_on_hand_made_results(tmp_path):
-    rows = [row("coef", 0.0, 0, 100, 10.0, 20.0, 0.25), row("coef", 0.0, 1, 120, 14.0, 22.0, 0.75),
-            row("coef", 1.0, 0, 90, 30.0, 40.0, 1.0), row("coef", 1.0, 1, 90, 32.0, 40.0, 1.0),
-            row("budget", 0.0, 0, 95, 8.0, 20.0, 0.5, budget=95)]
-    refs = [row("reference", 0.0, 0, 80, 50.0, 60.0, None, model="union"),
-            row("reference", 0.0, 1, 80, 52.0, 60.0, None, model="union"),
-            {**row("reference", 0.0, 0, 70, 40.0, 0.0, None, model="single_en"), "ppl": 40.0,
-             "ppl_per_domain": {"en": 40.0}}]
-    header = {"task": "lm", "domains": ["en", "de"], "command": "python scripts/sweep.py x",
-              "commit": "abc", "out": "out", "protocol": "P", "reference_text": "R",
-              "settings": {}, "sweep": {},
-              "budget_from": {"struct_coef": 0.0, "contrastive_coef": 0.0, "seed": 0}}
+    rows = [
+        row("coef", 0.0, 0, 100, 10.0, 20.0, 0.25),
+        row("coef", 0.0, 1, 120, 14.0, 22.0, 0.75),
+        row("coef", 1.0, 0, 90, 30.0, 40.0, 1.0),
+        row("coef", 1.0, 1, 90, 32.0, 40.0, 1.0),
+        row("budget", 0.0, 0, 95, 8.0, 20.0, 0.5, budget=95),
+    ]
+    refs = [
+        row("reference", 0.0, 0, 80, 50.0, 60.0, None, model="union"),
+        row("reference", 0.0, 1, 80, 52.0, 60.0, None, model="union"),
+        {
+            **row("reference", 0.0, 0, 70, 40.0, 0.0, None, model="single_en"),
+            "ppl": 40.0,
+            "ppl_per_domain": {"en": 40.0},
+        },
+    ]
+    header = {
+        "task": "lm",
+        "domains": ["en", "de"],
+        "command": "python scripts/sweep.py x",
+        "commit": "abc",
+        "out": "out",
+        "protocol": "P",
+        "reference_text": "R",
+        "settings": {},
+        "sweep": {},
+        "budget_from": {"struct_coef": 0.0, "contrastive_coef": 0.0, "seed": 0},
+    }
     skipped = [{"budget": 5, "reason": "too small"}]
     data = report.write_outputs(str(tmp_path), header, rows, refs, skipped, [])
     on_disk = json.loads((tmp_path / "sweep.json").read_text())
     assert on_disk["rows"] == rows and on_disk["reference"] == refs and on_disk["metric"] == "ppl"
     for r in on_disk["rows"]:
-        for key in ("struct_coef", "contrastive_coef", "seed", "params", "agreement", "ppl",
-                    "ppl_per_domain"):
+        for key in (
+            "struct_coef",
+            "contrastive_coef",
+            "seed",
+            "params",
+            "agreement",
+            "ppl",
+            "ppl_per_domain",
+        ):
             assert key in r
     # struct 0: params 100, 120 -> 110 ± 14.14; ppl means 15 and 18 -> 16.5 ± 2.12
     group = next(g for g in data["summary"] if g["kind"] == "coef" and g["struct_coef"] == 0.0)
@@ -214,15 +279,22 @@ def test_sweep_json_and_md_on_hand_made_results(tmp_path):
     # (90, 35),
     # (90, 36): the front is (90, 35), (100, 15); the budget front is its one row (95, 14), which
     # dominates (100, 15) and is dominated by neither; the reference rows are on no front
-    assert data["pareto"]["coefficients"] == ["coef/multimodel_1.0_0_None",
-                                              "coef/multimodel_0.0_0_None"]
+    assert data["pareto"]["coefficients"] == [
+        "coef/multimodel_1.0_0_None",
+        "coef/multimodel_0.0_0_None",
+    ]
     assert data["pareto"]["budgets"] == ["budget/multimodel_0.0_0_95"]
-    assert data["front_comparison"] == {"coef_front": 2, "budget_front": 1,
-                                        "budget_dominated_by_coef": 0,
-                                        "coef_dominated_by_budget": 1}
+    assert data["front_comparison"] == {
+        "coef_front": 2,
+        "budget_front": 1,
+        "budget_dominated_by_coef": 0,
+        "coef_dominated_by_budget": 1,
+    }
     md = (tmp_path / "sweep.md").read_text()
-    assert ("| struct 0, contr 0 | 2 | 110 ± 14 | 50% ± 35 | 12.00 ± 2.83 | 21.00 ± 1.41 | "
-            "16.50 ± 2.12 |") in md
+    assert (
+        "| struct 0, contr 0 | 2 | 110 ± 14 | 50% ± 35 | 12.00 ± 2.83 | 21.00 ± 1.41 | "
+        "16.50 ± 2.12 |"
+    ) in md
     assert "| union | 2 | 80 ± 0 | - | 51.00 ± 1.41 | 60.00 ± 0.00 | 55.50 ± 0.71 |" in md
     assert "| single_en | 1 | 70 | - | 40.00 | - | 40.00 |" in md
     assert "| budget 95 (2 move(s)) | 1 | 95 | 50% | 8.00 | 20.00 | 14.00 |" in md
@@ -235,14 +307,27 @@ def test_command_line_errors_and_budget_source(tmp_path):
     base = ["--task", "lm", "--out", str(tmp_path / "o"), "--data", data]
     args = sweep.parse(base + ["--struct-coefs", "0,1,0.1", "--seeds", "3,4", "--budgets", "900"])
     assert args.budget_source == (0.1, 0.0, 3)
-    args = sweep.parse(base + ["--struct-coefs", "0,1", "--seeds", "0,2", "--budgets", "900",
-                               "--budget-from", "struct_coef=0,seed=2"])
+    args = sweep.parse(
+        base
+        + [
+            "--struct-coefs",
+            "0,1",
+            "--seeds",
+            "0,2",
+            "--budgets",
+            "900",
+            "--budget-from",
+            "struct_coef=0,seed=2",
+        ]
+    )
     assert args.budget_source == (0.0, 0.0, 2)
     args = sweep.parse(base + ["--search-epochs", "7", "--", "--embed-dim", "16"])
     assert args.pipeline.search_epochs == 7 and args.pipeline.extra == ["--embed-dim", "16"]
     errors = [
-        (["--budgets", "9", "--budget-from", "struct_coef=5"],
-         "struct 5, contr 0, seed 0 is not a point"),
+        (
+            ["--budgets", "9", "--budget-from", "struct_coef=5"],
+            "struct 5, contr 0, seed 0 is not a point",
+        ),
         (["--budgets", "9", "--budget-from", "depth=5"], "use struct_coef=X"),
         (["--models", "union"], "--models: settings of lm_pipeline.py that the sweep"),
         (["--seeds", "1,1"], "--seeds must be distinct"),

@@ -1,6 +1,7 @@
 """The fairseq model ``mdnas_transformer_lm`` in process: fairseq's candidate modules against the
 fairseq-free ones, causality of every fairseq candidate and of the built model (both position kinds),
 the search API (domain representation at <eos>, fp32 probabilities), derived parameter counts."""
+
 import types
 
 import pytest
@@ -20,14 +21,23 @@ from mdnas_fairseq.models.mdnas_transformer_lm import (
     fairseq_candidates,
 )
 from mdnas_fairseq.search import GenotypeError, derive_genotype, save_genotype, transformer_lm_space
-from tests.helpers.transformer import assert_candidate_causal, assert_network_causal, uniform_genotype
+from tests.helpers.transformer import (
+    assert_candidate_causal,
+    assert_network_causal,
+    uniform_genotype,
+)
 
 C, F, H = 8, 16, 2
 
 
 def config(**overrides):
-    cfg = MDNASTransformerConfig(decoder_layers=2, decoder_embed_dim=C, decoder_ffn_embed_dim=F,
-                                 decoder_attention_heads=H, dropout=0.0)
+    cfg = MDNASTransformerConfig(
+        decoder_layers=2,
+        decoder_embed_dim=C,
+        decoder_ffn_embed_dim=F,
+        decoder_attention_heads=H,
+        dropout=0.0,
+    )
     cfg.max_update = 0
     for k, v in overrides.items():
         setattr(cfg, k, v)
@@ -54,7 +64,9 @@ def test_fairseq_attention_and_lightconv_equal_the_plain_pytorch_ones(steps):
             assert isinstance(ours, LightConvBlock) and isinstance(ours.conv, CausalLightweightConv)
             state = theirs.state_dict()
         ours.load_state_dict(state)
-        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+        assert sum(p.numel() for p in ours.parameters()) == sum(
+            p.numel() for p in theirs.parameters()
+        )
         with torch.no_grad():
             assert torch.allclose(theirs(x), ours(x), atol=1e-12), name
 
@@ -63,21 +75,31 @@ def test_fairseq_attention_and_lightconv_equal_the_plain_pytorch_ones(steps):
 def test_every_fairseq_candidate_is_causal(op):
     token_mixer = op == "attention" or "conv" in op
     for steps in (9, 3):
-        assert assert_candidate_causal(fairseq_candidates(config())(op), C, steps=steps) == token_mixer
+        assert (
+            assert_candidate_causal(fairseq_candidates(config())(op), C, steps=steps) == token_mixer
+        )
 
 
 @pytest.mark.parametrize("learned", [False, True])
 def test_built_model_is_causal_in_search_and_derived_modes(learned, tmp_path):
     torch.manual_seed(0)
     t = task()
-    search = MDNASTransformerModel.build_model(config(decoder_learned_pos=learned, alpha_init_scale=1.0), t)
+    search = MDNASTransformerModel.build_model(
+        config(decoder_learned_pos=learned, alpha_init_scale=1.0), t
+    )
     vocab = len(t.source_dictionary)
     assert_network_causal(search.lm, vocab, domain=1)
     space = search.search_space
-    for token_op, channel_op in (("attention", "ffn_gelu"), ("lightconv_7", "ffn_sqrelu"), ("dwconv_3", "identity")):
+    for token_op, channel_op in (
+        ("attention", "ffn_gelu"),
+        ("lightconv_7", "ffn_sqrelu"),
+        ("dwconv_3", "identity"),
+    ):
         path = str(tmp_path / f"{token_op}.json")
         save_genotype(path, uniform_genotype(space, ["en", "de"], token_op, channel_op))
-        derived = MDNASTransformerModel.build_model(config(decoder_learned_pos=learned, genotype=path), t)
+        derived = MDNASTransformerModel.build_model(
+            config(decoder_learned_pos=learned, genotype=path), t
+        )
         assert not derived.is_search
         assert_network_causal(derived.lm, vocab)
 
@@ -88,7 +110,9 @@ def test_search_api_representation_at_eos_and_fp32_probabilities():
     assert model.is_search and model.architecture_names == ["en", "de"]
     tokens = torch.tensor([[5, 6, 7, 2, 1], [8, 9, 2, 1, 1]])  # right-padded, <eos> = 2
     lengths = torch.tensor([4, 3])
-    sample = {"net_input": {"src_tokens": tokens, "src_lengths": lengths, "domain": torch.tensor([0, 0])}}
+    sample = {
+        "net_input": {"src_tokens": tokens, "src_lengths": lengths, "domain": torch.tensor([0, 0])}
+    }
     out = model(**sample["net_input"])
     rep = model.domain_representation(out, sample)
     assert torch.equal(rep, torch.stack([out[1]["states"][0, 3], out[1]["states"][1, 2]]))
@@ -112,16 +136,26 @@ def test_derived_model_size_is_the_genotype_count_and_the_space_must_match(tmp_p
     assert n == derived.genotype_param_count(genotype) == search.genotype_param_count(genotype)
     assert n < sum(p.numel() for p in search.parameters())
     with pytest.raises(GenotypeError, match="search space"):  # other kernel sizes: another space
-        MDNASTransformerModel.build_model(config(genotype=path, decoder_conv_kernel_sizes="3,5", genotype_data=None), t)
+        MDNASTransformerModel.build_model(
+            config(genotype=path, decoder_conv_kernel_sizes="3,5", genotype_data=None), t
+        )
     union = MDNASTransformerModel.build_model(config(shared_architecture=True), t)
-    assert union.architecture_names == ["en+de"] and tuple(union.lm.alphas.alpha.shape) == (1, 4, space.num_ops)
+    assert union.architecture_names == ["en+de"] and tuple(union.lm.alphas.alpha.shape) == (
+        1,
+        4,
+        space.num_ops,
+    )
 
 
 def test_presets_are_registered():
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    for name in ("mdnas_transformer_lm", "mdnas_transformer_lm_tiny", "mdnas_transformer_lm_small",
-                 "mdnas_transformer_lm_base"):
+    for name in (
+        "mdnas_transformer_lm",
+        "mdnas_transformer_lm_tiny",
+        "mdnas_transformer_lm_small",
+        "mdnas_transformer_lm_base",
+    ):
         assert ARCH_MODEL_REGISTRY[name] is MDNASTransformerModel
 
 
@@ -131,4 +165,6 @@ def test_a_checkpoint_of_another_dictionary_is_rejected():
     other.source_dictionary.symbols[-1] = "mouse"  # same size, another vocabulary
     with pytest.raises(ValueError, match="different dictionary"):
         MDNASTransformerModel.build_model(config(), other).load_state_dict(model.state_dict())
-    MDNASTransformerModel.build_model(config(), task()).load_state_dict(model.state_dict())  # same one: fine
+    MDNASTransformerModel.build_model(config(), task()).load_state_dict(
+        model.state_dict()
+    )  # same one: fine

@@ -1,5 +1,6 @@
 """The Transformer's search space: an explicit chain topology and per-edge allowed operations, and the
 genotype machinery (derivation, validation, files, masked alpha) over it; DARTS spaces unchanged."""
+
 import json
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from mdnas_fairseq.search import (
     MASKED_LOGIT,
     ArchitectureParameters,
+    DomainArchitectures,
     GenotypeEdge,
     GenotypeError,
     MultiDomainGenotype,
@@ -19,7 +21,6 @@ from mdnas_fairseq.search import (
     js_structural_loss,
     load_genotype,
     save_genotype,
-    DomainArchitectures,
     transformer_lm_space,
 )
 
@@ -36,31 +37,45 @@ def test_transformer_space_is_a_chain_with_two_slot_kinds():
     assert [space.node_inputs(j) for j in space.node_ids] == [[0], [1], [2], [3]]
     assert space.node_edge_slice(3) == slice(2, 3)
     assert space.output_nodes == [4]
-    assert space.allowed(0) == space.allowed(2) == TOKEN and space.allowed(1) == space.allowed(3) == CHANNEL
+    assert (
+        space.allowed(0) == space.allowed(2) == TOKEN
+        and space.allowed(1) == space.allowed(3) == CHANNEL
+    )
     mask = space.allowed_mask()
-    assert mask[0] == [op in TOKEN for op in space.operations] and mask[3] == [op in CHANNEL for op in space.operations]
+    assert mask[0] == [op in TOKEN for op in space.operations] and mask[3] == [
+        op in CHANNEL for op in space.operations
+    ]
     with pytest.raises(KeyError):
         space.edge_index(0, 2)  # a DARTS edge, not in the chain
     # the DARTS spaces keep their full DAG, every node feeding the output
     rnn = darts_rnn_space(3)
-    assert rnn.output_nodes == [1, 2, 3] and rnn.allowed(0) == rnn.operations and rnn.node_inputs(3) == [0, 1, 2]
+    assert (
+        rnn.output_nodes == [1, 2, 3]
+        and rnn.allowed(0) == rnn.operations
+        and rnn.node_inputs(3) == [0, 1, 2]
+    )
     assert darts_cnn_space().node_edge_slice(5) == slice(9, 14)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(topology=((0, 1), (0, 2), (1, 2))), None),  # fine: node 2 has two inputs
-    (dict(topology=((0, 1), (1, 3))), "node"),  # (1, 3) ok but node 2 has no edge
-    (dict(topology=((1, 2), (0, 1))), "grouped by node"),
-    (dict(topology=((0, 1), (2, 2))), "earlier state"),
-    (dict(topology=((0, 1), (1, 2)), allowed_ops=(("a",),)), "lists 1 edge"),
-    (dict(topology=((0, 1), (1, 2)), allowed_ops=(("a",), ("z",))), "unknown or repeated"),
-    (dict(topology=((0, 1), (1, 2)), allowed_ops=(("a",), ("none",))), "other than 'none'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(topology=((0, 1), (0, 2), (1, 2))), None),  # fine: node 2 has two inputs
+        (dict(topology=((0, 1), (1, 3))), "node"),  # (1, 3) ok but node 2 has no edge
+        (dict(topology=((1, 2), (0, 1))), "grouped by node"),
+        (dict(topology=((0, 1), (2, 2))), "earlier state"),
+        (dict(topology=((0, 1), (1, 2)), allowed_ops=(("a",),)), "lists 1 edge"),
+        (dict(topology=((0, 1), (1, 2)), allowed_ops=(("a",), ("z",))), "unknown or repeated"),
+        (dict(topology=((0, 1), (1, 2)), allowed_ops=(("a",), ("none",))), "other than 'none'"),
+    ],
+)
 def test_bad_topologies_and_masks_are_rejected(kwargs, message):
     build = lambda: SearchSpace("toy", ("none", "a", "b"), 1, 2, 1, **kwargs)  # noqa: E731
     if message is None:
         assert build().edges == [(0, 1), (0, 2), (1, 2)]
-        with pytest.raises(ValueError, match="edges_per_node=2 must be between 1 and the 1 incoming"):
+        with pytest.raises(
+            ValueError, match="edges_per_node=2 must be between 1 and the 1 incoming"
+        ):
             SearchSpace("toy", ("none", "a"), 1, 2, 2, **kwargs)  # node 1 has a single input
         return
     with pytest.raises(ValueError, match=message):
@@ -87,7 +102,9 @@ def test_edges_compete_with_their_masked_mixing_probs():
     """DARTS keeps a node's strongest edges by the weights the mixing really used (masked softmax)."""
     allowed = (("none", "a"), ("none", "a"), ("none", "a", "b"))
     space = SearchSpace("toy", ("none", "a", "b"), 1, 2, 1, allowed_ops=allowed)
-    alpha = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.5, 0.0]]])  # edges (0,1), (0,2), (1,2)
+    alpha = torch.tensor(
+        [[[0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 0.5, 0.0]]]
+    )  # edges (0,1), (0,2), (1,2)
     # edge (0,2): b is disallowed, so a has weight 1/2 > 0.45 = a's weight on (1,2)
     assert derive_genotype(alpha, space, ["x"]).cells["x"] == (E(1, 0, "a"), E(2, 0, "a"))
 
@@ -106,27 +123,47 @@ def test_transformer_genotype_file_round_trip_and_old_files_still_load(tmp_path)
     path = str(tmp_path / "g.json")
     save_genotype(path, g)
     raw = json.load(open(path))
-    assert raw["version"] == 1 and raw["search_space"]["topology"] == [[0, 1], [1, 2], [2, 3], [3, 4]]
+    assert raw["version"] == 1 and raw["search_space"]["topology"] == [
+        [0, 1],
+        [1, 2],
+        [2, 3],
+        [3, 4],
+    ]
     assert raw["search_space"]["allowed_ops"][1] == list(CHANNEL)
     assert load_genotype(path, space=space) == g
     # a file written before topologies existed (no topology / allowed_ops fields) is the DARTS DAG
     old = {
-        "format": "mdnas-genotype", "version": 1,
-        "search_space": {"name": "darts_rnn", "operations": ["none", "tanh", "relu", "sigmoid", "identity"],
-                         "num_input_nodes": 1, "num_nodes": 2, "edges_per_node": 1, "none_op": "none"},
+        "format": "mdnas-genotype",
+        "version": 1,
+        "search_space": {
+            "name": "darts_rnn",
+            "operations": ["none", "tanh", "relu", "sigmoid", "identity"],
+            "num_input_nodes": 1,
+            "num_nodes": 2,
+            "edges_per_node": 1,
+            "none_op": "none",
+        },
         "domains": ["en"],
-        "cells": {"en": [{"node": 1, "input": 0, "op": "relu"}, {"node": 2, "input": 0, "op": "tanh"}]},
+        "cells": {
+            "en": [{"node": 1, "input": 0, "op": "relu"}, {"node": 2, "input": 0, "op": "tanh"}]
+        },
     }
     old_path = tmp_path / "old.json"
     old_path.write_text(json.dumps(old))
     loaded = load_genotype(str(old_path), space=darts_rnn_space(2))
-    assert loaded.space.to_dict() == old["search_space"] and loaded.space.edges == [(0, 1), (0, 2), (1, 2)]
+    assert loaded.space.to_dict() == old["search_space"] and loaded.space.edges == [
+        (0, 1),
+        (0, 2),
+        (1, 2),
+    ]
     # a disallowed op in a file is named with the file
     raw["cells"]["en"][0]["op"] = "ffn_relu"
     del raw["union"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(raw))
-    with pytest.raises(GenotypeError, match=rf"{bad}: domain 'en': operation 'ffn_relu' is not allowed"):
+    with pytest.raises(
+        GenotypeError, match=rf"{bad}: domain 'en': operation 'ffn_relu' is not allowed"
+    ):
         load_genotype(str(bad))
 
 
@@ -134,7 +171,9 @@ def test_masked_alpha_gives_zero_weight_no_gradient_and_no_js():
     space = transformer_lm_space(2, (3,))
     arch = DomainArchitectures(["en", "de"]).alpha(space, init_scale=1.0)
     mask = torch.tensor(space.allowed_mask())
-    assert torch.all(arch.alpha[:, ~mask] == MASKED_LOGIT) and torch.all(arch.alpha[:, mask].abs() < 10)
+    assert torch.all(arch.alpha[:, ~mask] == MASKED_LOGIT) and torch.all(
+        arch.alpha[:, mask].abs() < 10
+    )
     with torch.no_grad():  # even a large value on a disallowed entry is ignored by the mixing
         arch.alpha[0, 0, space.op_index("ffn_relu")] = 30.0
     with arch.trainable() as alpha:

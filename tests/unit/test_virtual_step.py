@@ -7,17 +7,18 @@ References, independent of ``mdnas_fairseq.search.virtual_step``:
   differentiable function of alpha (double backward through the training gradient) and itself
   checked against the real optimizer's step.
 """
+
 import argparse
 import copy
 import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from fairseq.optim.adam import FairseqAdam
 from fairseq.optim.nag import FairseqNAG
 from fairseq.optim.sgd import SGD as FairseqSGD
+from omegaconf import OmegaConf
+
 from mdnas_fairseq.search import BilevelArchitect, SGDVirtualStep, architecture_parameters
 from mdnas_fairseq.tasks.bilevel.optimizers import virtual_step_for
 from tests.helpers.tiny_net import TRAIN, VAL, closures, make_batch, make_model, ref_loss
@@ -43,13 +44,28 @@ def make_optimizer(kind, params):
     if kind == "sgd":
         return FairseqSGD(argparse.Namespace(lr=[0.4], momentum=0.9, weight_decay=0.03), params)
     if kind == "sgd_nesterov":
-        return TorchSGDWrapper(params, lr=0.4, momentum=0.8, dampening=0.0, nesterov=True, weight_decay=0.03)
+        return TorchSGDWrapper(
+            params, lr=0.4, momentum=0.8, dampening=0.0, nesterov=True, weight_decay=0.03
+        )
     if kind == "nag":
-        return FairseqNAG(OmegaConf.create({"lr": [0.3], "momentum": 0.9, "weight_decay": 0.02}), params)
+        return FairseqNAG(
+            OmegaConf.create({"lr": [0.3], "momentum": 0.9, "weight_decay": 0.02}), params
+        )
     if kind == "adam":
-        return FairseqAdam(OmegaConf.create({"lr": [0.05], "adam_betas": "(0.9, 0.98)", "adam_eps": 1e-6,
-                                             "weight_decay": 0.01, "use_old_adam": True, "fp16_adam_stats": False,
-                                             "tpu": False}), params)
+        return FairseqAdam(
+            OmegaConf.create(
+                {
+                    "lr": [0.05],
+                    "adam_betas": "(0.9, 0.98)",
+                    "adam_eps": 1e-6,
+                    "weight_decay": 0.01,
+                    "use_old_adam": True,
+                    "fp16_adam_stats": False,
+                    "tpu": False,
+                }
+            ),
+            params,
+        )
     raise KeyError(kind)
 
 
@@ -70,7 +86,9 @@ def unrolled(kind, opt, ws, grads):
         elif kind == "nag":
             m = group["momentum"]
             lr_correct = lr / group.get("lr_old", lr)
-            out.append(w * (1 - lr * wd) + m * m * lr_correct * state["momentum_buffer"] - (1 + m) * lr * g)
+            out.append(
+                w * (1 - lr * wd) + m * m * lr_correct * state["momentum_buffer"] - (1 + m) * lr * g
+            )
         else:
             b1, b2 = group["betas"]
             t = state["step"] + 1
@@ -122,7 +140,9 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("kind", ["sgd", "sgd_nesterov", "nag", "adam"])
 def test_virtual_step_is_the_real_optimizer_step(kind):
-    tol = 1e-6 if kind == "nag" else 1e-12  # fairseq's NAG computes in float32 even for float64 weights
+    tol = (
+        1e-6 if kind == "nag" else 1e-12
+    )  # fairseq's NAG computes in float32 even for float64 weights
     model, weights, opt = warmed_up(kind)
     before = copy.deepcopy(([w.detach() for w in weights], opt.optimizer.state_dict()))
     want = real_step(model, opt, kind)
@@ -149,11 +169,15 @@ def test_second_order_gradient_equals_autograd_through_the_optimizer_step(kind):
     model, weights, opt = warmed_up(kind)
     exact, _ = hypergradient(kind, model, weights, opt)
     architect = BilevelArchitect(weights, architecture_parameters(model), order=2)
-    got = architect.alpha_gradients(*closures(model), virtual_step=virtual_step_for(opt, weights))["grads"][0]
+    got = architect.alpha_gradients(*closures(model), virtual_step=virtual_step_for(opt, weights))[
+        "grads"
+    ][0]
     assert rel_err(got, exact) < 1e-3
     # the rule matters: a plain SGD step at the optimizer's learning rate (what DARTS code does) is far off
     lr = opt.optimizer.param_groups[0]["lr"]
-    plain = architect.alpha_gradients(*closures(model), virtual_step=SGDVirtualStep(lr=lr))["grads"][0]
+    plain = architect.alpha_gradients(*closures(model), virtual_step=SGDVirtualStep(lr=lr))[
+        "grads"
+    ][0]
     assert rel_err(plain, exact) > 0.02
 
 
@@ -173,7 +197,14 @@ def test_adam_virtual_step_at_the_first_update():
     group = opt.optimizer.param_groups[0]
     b1, b2 = group["betas"]
     for gi, jac in zip(g, virtual.jacobian([w.detach() for w in weights], grads)):
-        step = group["lr"] * math.sqrt(1 - b2) / (1 - b1) * (1 - b1) * gi / ((1 - b2) ** 0.5 * gi.abs() + group["eps"])
+        step = (
+            group["lr"]
+            * math.sqrt(1 - b2)
+            / (1 - b1)
+            * (1 - b1)
+            * gi
+            / ((1 - b2) ** 0.5 * gi.abs() + group["eps"])
+        )
         (auto,) = torch.autograd.grad(step.sum(), gi)
         torch.testing.assert_close(jac, auto, rtol=1e-9, atol=1e-12)
 

@@ -1,6 +1,7 @@
 """Tests of the pictures and the report (mdnas_fairseq.viz): cell diagrams checked against the
 hand-built genotype's edges (DOT source and rendered SVG), heatmaps, the alpha history, and the
 Markdown report's numbers and degradation when fields, files or Graphviz are missing."""
+
 import json
 import os
 import re
@@ -22,10 +23,16 @@ from mdnas_fairseq.search import (
 )
 from mdnas_fairseq.viz import draw, heatmap, report
 from mdnas_fairseq.viz.common import domain_colors
-from mdnas_fairseq.viz.draw import GraphvizNotInstalledError, cell_digraph, draw_genotype, union_digraph
+from mdnas_fairseq.viz.draw import (
+    GraphvizNotInstalledError,
+    cell_digraph,
+    draw_genotype,
+    union_digraph,
+)
 
 needs_dot = pytest.mark.skipif(
-    shutil.which("dot") is None, reason="Graphviz `dot` program not installed (apt-get install graphviz)"
+    shutil.which("dot") is None,
+    reason="Graphviz `dot` program not installed (apt-get install graphviz)",
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +60,10 @@ INTERMEDIATE_NODES = (1, 2, 3)
 
 
 def hand_genotype() -> MultiDomainGenotype:
-    cells = {d: tuple(GenotypeEdge(node=j, input=i, op=op) for i, j, op in edges) for d, edges in CELLS.items()}
+    cells = {
+        d: tuple(GenotypeEdge(node=j, input=i, op=op) for i, j, op in edges)
+        for d, edges in CELLS.items()
+    }
     return MultiDomainGenotype(darts_rnn_space(num_nodes=3), ("en", "de"), cells)
 
 
@@ -153,14 +163,24 @@ def test_union_graph_marks_shared_and_domain_specific_ops():
 
 def test_conv_cell_has_two_inputs_and_output_only_from_intermediate_nodes():
     space = darts_cnn_space(num_nodes=2)  # inputs 0, 1; nodes 2, 3; two edges per node
-    edges = [(0, 2, "sep_conv_3x3"), (1, 2, "skip_connect"), (0, 3, "max_pool_3x3"), (2, 3, "dil_conv_3x3")]
-    genotype = MultiDomainGenotype(space, ("r0",), {"r0": tuple(GenotypeEdge(j, i, op) for i, j, op in edges)})
+    edges = [
+        (0, 2, "sep_conv_3x3"),
+        (1, 2, "skip_connect"),
+        (0, 3, "max_pool_3x3"),
+        (2, 3, "dil_conv_3x3"),
+    ]
+    genotype = MultiDomainGenotype(
+        space, ("r0",), {"r0": tuple(GenotypeEdge(j, i, op) for i, j, op in edges)}
+    )
     nodes, graph_edges = parse_dot(cell_digraph(genotype, "r0").source)
     assert nodes["s0"]["label"] == "c_{k-2}" and nodes["s1"]["label"] == "c_{k-1}"
     assert sorted((t, h, a["label"]) for t, h, a in graph_edges if "label" in a) == sorted(
         (f"s{i}", f"s{j}", op) for i, j, op in edges
     )
-    assert sorted((t, h) for t, h, a in graph_edges if "label" not in a) == [("s2", "out"), ("s3", "out")]
+    assert sorted((t, h) for t, h, a in graph_edges if "label" not in a) == [
+        ("s2", "out"),
+        ("s3", "out"),
+    ]
 
 
 @needs_dot
@@ -182,7 +202,9 @@ def test_draw_genotype_renders_valid_png_and_svg_with_the_right_graph(tmp_path):
             op_edges = [(i, j) for i, j, _ in UNION]
         else:
             op_edges = [(i, j) for i, j, _ in CELLS[key]]
-        expected_edges = [f"s{i}->s{j}" for i, j in op_edges] + [f"s{j}->out" for j in INTERMEDIATE_NODES]
+        expected_edges = [f"s{i}->s{j}" for i, j in op_edges] + [
+            f"s{j}->out" for j in INTERMEDIATE_NODES
+        ]
         assert Counter(svg_edges) == Counter(expected_edges)
     # atomic writes leave no temporary files behind
     assert set(os.listdir(out)) == expected_files
@@ -199,7 +221,11 @@ def test_draw_main_with_one_format_and_a_search_directory(tmp_path, capsys):
         ET.parse(out / name)
     # a search directory stands for its genotype.json; the default output is its figures/ folder
     assert draw.main([str(tmp_path), "--format", "png"]) == 0
-    assert sorted(os.listdir(tmp_path / "figures")) == ["genotype_de.png", "genotype_en.png", "genotype_union.png"]
+    assert sorted(os.listdir(tmp_path / "figures")) == [
+        "genotype_de.png",
+        "genotype_en.png",
+        "genotype_union.png",
+    ]
     assert "genotype_union.png" in capsys.readouterr().out
 
 
@@ -224,7 +250,9 @@ def test_draw_main_names_a_missing_genotype_file(tmp_path, capsys):
 # ------------------------------------------------------------------------------ heatmaps
 def random_weights(num_domains, space, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.softmax(torch.randn(num_domains, space.num_edges, space.num_ops, generator=g), dim=-1)
+    return torch.softmax(
+        torch.randn(num_domains, space.num_edges, space.num_ops, generator=g), dim=-1
+    )
 
 
 def test_save_alpha_heatmaps_one_png_per_domain(tmp_path):
@@ -236,12 +264,26 @@ def test_save_alpha_heatmaps_one_png_per_domain(tmp_path):
         width, height = png_size(p)
         assert width > 100 and height > 100
     # a nested list and the genotype file's {domain: weights} mapping work as well
-    listed = heatmap.save_alpha_heatmaps(weights.tolist(), space, ["en", "de"], str(tmp_path / "list"))
-    mapped = heatmap.save_alpha_heatmaps(
-        {"de": weights[1].tolist(), "en": weights[0].tolist()}, space, ["en", "de"], str(tmp_path / "map")
+    listed = heatmap.save_alpha_heatmaps(
+        weights.tolist(), space, ["en", "de"], str(tmp_path / "list")
     )
-    assert [os.path.basename(p) for p in listed] == [os.path.basename(p) for p in mapped] == ["alpha_en.png", "alpha_de.png"]
-    assert sorted(os.listdir(tmp_path)) == ["alpha_de_epoch4.png", "alpha_en_epoch4.png", "list", "map"]
+    mapped = heatmap.save_alpha_heatmaps(
+        {"de": weights[1].tolist(), "en": weights[0].tolist()},
+        space,
+        ["en", "de"],
+        str(tmp_path / "map"),
+    )
+    assert (
+        [os.path.basename(p) for p in listed]
+        == [os.path.basename(p) for p in mapped]
+        == ["alpha_en.png", "alpha_de.png"]
+    )
+    assert sorted(os.listdir(tmp_path)) == [
+        "alpha_de_epoch4.png",
+        "alpha_en_epoch4.png",
+        "list",
+        "map",
+    ]
 
 
 def test_heatmap_figure_labels_and_annotations():
@@ -249,9 +291,24 @@ def test_heatmap_figure_labels_and_annotations():
     weights = random_weights(1, space, seed=3)[0].numpy()
     fig = heatmap.alpha_heatmap_figure(weights, space, "title")
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["0->1", "0->2", "1->2", "0->3", "1->3", "2->3"]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "tanh", "relu", "sigmoid", "identity"]
-    annotations = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "0->1",
+        "0->2",
+        "1->2",
+        "0->3",
+        "1->3",
+        "2->3",
+    ]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "none",
+        "tanh",
+        "relu",
+        "sigmoid",
+        "identity",
+    ]
+    annotations = {
+        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
+    }
     assert annotations == {(e, k): f"{weights[e, k]:.2f}" for e in range(6) for k in range(5)}
 
 
@@ -260,17 +317,29 @@ def test_heatmap_rejects_wrong_shapes_and_non_softmax_rows(tmp_path):
     with pytest.raises(ValueError, match=r"shape \(2, 5, 5\)"):
         heatmap.save_alpha_heatmaps(torch.full((2, 5, 5), 0.2), space, ["en", "de"], str(tmp_path))
     with pytest.raises(ValueError, match="no weights for domain"):
-        heatmap.save_alpha_heatmaps({"en": random_weights(1, space)[0].tolist()}, space, ["en", "de"], str(tmp_path))
+        heatmap.save_alpha_heatmaps(
+            {"en": random_weights(1, space)[0].tolist()}, space, ["en", "de"], str(tmp_path)
+        )
     logits = torch.randn(2, 6, 5) * 3
     with pytest.raises(ValueError, match="from_logits=True"):
         heatmap.save_alpha_heatmaps(logits, space, ["en", "de"], str(tmp_path))
-    assert len(heatmap.save_alpha_heatmaps(logits, space, ["en", "de"], str(tmp_path), from_logits=True)) == 2
+    assert (
+        len(
+            heatmap.save_alpha_heatmaps(
+                logits, space, ["en", "de"], str(tmp_path), from_logits=True
+            )
+        )
+        == 2
+    )
 
 
 def write_history(path, epochs_weights):
     with open(path, "w", encoding="utf-8") as f:
         for epoch, alpha in epochs_weights:
-            f.write(json.dumps({"epoch": epoch, "alpha": alpha, "metrics": {"loss": 1.0 / epoch}}) + "\n")
+            f.write(
+                json.dumps({"epoch": epoch, "alpha": alpha, "metrics": {"loss": 1.0 / epoch}})
+                + "\n"
+            )
 
 
 def test_alpha_history_means_and_plot(tmp_path):
@@ -289,14 +358,18 @@ def test_alpha_history_means_and_plot(tmp_path):
     assert epochs == [1, 2]
     np.testing.assert_allclose(means, [[0.4, 0.2, 0.4], [0.3, 0.4, 0.3]])
     np.testing.assert_allclose(series["de"][1], [[0.5, 0.25, 0.25], [0.5, 0.5, 0.0]])
-    out = heatmap.plot_alpha_history(str(path), str(tmp_path / "fig" / "history.png"), operations=["a", "b", "c"])
+    out = heatmap.plot_alpha_history(
+        str(path), str(tmp_path / "fig" / "history.png"), operations=["a", "b", "c"]
+    )
     width, height = png_size(out)
     assert width > 100 and height > 100
 
 
 def test_alpha_history_names_the_bad_line_and_field(tmp_path):
     path = tmp_path / "alpha_history.jsonl"
-    path.write_text(json.dumps({"epoch": 1, "alpha": {"en": [[1.0]]}}) + "\n" + json.dumps({"epoch": 2}) + "\n")
+    path.write_text(
+        json.dumps({"epoch": 1, "alpha": {"en": [[1.0]]}}) + "\n" + json.dumps({"epoch": 2}) + "\n"
+    )
     with pytest.raises(ValueError, match=r"line 2: missing field 'alpha'"):
         heatmap.read_alpha_history(str(path))
     with pytest.raises(FileNotFoundError, match="alpha history file not found"):
@@ -308,8 +381,13 @@ PARAM_COUNTS = {"domains": {"en": 41234, "de": 42345}, "multimodel": 47890}
 SUM_OF_DOMAINS = 41234 + 42345
 METRICS = {"loss": 4.8125, "ppl_en": 123.456, "js": 0.0421}
 SETTINGS = {
-    "arch": "mdnas_rnn_tiny", "domains": ["en", "de"], "struct_coef": 0.25, "contrastive_coef": 0.5,
-    "alpha_order": "second", "lr": 20.0, "seed": 7,
+    "arch": "mdnas_rnn_tiny",
+    "domains": ["en", "de"],
+    "struct_coef": 0.25,
+    "contrastive_coef": 0.5,
+    "alpha_order": "second",
+    "lr": 20.0,
+    "seed": 7,
 }
 
 
@@ -324,8 +402,16 @@ def write_search_dir(directory, with_extras=True):
     for epoch in (11, 12):
         weights = random_weights(2, space, seed=epoch)
         alpha = {"en": weights[0].tolist(), "de": weights[1].tolist()}
-        extra = {"epoch": epoch, "alpha": alpha, "param_counts": PARAM_COUNTS, "metrics": METRICS, "settings": SETTINGS}
-        save_genotype(os.path.join(directory, "genotypes", f"genotype_epoch{epoch}.json"), genotype, extra)
+        extra = {
+            "epoch": epoch,
+            "alpha": alpha,
+            "param_counts": PARAM_COUNTS,
+            "metrics": METRICS,
+            "settings": SETTINGS,
+        }
+        save_genotype(
+            os.path.join(directory, "genotypes", f"genotype_epoch{epoch}.json"), genotype, extra
+        )
         history.append((epoch, alpha))
     save_genotype(os.path.join(directory, "genotype.json"), genotype, extra)
     write_history(os.path.join(directory, "alpha_history.jsonl"), history)
@@ -334,7 +420,7 @@ def write_search_dir(directory, with_extras=True):
 
 def section(text, heading):
     start = text.index(heading)
-    rest = text[start + len(heading):]
+    rest = text[start + len(heading) :]
     following = re.search(r"^#{1,3} ", rest, flags=re.M)
     return rest[: following.start()] if following else rest
 
@@ -369,10 +455,18 @@ def test_report_contains_the_numbers_tables_and_pictures(tmp_path):
         rows = re.findall(r"^\| (\d+) \| (\d+)[^|]* \| `(\w+)` \|$", table, flags=re.M)
         assert sorted((int(i), int(j), op) for j, i, op in rows) == sorted(edges)
     union = section(text, "## Concordant union")
-    rows = re.findall(r"^\| (\d+) \| (\d+)[^|]* \| `(\w+)` \| ([^|]+) \| ([\w-]+) \|$", union, flags=re.M)
-    parsed = {(int(i), int(j), op): (set(users.strip().split(", ")), kind) for j, i, op, users, kind in rows}
+    rows = re.findall(
+        r"^\| (\d+) \| (\d+)[^|]* \| `(\w+)` \| ([^|]+) \| ([\w-]+) \|$", union, flags=re.M
+    )
+    parsed = {
+        (int(i), int(j), op): (set(users.strip().split(", ")), kind)
+        for j, i, op, users, kind in rows
+    }
     assert {k: v[0] for k, v in parsed.items()} == UNION
-    assert all(kind == ("shared" if len(users) > 1 else "domain-specific") for users, kind in parsed.values())
+    assert all(
+        kind == ("shared" if len(users) > 1 else "domain-specific")
+        for users, kind in parsed.values()
+    )
 
     epochs = section(text, "## Over the epochs")
     assert re.search(r"^\| 11 \| 25\.0% \(1/4\) \| 5 \| 47890 \|$", epochs, flags=re.M)
@@ -380,7 +474,13 @@ def test_report_contains_the_numbers_tables_and_pictures(tmp_path):
 
     links = linked_files(text, search_dir)
     names = {os.path.basename(p) for p in links}
-    assert {"genotype_union.png", "genotype_en.svg", "alpha_en.png", "alpha_de.png", "alpha_history.png"} <= names
+    assert {
+        "genotype_union.png",
+        "genotype_en.svg",
+        "alpha_en.png",
+        "alpha_de.png",
+        "alpha_history.png",
+    } <= names
     for p in links:
         assert os.path.isfile(p), f"report links to missing file {p}"
         if p.endswith(".png"):
@@ -430,4 +530,6 @@ def test_report_main_names_a_missing_genotype_file(tmp_path, capsys):
     (tmp_path / "empty_search").mkdir()
     assert report.main([str(tmp_path / "empty_search")]) == 1
     err = capsys.readouterr().err
-    assert os.path.join(str(tmp_path / "empty_search"), "genotype.json") in err and "not found" in err
+    assert (
+        os.path.join(str(tmp_path / "empty_search"), "genotype.json") in err and "not found" in err
+    )

@@ -1,5 +1,6 @@
 """The report's decisiveness section and plot (mdnas_fairseq.viz): per-epoch entropy and margin of
 softmax(alpha) per domain from alpha_history.jsonl, checked against values worked by hand."""
+
 import json
 import math
 import os
@@ -22,7 +23,15 @@ HAND = {
     (1, "en"): (math.log(5), 0.0),
     (1, "de"): (math.log(2), 0.5),
     (2, "en"): (-(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1)), 0.6),
-    (2, "de"): (-(0.6 * math.log(0.6) + 0.1 * math.log(0.1) + 0.25 * math.log(0.25) + 0.05 * math.log(0.05)), 0.15),
+    (2, "de"): (
+        -(
+            0.6 * math.log(0.6)
+            + 0.1 * math.log(0.1)
+            + 0.25 * math.log(0.25)
+            + 0.05 * math.log(0.05)
+        ),
+        0.15,
+    ),
 }
 
 
@@ -52,7 +61,7 @@ def test_series_equal_hand_values(tmp_path):
 def test_report_table_and_plot(tmp_path):
     write_dir(str(tmp_path))
     text = open(report.write_report(str(tmp_path)), encoding="utf-8").read()
-    section = text[text.index("## Decisiveness over the search"):text.index("## Figures")]
+    section = text[text.index("## Decisiveness over the search") : text.index("## Figures")]
     assert "| epoch | entropy en | margin en | entropy de | margin de |" in section
     for epoch in (1, 2):
         values = [f"{v:.4f}" for d in ("en", "de") for v in HAND[(epoch, d)]]
@@ -67,7 +76,7 @@ def test_report_table_and_plot(tmp_path):
 def test_report_without_history_and_bad_shapes(tmp_path):
     write_dir(str(tmp_path), history=False)
     text = open(report.write_report(str(tmp_path)), encoding="utf-8").read()
-    section = text[text.index("## Decisiveness over the search"):text.index("## Figures")]
+    section = text[text.index("## Decisiveness over the search") : text.index("## Figures")]
     assert "`alpha_history.jsonl` is missing" in section
     path = tmp_path / "alpha_history.jsonl"
     path.write_text(json.dumps({"epoch": 4, "alpha": {"en": [[0.5, 0.5]]}}) + "\n")

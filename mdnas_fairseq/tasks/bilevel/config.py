@@ -1,4 +1,5 @@
 """The options of the bilevel search, shared by the language and the vision task, validated once."""
+
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -13,26 +14,43 @@ class BilevelSearchConfig(FairseqDataclass):
     domains: str = field(default="", metadata={"help": "comma-separated domain names, e.g. en,de"})
     heldout_subset: str = field(
         default="heldout",
-        metadata={"help": "held-out part of the training data used by the alpha step (never valid/test)"},
+        metadata={
+            "help": "held-out part of the training data used by the alpha step (never valid/test)"
+        },
     )
     alpha_order: int = field(
         default=1,
-        metadata={"help": "alpha step: 1 first order, 2 DARTS second order (its virtual step is one step "
-                          "of the weight optimizer's own rule: sgd, nag or adam, without gradient clipping)"},
+        metadata={
+            "help": "alpha step: 1 first order, 2 DARTS second order (its virtual step is one step "
+            "of the weight optimizer's own rule: sgd, nag or adam, without gradient clipping)"
+        },
     )
-    alpha_lr: float = field(default=3e-3, metadata={"help": "learning rate of the alpha optimizer (Adam)"})
+    alpha_lr: float = field(
+        default=3e-3, metadata={"help": "learning rate of the alpha optimizer (Adam)"}
+    )
     alpha_betas: List[float] = field(
-        default_factory=lambda: [0.5, 0.999], metadata={"help": "Adam betas of the alpha optimizer, e.g. 0.5,0.999"}
+        default_factory=lambda: [0.5, 0.999],
+        metadata={"help": "Adam betas of the alpha optimizer, e.g. 0.5,0.999"},
     )
-    alpha_weight_decay: float = field(default=1e-3, metadata={"help": "weight decay of the alpha optimizer"})
-    alpha_start_update: int = field(default=0, metadata={"help": "first update that takes an alpha step"})
+    alpha_weight_decay: float = field(
+        default=1e-3, metadata={"help": "weight decay of the alpha optimizer"}
+    )
+    alpha_start_update: int = field(
+        default=0, metadata={"help": "first update that takes an alpha step"}
+    )
     domain_probs: Optional[List[float]] = field(
-        default=None, metadata={"help": "fixed domain probabilities p, e.g. 0.7,0.3 (default: uniform)"}
+        default=None,
+        metadata={"help": "fixed domain probabilities p, e.g. 0.7,0.3 (default: uniform)"},
     )
     eta_p: float = field(
-        default=0.0, metadata={"help": "robust p = softmax(eta_p * per-domain held-out cross-entropy); 0 keeps p"}
+        default=0.0,
+        metadata={
+            "help": "robust p = softmax(eta_p * per-domain held-out cross-entropy); 0 keeps p"
+        },
     )
-    no_alpha_heatmaps: bool = field(default=False, metadata={"help": "do not save softmax(alpha) heatmaps every epoch"})
+    no_alpha_heatmaps: bool = field(
+        default=False, metadata={"help": "do not save softmax(alpha) heatmaps every epoch"}
+    )
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
     reset_optimizer: bool = II("checkpoint.reset_optimizer")
@@ -48,7 +66,9 @@ class BilevelSearchConfig(FairseqDataclass):
 def parse_domains(spec: str) -> List[str]:
     domains = [d.strip() for d in (spec or "").split(",") if d.strip()]
     if not domains:
-        raise ValueError("--domains is required: a comma-separated list of domain names, e.g. --domains en,de")
+        raise ValueError(
+            "--domains is required: a comma-separated list of domain names, e.g. --domains en,de"
+        )
     if len(set(domains)) != len(domains):
         raise ValueError(f"--domains lists a domain twice: {spec}")
     return domains
@@ -60,10 +80,16 @@ def validate(cfg, num_domains: int) -> None:
         raise ValueError(f"--alpha-order must be 1 or 2, got {cfg.alpha_order}")
     betas = list(cfg.alpha_betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"--alpha-betas must be two numbers in [0, 1), e.g. 0.5,0.999; got {betas}")
+        raise ValueError(
+            f"--alpha-betas must be two numbers in [0, 1), e.g. 0.5,0.999; got {betas}"
+        )
     if cfg.domain_probs is not None and len(cfg.domain_probs) not in (0, num_domains):
-        raise ValueError(f"--domain-probs gives {len(cfg.domain_probs)} values for {num_domains} domains")
-    evaluation = set(EVALUATION_SPLITS) | {s.strip() for s in str(cfg.valid_subset or "").split(",") if s.strip()}
+        raise ValueError(
+            f"--domain-probs gives {len(cfg.domain_probs)} values for {num_domains} domains"
+        )
+    evaluation = set(EVALUATION_SPLITS) | {
+        s.strip() for s in str(cfg.valid_subset or "").split(",") if s.strip()
+    }
     if cfg.heldout_subset.split(".")[0] in evaluation:
         raise ValueError(
             f"--heldout-subset {cfg.heldout_subset!r} is an evaluation split ({', '.join(sorted(evaluation))}): the "

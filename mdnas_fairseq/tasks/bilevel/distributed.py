@@ -1,4 +1,5 @@
 """Data-parallel helpers: this worker's rank, the number of workers, sums over workers."""
+
 import torch
 from fairseq.distributed import utils as distributed_utils
 

@@ -5,6 +5,7 @@ iterator starts its next epoch (reshuffled). Creating an iterator draws a seed f
 global RNG; that RNG (which fairseq reseeds every update, for dropout) is kept untouched, so a
 resumed run, which creates its iterators at other times, draws the same dropout masks.
 """
+
 from typing import Dict
 
 import torch
@@ -34,8 +35,12 @@ class HeldoutBatches:
             single = ds.subset_of_domain(domain)
             cfg = self.host.cfg
             it = self.host.get_batch_iterator(
-                dataset=single, max_tokens=cfg.max_tokens, max_sentences=cfg.batch_size,
-                seed=cfg.seed + 1 + domain, num_shards=distributed.world_size(), shard_id=distributed.rank(),
+                dataset=single,
+                max_tokens=cfg.max_tokens,
+                max_sentences=cfg.batch_size,
+                seed=cfg.seed + 1 + domain,
+                num_shards=distributed.world_size(),
+                shard_id=distributed.rank(),
                 disable_iterator_cache=True,
             )
             saved = self.saved.pop(domain, None)
@@ -57,8 +62,10 @@ class HeldoutBatches:
                     if batch:  # fairseq pads the shards of data-parallel workers with empty batches
                         return batch
             name = self.host.domain_names[domain]
-            raise ValueError(f"domain {name!r}: subset {self.host.cfg.heldout_subset}.{name} gives worker "
-                             f"{distributed.rank()} no batch (too few sentences for {distributed.world_size()} workers)")
+            raise ValueError(
+                f"domain {name!r}: subset {self.host.cfg.heldout_subset}.{name} gives worker "
+                f"{distributed.rank()} no batch (too few sentences for {distributed.world_size()} workers)"
+            )
 
     def state_dict(self) -> Dict[int, dict]:
         return {int(d): it.state_dict() for d, it in self.iterators.items()}

@@ -1,4 +1,5 @@
 """The contract between :class:`~.mixin.BilevelSearchMixin` and the fairseq task it is mixed into."""
+
 from typing import Any, Dict, List, Protocol
 
 import torch
@@ -18,7 +19,9 @@ class SearchHost(Protocol):
     def train_subset_name(self) -> str:
         """The split the weight step trains on (``train``)."""
 
-    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> MultiDomainDataset:
+    def load_dataset(
+        self, split: str, epoch: int = 1, combine: bool = False, **kwargs
+    ) -> MultiDomainDataset:
         """Load ``split`` (``train``, the held-out ``--heldout-subset``, ``valid``, ``test``, ``test.<domain>``)."""
 
     def triplet_labels(self, sample: dict) -> torch.Tensor:
@@ -27,5 +30,7 @@ class SearchHost(Protocol):
     def get_batch_iterator(self, dataset, **kwargs):
         """fairseq's FairseqTask.get_batch_iterator."""
 
-    def filter_indices_by_size(self, indices, dataset, max_positions=None, ignore_invalid_inputs=False):
+    def filter_indices_by_size(
+        self, indices, dataset, max_positions=None, ignore_invalid_inputs=False
+    ):
         """fairseq's FairseqTask.filter_indices_by_size."""

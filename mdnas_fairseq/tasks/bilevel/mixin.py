@@ -7,6 +7,7 @@ the bilevel step (:mod:`.step`), domain-drawn epochs (:mod:`.epochs`), held-out 
 (:mod:`.optimizers`), mixed precision (:mod:`.precision`), workers (:mod:`.distributed`), resume
 (:mod:`.resume`) and the files a search writes (:mod:`.outputs`).
 """
+
 import contextlib
 from typing import Dict, List, Optional
 
@@ -29,7 +30,9 @@ class SearchState:
         self.domain_sampler = DomainSampler(num_domains, probs, cfg.eta_p)
         self.architect: Optional[BilevelArchitect] = None
         self.epoch_probs: Dict[int, List[float]] = {}  # p of each epoch's batch draws
-        self.epoch_probs_host: List[float] = self.domain_sampler.probs.tolist()  # p of the current epoch
+        self.epoch_probs_host: List[float] = (
+            self.domain_sampler.probs.tolist()
+        )  # p of the current epoch
         self.heldout = HeldoutBatches(host)
         self.last_alpha_update: Optional[int] = None
         self.alpha_scale_factor = 1.0  # fp16: halved after an overflowed alpha gradient
@@ -63,8 +66,12 @@ class BilevelSearchMixin:
         alphas = architecture_parameters(core)
         if alphas:
             self.search.architect = BilevelArchitect(
-                weight_parameters(core), alphas, order=self.cfg.alpha_order, lr=self.cfg.alpha_lr,
-                betas=tuple(self.cfg.alpha_betas), weight_decay=self.cfg.alpha_weight_decay,
+                weight_parameters(core),
+                alphas,
+                order=self.cfg.alpha_order,
+                lr=self.cfg.alpha_lr,
+                betas=tuple(self.cfg.alpha_betas),
+                weight_decay=self.cfg.alpha_weight_decay,
             )
             if self.search.pending_architect is not None:
                 self.search.architect.load_state_dict(self.search.pending_architect)
@@ -75,8 +82,12 @@ class BilevelSearchMixin:
         """A derived multimodel runs only its batch's domain modules: under PyTorch's DDP the other
         domains' parameters get no gradient, which DDP must be told about."""
         several = not getattr(core, "is_search", True) and len(core.architecture_names) > 1
-        if (several and self.cfg.distributed_world_size > 1 and self.cfg.ddp_backend in ("pytorch_ddp", "c10d")
-                and not self.cfg.find_unused_parameters):
+        if (
+            several
+            and self.cfg.distributed_world_size > 1
+            and self.cfg.ddp_backend in ("pytorch_ddp", "c10d")
+            and not self.cfg.find_unused_parameters
+        ):
             raise ValueError(
                 f"the derived multimodel has one cell per domain ({', '.join(core.architecture_names)}): a worker's "
                 "batch uses one domain's parameters only, which --ddp-backend pytorch_ddp rejects; add "
@@ -86,7 +97,8 @@ class BilevelSearchMixin:
     def build_criterion(self, cfg, *args, **kwargs):
         criterion = super().build_criterion(cfg, *args, **kwargs)
         self.criterion_settings = {
-            k: getattr(criterion, k) for k in ("struct_coef", "contrastive_coef", "triplet_margin", "param_coef")
+            k: getattr(criterion, k)
+            for k in ("struct_coef", "contrastive_coef", "triplet_margin", "param_coef")
             if hasattr(criterion, k)
         }
         return criterion
@@ -100,13 +112,21 @@ class BilevelSearchMixin:
         model.train()
         model.set_num_updates(update_num)
         core = unwrap_model(model)
-        if self.uses_contrastive(criterion) and not ignore_grad:  # one partner batch serves both steps
-            other = partners.partner_domain(sample["domain"], self.search.epoch_probs_host, self.cfg.seed, update_num)
+        if (
+            self.uses_contrastive(criterion) and not ignore_grad
+        ):  # one partner batch serves both steps
+            other = partners.partner_domain(
+                sample["domain"], self.search.epoch_probs_host, self.cfg.seed, update_num
+            )
             partners.attach_partner(sample, self.datasets[self.train_subset_name()], other, core)
         search_log = {}
         if self.architect is not None:
-            search_log = step.alpha_step(self, sample, core, criterion, optimizer, update_num, ignore_grad)
-        amp = type(optimizer).__name__ == "AMPOptimizer"  # fairseq's --amp: autocast the weight step's forward
+            search_log = step.alpha_step(
+                self, sample, core, criterion, optimizer, update_num, ignore_grad
+            )
+        amp = (
+            type(optimizer).__name__ == "AMPOptimizer"
+        )  # fairseq's --amp: autocast the weight step's forward
         with torch.autocast("cuda") if amp else contextlib.nullcontext():
             loss, sample_size, logging_output = criterion(model, sample)
         if ignore_grad:
@@ -116,8 +136,10 @@ class BilevelSearchMixin:
         return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):
-        super().reduce_metrics(log_schema.strip(logging_outputs, [log_schema.DOMAIN_LOSS, log_schema.DOMAIN_SIZE]),
-                               criterion)
+        super().reduce_metrics(
+            log_schema.strip(logging_outputs, [log_schema.DOMAIN_LOSS, log_schema.DOMAIN_SIZE]),
+            criterion,
+        )
         log_schema.log_domain_metrics(logging_outputs, self.domain_names)
         if any(log_schema.SEARCH_COUNT in log for log in logging_outputs):
             names = self.architecture_names_for_logging()
@@ -125,7 +147,11 @@ class BilevelSearchMixin:
 
     def architecture_names_for_logging(self) -> List[str]:
         architect = self.architect
-        if architect is not None and architect.alphas[0].shape[0] == 1 and len(self.domain_names) > 1:
+        if (
+            architect is not None
+            and architect.alphas[0].shape[0] == 1
+            and len(self.domain_names) > 1
+        ):
             return ["+".join(self.domain_names)]
         return list(self.domain_names)
 
@@ -143,7 +169,9 @@ class BilevelSearchMixin:
         trained = self.search.trained_epoch
         if trained is not None and kwargs.get("epoch", 1) > trained:
             self.write_search_outputs(trained)  # fairseq asks for the next epoch when one has ended
-        if dataset in self.dataset_to_epoch_iter and not kwargs.get("update_epoch_batch_itr", False):
+        if dataset in self.dataset_to_epoch_iter and not kwargs.get(
+            "update_epoch_batch_itr", False
+        ):
             return self.dataset_to_epoch_iter[dataset]
         self.restore_search_state()
         for unused in ("disable_iterator_cache", "update_epoch_batch_itr"):
@@ -182,7 +210,9 @@ class BilevelSearchMixin:
             return
         if "domain_sampler" in state:
             self.search.domain_sampler.load_state_dict(state["domain_sampler"])
-        self.search.epoch_probs = {int(k): list(v) for k, v in state.get("epoch_domain_probs", {}).items()}
+        self.search.epoch_probs = {
+            int(k): list(v) for k, v in state.get("epoch_domain_probs", {}).items()
+        }
         self.search.heldout.load_state_dict(state.get("heldout_iterators", {}))
         if "architect" in state:
             if self.architect is not None:
@@ -217,14 +247,24 @@ class BilevelSearchMixin:
         write: at the end of every epoch (validated or not), at validation and at checkpoint saves."""
         search = self.search
         core = unwrap_model(search.model) if search.model is not None else None
-        if core is None or not getattr(core, "is_search", False) or not distributed.is_master() or not self.cfg.save_dir:
+        if (
+            core is None
+            or not getattr(core, "is_search", False)
+            or not distributed.is_master()
+            or not self.cfg.save_dir
+        ):
             return None
         mark = (epoch, search.last_alpha_update)
         if search.written == mark:
             return None
         search.written = mark
-        return outputs.write_search_outputs(core, self.cfg.save_dir, epoch, self.search_settings(core),
-                                            heatmaps=not self.cfg.no_alpha_heatmaps)
+        return outputs.write_search_outputs(
+            core,
+            self.cfg.save_dir,
+            epoch,
+            self.search_settings(core),
+            heatmaps=not self.cfg.no_alpha_heatmaps,
+        )
 
     def search_settings(self, core) -> Dict[str, object]:
         cfg = self.cfg

@@ -4,6 +4,7 @@ The rule and its state (momentum buffers, Adam moments and step count) are the o
 see :mod:`mdnas_fairseq.search.virtual_step`. An optimizer whose rule is not known is an error,
 never a silent plain-SGD step.
 """
+
 from typing import List, Sequence
 
 import torch
@@ -17,7 +18,9 @@ SUPPORTED = "sgd, nag or adam"
 
 def _single_group(inner) -> dict:
     if len(inner.param_groups) != 1:
-        raise ValueError(f"--alpha-order 2 needs a weight optimizer with one parameter group, got {len(inner.param_groups)}")
+        raise ValueError(
+            f"--alpha-order 2 needs a weight optimizer with one parameter group, got {len(inner.param_groups)}"
+        )
     return inner.param_groups[0]
 
 
@@ -27,7 +30,9 @@ def virtual_step_for(optimizer, weights: Sequence[torch.Tensor]) -> VirtualStep:
         raise ValueError("--alpha-order 2 does not run with --fp16 (see --alpha-order's help)")
     inner = getattr(optimizer, "optimizer", None)
     if inner is None:
-        raise ValueError(f"--alpha-order 2: cannot read the update rule of {type(optimizer).__name__}")
+        raise ValueError(
+            f"--alpha-order 2: cannot read the update rule of {type(optimizer).__name__}"
+        )
     group = _single_group(inner)
     lr = float(group["lr"])
     states: List[dict] = [inner.state.get(w, {}) for w in weights]
@@ -35,21 +40,32 @@ def virtual_step_for(optimizer, weights: Sequence[torch.Tensor]) -> VirtualStep:
         if group.get("maximize", False):
             raise ValueError("--alpha-order 2 does not support a maximizing SGD")
         return SGDVirtualStep(
-            lr=lr, momentum=float(group.get("momentum", 0.0)), dampening=float(group.get("dampening", 0.0)),
-            nesterov=bool(group.get("nesterov", False)), weight_decay=float(group.get("weight_decay", 0.0)),
+            lr=lr,
+            momentum=float(group.get("momentum", 0.0)),
+            dampening=float(group.get("dampening", 0.0)),
+            nesterov=bool(group.get("nesterov", False)),
+            weight_decay=float(group.get("weight_decay", 0.0)),
             buffers=[s.get("momentum_buffer") for s in states],
         )
     if isinstance(inner, FairseqNAGRule):
         lr_old = group.get("lr_old", lr)
         return NAGVirtualStep(
-            lr=lr, momentum=float(group["momentum"]), weight_decay=float(group["weight_decay"]),
-            lr_correct=lr / lr_old if lr_old > 0 else lr, buffers=[s.get("momentum_buffer") for s in states],
+            lr=lr,
+            momentum=float(group["momentum"]),
+            weight_decay=float(group["weight_decay"]),
+            lr_correct=lr / lr_old if lr_old > 0 else lr,
+            buffers=[s.get("momentum_buffer") for s in states],
         )
     if isinstance(inner, FairseqAdamRule):
         if group.get("amsgrad", False):
             raise ValueError("--alpha-order 2 does not support AMSGrad")
-        return AdamVirtualStep(lr=lr, betas=tuple(group["betas"]), eps=float(group["eps"]),
-                               weight_decay=float(group["weight_decay"]), states=states)
+        return AdamVirtualStep(
+            lr=lr,
+            betas=tuple(group["betas"]),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            states=states,
+        )
     raise ValueError(
         f"--alpha-order 2 takes the virtual step with the weight optimizer's own rule and knows {SUPPORTED}; "
         f"this run uses {type(inner).__module__}.{type(inner).__name__}: use --alpha-order 1 or one of those"

@@ -1,5 +1,6 @@
 """What a search writes into its save dir (master worker only): ``genotype.json``,
 ``genotypes/genotype_epoch{N}.json``, ``alpha_history.jsonl`` and ``heatmaps/alpha_<name>_epoch{N}.png``."""
+
 import json
 import logging
 import os
@@ -40,7 +41,9 @@ def append_history(path: str, record: dict) -> None:
     atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in entries))
 
 
-def write_search_outputs(core, save_dir: str, epoch: int, settings: dict, heatmaps: bool = True) -> Optional[str]:
+def write_search_outputs(
+    core, save_dir: str, epoch: int, settings: dict, heatmaps: bool = True
+) -> Optional[str]:
     """Derive the genotype of ``core``'s alpha and write the files; returns genotype.json's path."""
     alpha = architecture_parameters(core)[0].detach().float().cpu()
     genotype = derive_genotype(alpha, core.search_space, core.architecture_names)
@@ -55,15 +58,26 @@ def write_search_outputs(core, save_dir: str, epoch: int, settings: dict, heatma
         "settings": settings,
     }
     path = os.path.join(save_dir, "genotype.json")
-    save_genotype(os.path.join(save_dir, "genotypes", f"genotype_epoch{epoch}.json"), genotype, extra)
+    save_genotype(
+        os.path.join(save_dir, "genotypes", f"genotype_epoch{epoch}.json"), genotype, extra
+    )
     save_genotype(path, genotype, extra)
-    append_history(os.path.join(save_dir, "alpha_history.jsonl"),
-                   {"epoch": extra["epoch"], "alpha": extra["alpha"], "metrics": extra["metrics"]})
+    append_history(
+        os.path.join(save_dir, "alpha_history.jsonl"),
+        {"epoch": extra["epoch"], "alpha": extra["alpha"], "metrics": extra["metrics"]},
+    )
     if heatmaps:
         from ...viz.heatmap import save_alpha_heatmaps
 
-        save_alpha_heatmaps(probs, core.search_space, core.architecture_names, os.path.join(save_dir, "heatmaps"),
-                            epoch=epoch)
-    logger.info(f"epoch {epoch}: genotype written to {path}; multimodel parameters "
-                f"{extra['param_counts']['multimodel']}")
+        save_alpha_heatmaps(
+            probs,
+            core.search_space,
+            core.architecture_names,
+            os.path.join(save_dir, "heatmaps"),
+            epoch=epoch,
+        )
+    logger.info(
+        f"epoch {epoch}: genotype written to {path}; multimodel parameters "
+        f"{extra['param_counts']['multimodel']}"
+    )
     return path

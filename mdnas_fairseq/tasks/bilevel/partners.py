@@ -5,6 +5,7 @@ The draw of d' is made on the host with a seed of the update number, so every wo
 same d' for the same update, and uses p as it stood at the start of the epoch (the p that laid
 out the epoch's batches), so no per-step read of p from the device is needed.
 """
+
 from typing import Optional, Sequence
 
 import numpy as np
@@ -13,7 +14,9 @@ from ...data import MultiDomainDataset
 from .precision import to_model
 
 
-def partner_domain(domain: int, probs: Sequence[float], seed: int, update_num: int, salt: int = 0) -> Optional[int]:
+def partner_domain(
+    domain: int, probs: Sequence[float], seed: int, update_num: int, salt: int = 0
+) -> Optional[int]:
     """d' ~ p over the domains other than ``domain`` (None with a single domain)."""
     others = [d for d in range(len(probs)) if d != domain]
     if not others:

@@ -5,6 +5,7 @@ batches the task adds itself (held-out batches of the alpha step, contrastive pa
 get the same treatment here. The alpha-step loss is scaled like the weight loss: by the fp16
 optimizer's current loss scale, so gradients through fp16 activations do not underflow.
 """
+
 import torch
 from fairseq import utils
 

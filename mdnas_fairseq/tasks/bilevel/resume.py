@@ -4,6 +4,7 @@ fairseq's trainer restores model, optimizer and iterator but not the task state,
 reads it itself, from the file fairseq chose (``--restore-file``, by default
 ``<save-dir>/checkpoint_last.pt``), unless ``--reset-optimizer``.
 """
+
 import logging
 import os
 from typing import Optional

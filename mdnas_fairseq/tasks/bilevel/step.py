@@ -12,6 +12,7 @@ mean gradient is applied by every worker's Adam, so alpha stays identical on all
 fp16 step whose scaled gradient overflowed (on any worker) is skipped by all of them and the
 alpha-step loss scale halved.
 """
+
 import logging
 from typing import Dict, List
 
@@ -26,7 +27,9 @@ from .precision import is_fp16, loss_scale, to_model
 logger = logging.getLogger(__name__)
 
 
-def alpha_step(host, sample, core, criterion, optimizer, update_num: int, dummy: bool) -> Dict[str, object]:
+def alpha_step(
+    host, sample, core, criterion, optimizer, update_num: int, dummy: bool
+) -> Dict[str, object]:
     """Take this update's alpha step if it is due; returns the search statistics to log."""
     first = update_num != host.search.last_alpha_update
     host.search.last_alpha_update = update_num
@@ -49,27 +52,42 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
         domain = sample["domain"]
         heldout = to_model(host.search.heldout.next(domain), core)
         if host.uses_contrastive(criterion):
-            other = partners.partner_domain(domain, host.search.epoch_probs_host, host.cfg.seed, update_num, salt=1)
+            other = partners.partner_domain(
+                domain, host.search.epoch_probs_host, host.cfg.seed, update_num, salt=1
+            )
             partners.attach_partner(heldout, host.search.heldout.dataset(), other, core)
-        virtual = virtual_step_for(optimizer, architect.trainable_weights) if architect.order == 2 else None
-        scale = loss_scale(optimizer) * host.search.alpha_scale_factor if is_fp16(optimizer) else 1.0
+        virtual = (
+            virtual_step_for(optimizer, architect.trainable_weights)
+            if architect.order == 2
+            else None
+        )
+        scale = (
+            loss_scale(optimizer) * host.search.alpha_scale_factor if is_fp16(optimizer) else 1.0
+        )
         result = architect.alpha_gradients(
             lambda: criterion.weight_objective(core, sample),
             lambda: criterion.alpha_objective(core, heldout),
-            virtual_step=virtual, loss_scale=scale,
+            virtual_step=virtual,
+            loss_scale=scale,
         )
         grads = [g.to(a.dtype) for g, a in zip(result["grads"], alphas)]
         loss = result["val_loss"].float()
         ce_sum[domain] = result["extras"].float()
         ce_count[domain] = 1.0
     # one all-reduce: [gradients..., contributing workers, per-domain CE sums, per-domain CE counts]
-    flat = torch.cat([g.reshape(-1) for g in grads]
-                     + [alphas[0].new_full((1,), 0.0 if dummy else 1.0), ce_sum, ce_count])
+    flat = torch.cat(
+        [g.reshape(-1) for g in grads]
+        + [alphas[0].new_full((1,), 0.0 if dummy else 1.0), ce_sum, ce_count]
+    )
     distributed.all_reduce_sum_(flat)
-    if is_fp16(optimizer) and not bool(torch.isfinite(flat).all()):  # fp16 only: one host read per update
+    if is_fp16(optimizer) and not bool(
+        torch.isfinite(flat).all()
+    ):  # fp16 only: one host read per update
         host.search.alpha_scale_factor /= 2.0
-        logger.warning(f"update {update_num}: alpha gradient overflowed in fp16; step skipped, "
-                       f"alpha-step loss scale factor now {host.search.alpha_scale_factor:g}")
+        logger.warning(
+            f"update {update_num}: alpha gradient overflowed in fp16; step skipped, "
+            f"alpha-step loss scale factor now {host.search.alpha_scale_factor:g}"
+        )
         return loss, 0, 1
     sizes = [a.numel() for a in alphas]
     pieces = torch.split(flat, sizes + [1, num_domains, num_domains])
@@ -83,7 +101,9 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
     return loss, (0 if dummy else 1), 0
 
 
-def search_statistics(host, core, first: bool, loss, counted: int, skipped: int) -> Dict[str, object]:
+def search_statistics(
+    host, core, first: bool, loss, counted: int, skipped: int
+) -> Dict[str, object]:
     """The search's log record of one train step: the same keys, in the same order, on every worker
     and every sub-batch (only the update's first sub-batch counts), see :mod:`...log_schema`."""
     alpha = architecture_parameters(core)[0].detach()
@@ -95,7 +115,9 @@ def search_statistics(host, core, first: bool, loss, counted: int, skipped: int)
         expected = host.search.penalty(core.network.alphas.mixing_probs().double())
     p = host.search.domain_sampler.probs
     if not first:
-        entropy, margin, js, p, expected = (torch.zeros_like(t) for t in (entropy, margin, js, p, expected))
+        entropy, margin, js, p, expected = (
+            torch.zeros_like(t) for t in (entropy, margin, js, p, expected)
+        )
     return {
         log_schema.SEARCH_COUNT: 1 if first else 0,
         log_schema.JS: js,
@@ -112,10 +134,21 @@ def search_statistics(host, core, first: bool, loss, counted: int, skipped: int)
 def log_search_metrics(logging_outputs, domain_names, architecture_names) -> None:
     """Means over updates of the search statistics (train only)."""
     log_schema.log_mean(logging_outputs, log_schema.JS, log_schema.SEARCH_COUNT)
-    log_schema.log_mean(logging_outputs, log_schema.ENTROPY, log_schema.SEARCH_COUNT, list(architecture_names))
-    log_schema.log_mean(logging_outputs, log_schema.MARGIN, log_schema.SEARCH_COUNT, list(architecture_names))
-    log_schema.log_mean(logging_outputs, log_schema.EXPECTED_PARAMS, log_schema.SEARCH_COUNT, list(architecture_names))
-    log_schema.log_mean(logging_outputs, log_schema.PROBS, log_schema.SEARCH_COUNT, list(domain_names))
+    log_schema.log_mean(
+        logging_outputs, log_schema.ENTROPY, log_schema.SEARCH_COUNT, list(architecture_names)
+    )
+    log_schema.log_mean(
+        logging_outputs, log_schema.MARGIN, log_schema.SEARCH_COUNT, list(architecture_names)
+    )
+    log_schema.log_mean(
+        logging_outputs,
+        log_schema.EXPECTED_PARAMS,
+        log_schema.SEARCH_COUNT,
+        list(architecture_names),
+    )
+    log_schema.log_mean(
+        logging_outputs, log_schema.PROBS, log_schema.SEARCH_COUNT, list(domain_names)
+    )
     log_schema.log_mean(logging_outputs, log_schema.ALPHA_LOSS, log_schema.ALPHA_COUNT)
     skipped = sum(log.get(log_schema.ALPHA_SKIPPED, 0) for log in logging_outputs)
     if any(log_schema.ALPHA_SKIPPED in log for log in logging_outputs) and float(skipped) > 0:
