@@ -428,7 +428,13 @@ def build_parser():
     p.add_argument("--clip-norm", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--alpha-order", type=int, default=1)
-    p.add_argument("--alpha-lr", type=float, default=0.003)
+    p.add_argument(
+        "--alpha-lr",
+        type=float,
+        default=0.1,
+        help="alpha learning rate (the most decided of the settings in "
+        "benchmarks/results/decisive_lm.md within the demo's budget)",
+    )
     p.add_argument("--struct-coef", type=float, default=0.1)
     p.add_argument("--contrastive-coef", type=float, default=0.1)
     p.add_argument(

@@ -26,7 +26,11 @@ class BilevelSearchConfig(FairseqDataclass):
         },
     )
     alpha_lr: float = field(
-        default=3e-3, metadata={"help": "learning rate of the alpha optimizer (Adam)"}
+        default=0.1,
+        metadata={
+            "help": "learning rate of the alpha optimizer (Adam); DARTS' 3e-4 leaves a short search "
+            "undecided (benchmarks/results/decisive_lm.md, decisive_vision.md)"
+        },
     )
     alpha_betas: List[float] = field(
         default_factory=lambda: [0.5, 0.999],
