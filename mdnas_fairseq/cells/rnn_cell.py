@@ -1,0 +1,290 @@
+"""The DARTS recurrent cell (pure PyTorch); the language model over it is in :mod:`.rnn`.
+
+Cell (DARTS, Liu et al. 2019, section 2 / appendix): with input ``x_t`` and previous state
+``h_{t-1}``
+
+    [c_0, g_0] = [x_t, h_{t-1}] W_0
+    s_0 = h_{t-1} + sigmoid(c_0) * (tanh(g_0) - h_{t-1})
+
+and every node ``j = 1..N`` applies highway-style operations to earlier states ``s_i``:
+
+    [c, g] = s_i W_{j,k}
+    op_k(s_i) = s_i + sigmoid(c) * (act_k(g) - s_i)        act_k in {tanh, relu, sigmoid, identity}
+
+(``none`` contributes zero). The cell output is ``h_t = mean(s_1 .. s_N)``.
+
+Each candidate operation of a node has its own weight matrix ``W_{j,k}`` (as in the authors'
+later code), so a derived multimodel holds one matrix per distinct (node, operation) that some
+domain chose: its size depends on how much the domains agree.
+
+* Search mode: node ``j`` mixes every (input ``i``, operation ``k``) with softmax(alpha_d)
+  weights; as in DARTS' search cell, the first state and each node's sum are normalised
+  (LayerNorm without affine parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``);
+  the derived cell keeps the same parameter-free normalisation.
+* Derived mode: a :class:`MultiDomainGenotype` fixes for every domain one (input, operation)
+  per node; a domain's forward pass only touches its own operations' matrices.
+
+Speed (``rnn_steps``, ``compiled``): ``x_t W_0x`` for all steps in one matrix product before the
+time loop, one matrix product per node for all its candidates, and the per-step function compiled
+with ``torch.compile`` where that pays (``compile="auto"``), else run eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..search import GenotypeEdge, MultiDomainGenotype, SearchSpace, darts_rnn_space
+from .compiled import CompiledStep, mark_batch_dynamic
+from .deferred import DeferredWeightGrads
+from .rnn_steps import ACTIVATIONS, derived_step, search_step
+
+__all__ = ["ACTIVATIONS", "DartsRNNCell", "rnn_share_key"]
+
+
+def _init_uniform(t: Tensor, bound: float = 0.04) -> Tensor:
+    """DARTS initialises the recurrent matrices uniformly in [-0.04, 0.04]."""
+    with torch.no_grad():
+        return t.uniform_(-bound, bound)
+
+
+def rnn_share_key(edge: GenotypeEdge):
+    """Recurrent-cell modules are one matrix per (node, operation), whatever the input state."""
+    return (edge.node, edge.op)
+
+
+class DartsRNNCell(nn.Module):
+    """One DARTS recurrent cell over a whole sequence.
+
+    Args:
+        input_size, hidden_size: sizes of ``x_t`` and ``h_t``.
+        space: a recurrent search space (``darts_rnn_space(num_nodes)``).
+        genotype: None for search mode; otherwise the derived multimodel's genotype.
+        dropout_x, dropout_h: variational (per-sequence) dropout on the inputs and on the states
+            entering the node matrices, active in training mode.
+        compile: ``"auto"`` (compile the per-step function with ``torch.compile`` once eager steps
+            have cost as much as a compilation, see :mod:`.compiled`), ``"on"`` or ``"off"``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        space: Optional[SearchSpace] = None,
+        genotype: Optional[MultiDomainGenotype] = None,
+        dropout_x: float = 0.0,
+        dropout_h: float = 0.0,
+        compile: str = "auto",
+    ):
+        super().__init__()
+        self.space = space or (genotype.space if genotype is not None else darts_rnn_space())
+        if self.space.num_input_nodes != 1 or self.space.edges_per_node != 1:
+            raise ValueError(
+                f"the recurrent cell needs a space with one input and one edge per node, got {self.space}"
+            )
+        unknown = [
+            op for op in self.space.operations if op != self.space.none_op and op not in ACTIVATIONS
+        ]
+        if unknown:
+            raise ValueError(
+                f"recurrent cell: unknown operations {unknown}; known: {sorted(ACTIVATIONS)}"
+            )
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.dropout_x, self.dropout_h = dropout_x, dropout_h
+        self.genotype = genotype
+        self.w0 = nn.Parameter(
+            _init_uniform(torch.empty(input_size + hidden_size, 2 * hidden_size))
+        )
+        # operations with weights, in the order of the alpha axis without `none`
+        self.weighted_ops = [op for op in self.space.operations if op != self.space.none_op]
+        self.weighted_op_index = [self.space.op_index(op) for op in self.weighted_ops]
+        # A search node sums the mixed operations of all its incoming edges, so without
+        # normalisation the state grows with every node and time step. DARTS' search cell
+        # batch-normalises (no affine parameters); here every sentence starts from the same
+        # state (<eos>, h = 0), which makes batch statistics degenerate (zero variance, huge
+        # gradients) at the first step, so each state is layer-normalised per sample instead
+        # (F.layer_norm without parameters, eps 1e-5, in rnn_steps).
+        # The derived cell keeps the same normalisation (no parameters), so it computes the
+        # function that was searched, and its unbounded relu/identity highways stay stable.
+        if genotype is None:
+            k = len(self.weighted_ops)
+            self.node_weights = nn.ParameterList(
+                [
+                    nn.Parameter(_init_uniform(torch.empty(k, hidden_size, 2 * hidden_size)))
+                    for _ in self.space.node_ids
+                ]
+            )
+            self.steps = CompiledStep(search_step, "search", compile)
+        else:
+            if genotype.space != self.space:
+                raise ValueError("genotype search space differs from the cell's search space")
+            self.op_weights = nn.ParameterDict(
+                {
+                    self._module_name(e): nn.Parameter(
+                        _init_uniform(torch.empty(hidden_size, 2 * hidden_size))
+                    )
+                    for e in genotype.union_edges()
+                }
+            )
+            # per cell: node -> (input, op)
+            self.choices: Dict[str, Dict[int, Tuple[int, str]]] = {
+                d: {e.node: (e.input, e.op) for e in genotype.cells[d]} for d in genotype.domains
+            }
+            # compiled, a derived step was no faster than eager on CPU (a chain of small products;
+            # benchmarks/results/lm_search_speed.txt), so "auto" compiles it on CUDA only
+            self.steps = CompiledStep(derived_step, "derived", compile, auto_devices=("cuda",))
+        self._chains: Dict[Tuple[str, torch.device], Tuple[Tensor, Tensor]] = {}
+
+    @staticmethod
+    def _module_name(edge: GenotypeEdge) -> str:
+        return f"node{edge.node}_{edge.op}"
+
+    @property
+    def is_search(self) -> bool:
+        return self.genotype is None
+
+    # ------------------------------------------------------------------ pieces
+    def _masks(self, batch: int, device, dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        def mask(p, size):
+            if not self.training or p <= 0:
+                return None
+            return torch.empty(batch, size, device=device, dtype=dtype).bernoulli_(1 - p) / (1 - p)
+
+        return mask(self.dropout_x, self.input_size), mask(self.dropout_h, self.hidden_size)
+
+    def _packed_node_weights(self) -> Tuple[Tensor, ...]:
+        """Per node (H, K' * 2H): its K' candidate matrices side by side (one product per node)."""
+        return tuple(w.permute(1, 0, 2).reshape(self.hidden_size, -1) for w in self.node_weights)
+
+    def _chain(self, cell: str, device, as_tensors: bool):
+        """A derived cell's matrices (N of (H, 2H)), input states and operation codes of its nodes."""
+        choice = self.choices[cell]
+        nodes = self.space.node_ids
+        mats = tuple(self.op_weights[f"node{j}_{choice[j][1]}"] for j in nodes)
+        inputs = tuple(choice[j][0] for j in nodes)
+        codes = tuple(self.weighted_ops.index(choice[j][1]) for j in nodes)
+        if not as_tensors:
+            return mats, inputs, codes
+        key = (cell, torch.device(device))
+        if key not in self._chains:
+            self._chains[key] = (
+                torch.tensor(inputs, device=device),
+                torch.tensor(codes, device=device),
+            )
+        return (mats,) + self._chains[key]
+
+    def _run(
+        self,
+        xw: Tensor,
+        h: Tensor,
+        weights: Tuple[Tensor, ...],
+        rest: tuple,
+        product_rows: Sequence[int],
+        batch_args: Sequence[Optional[Tensor]],
+    ) -> Tensor:
+        """The time loop ``h_t = step(xw[t], h_{t-1}, W_0h, node matrices, *rest, probes)``; returns
+        (T, B, H). ``weights`` = (W_0h, node matrices...), whose gradients are deferred to one
+        product per matrix and sequence (:mod:`.deferred`); ``product_rows``: rows of each product."""
+        defer = None
+        if DeferredWeightGrads.wanted(weights):
+            shapes = [(rows, w.shape[1]) for rows, w in zip(product_rows, weights)]
+            defer = DeferredWeightGrads(weights, shapes)
+            weights = defer.detached
+        outputs: List[Tensor] = []
+        with self.steps.sequence(self.training and torch.is_grad_enabled(), xw.device.type) as step:
+            compiled = self.steps.active
+            if compiled and torch.is_grad_enabled() and not h.requires_grad:
+                # the first step then has the requires-grad pattern of the others: one graph, not two
+                h = h.detach().requires_grad_()
+            for t, x_t in enumerate(xw.unbind(0)):  # unbind: one backward node, not one per step
+                probes = defer.probes(t) if defer is not None else None
+                if compiled and t == 0:  # a graph compiled now serves every batch size
+                    mark_batch_dynamic(x_t, h, *batch_args, *(probes or ()))
+                h, lefts = step(x_t, h, weights[0], weights[1:], *rest, probes)
+                if defer is not None:
+                    defer.record(t, lefts)
+                outputs.append(h)
+        return torch.stack(outputs, dim=0)
+
+    # ------------------------------------------------------------------ sequences
+    def forward(
+        self,
+        inputs: Tensor,
+        h0: Optional[Tensor] = None,
+        mixing_probs: Optional[Tensor] = None,
+        cells: Optional[Sequence[str]] = None,
+    ) -> Tensor:
+        """Run the cell over ``inputs`` (T, B, input_size); returns all states (T, B, H).
+
+        Search mode needs ``mixing_probs`` ((E, K) or (B, E, K)); derived mode needs
+        ``cells``, the genotype cell name of every sample (length B).
+        """
+        steps, batch, _ = inputs.shape
+        h = h0 if h0 is not None else inputs.new_zeros(batch, self.hidden_size)
+        mask_x, mask_h = self._masks(batch, inputs.device, inputs.dtype)
+        x = inputs if mask_x is None else inputs * mask_x
+        # the input half of the first projection for every step at once
+        xw = torch.matmul(x, self.w0[: self.input_size])  # (T, B, 2H)
+        w0h = self.w0[self.input_size :]
+        if self.is_search:
+            if mixing_probs is None:
+                raise ValueError("a search-mode cell needs mixing probabilities")
+            # softmax(alpha) may be fp32 while the cell runs in fp16
+            mix = mixing_probs[..., self.weighted_op_index].to(inputs.dtype)
+            rows = [batch] + [j * batch for j in range(1, self.space.num_nodes + 1)]
+            return self._run(
+                xw,
+                h,
+                (w0h,) + self._packed_node_weights(),
+                (mix, mask_h, tuple(self.weighted_ops)),
+                rows,
+                (mask_h, mix if mix.dim() == 3 else None),
+            )
+        if cells is None or len(cells) != batch:
+            raise ValueError("a derived-mode cell needs the cell name of every sample")
+        unknown = sorted(set(cells) - set(self.choices))
+        if unknown:
+            raise KeyError(
+                f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}"
+            )
+        ops = tuple(self.weighted_ops)
+        as_tensors = self.steps.prepare(
+            inputs.device.type
+        )  # a compiled step takes the chain as tensors
+        rows = [batch] * (self.space.num_nodes + 1)
+        unique = sorted(set(cells))
+        if len(unique) == 1:
+            mats, chain_in, codes = self._chain(unique[0], inputs.device, as_tensors)
+            return self._run(xw, h, (w0h,) + mats, (chain_in, codes, mask_h, ops), rows, (mask_h,))
+        # several domains in one batch: each domain's samples through its own chain
+        outputs, order = [], []
+        for cell in unique:
+            rows = [b for b, c in enumerate(cells) if c == cell]
+            idx = torch.tensor(rows, device=inputs.device)
+            sub_mask = mask_h.index_select(0, idx) if mask_h is not None else None
+            mats, chain_in, codes = self._chain(cell, inputs.device, as_tensors)
+            outputs.append(
+                self._run(
+                    xw.index_select(1, idx),
+                    h.index_select(0, idx),
+                    (w0h,) + mats,
+                    (chain_in, codes, sub_mask, ops),
+                    [len(rows)] * len(mats + (w0h,)),
+                    (sub_mask,),
+                )
+            )
+            order.extend(rows)
+        inverse = torch.empty(batch, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(batch)
+        return torch.cat(outputs, dim=1).index_select(1, inverse.to(inputs.device))
+
+    # ------------------------------------------------------------------ sizes
+    def op_param_count(self, edge: GenotypeEdge) -> int:
+        """Parameters of one (node, operation) module."""
+        return self.hidden_size * 2 * self.hidden_size
+
+    def shared_param_count(self) -> int:
+        return self.w0.numel()
