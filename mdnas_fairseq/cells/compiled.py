@@ -11,8 +11,10 @@ Modes:
   so short runs (tests, a demo of a few minutes) never pay for it and long searches do; a forward
   pass is about a third of a training step, so the default of 60 forward seconds is about three
   minutes of eager training time, the measured cost of the two or three graphs a search compiles
-  (see benchmarks/lm_search_speed.py). A step that compiled is not faster on some device
-  (``auto_devices`` leaves that device out) is never compiled there by ``"auto"``.
+  (see benchmarks/lm_search_speed.py). ``"auto"`` compiles on CUDA only (``auto_devices``): on a
+  CPU, compiling under load took minutes, and a switch that depends on wall-clock time would make
+  a CPU run's numbers (compiled and eager steps round differently) depend on the machine's load;
+  CPU users who want it pass ``"on"``.
 
 A compilation that fails (no C compiler, an unsupported platform, a backend error) is logged once
 and the step runs eagerly from then on. The backward graph is compiled together with the forward
@@ -58,7 +60,7 @@ class CompiledStep:
         mode: str = "auto",
         compile_after_s: float = 60.0,
         backend: str = "inductor",
-        auto_devices: Sequence[str] = ("cpu", "cuda"),
+        auto_devices: Sequence[str] = ("cuda",),
     ):
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")

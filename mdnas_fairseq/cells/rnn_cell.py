@@ -135,7 +135,7 @@ class DartsRNNCell(nn.Module):
             }
             # compiled, a derived step was no faster than eager on CPU (a chain of small products;
             # benchmarks/results/lm_search_speed.txt), so "auto" compiles it on CUDA only
-            self.steps = CompiledStep(derived_step, "derived", compile, auto_devices=("cuda",))
+            self.steps = CompiledStep(derived_step, "derived", compile)
         self._chains: Dict[Tuple[str, torch.device], Tuple[Tensor, Tensor]] = {}
 
     @staticmethod

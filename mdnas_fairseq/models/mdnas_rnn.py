@@ -49,10 +49,10 @@ class MDNASRNNConfig(LanguageModelSearchConfig):
     compile_cell: ChoiceEnum(["auto", "on", "off"]) = field(
         default="auto",
         metadata={
-            "help": "torch.compile the recurrent cell's per-step function: 'auto' compiles once the eager "
-            "steps have cost about as long as compiling (60 s of forward time; the derived cell only on "
-            "CUDA, on CPU it is not faster compiled), 'on' at the first step, 'off' never; a failed "
-            "compilation falls back to eager with one log line"
+            "help": "torch.compile the recurrent cell's per-step function: 'auto' compiles on CUDA "
+            "once the eager steps have cost about as long as compiling (60 s of forward time), never "
+            "on a CPU (slow to compile there, and it would make results depend on the load); 'on' at "
+            "the first step, 'off' never; a failed compilation falls back to eager with one log line"
         },
     )
 

@@ -198,6 +198,8 @@ def test_compile_failure_falls_back_with_one_log_line(caplog):
 def test_auto_mode_compiles_once_eager_time_reaches_the_budget():
     _, cell, x, h0, alpha = search_setup(torch.float64, compile="auto")
     cell.steps.backend = "eager"  # the policy, not the code generator, is under test here
+    assert cell.steps.auto_devices == ("cuda",)  # by default "auto" never compiles on a CPU
+    cell.steps.auto_devices = ("cpu", "cuda")
     cell.steps.compile_after_s = 1e-9
     w = torch.softmax(alpha[0], -1)
     cell.eval()
@@ -217,6 +219,11 @@ def test_auto_mode_compiles_once_eager_time_reaches_the_budget():
     derived.steps.compile_after_s = 0.0
     derived(x, cells=["en"] * B)
     assert not derived.steps.active and derived.steps.eager_seconds > 0
+    _, search, x, _, alpha = search_setup(torch.float64, compile="auto")  # the search cell too
+    search.steps.compile_after_s = 0.0
+    search(x, mixing_probs=torch.softmax(alpha[0], -1))
+    search(x, mixing_probs=torch.softmax(alpha[0], -1))
+    assert not search.steps.active and search.steps.eager_seconds > 0
 
 
 def test_half_precision_cell_with_fp32_mixing_probs():
