@@ -10,7 +10,8 @@ without them.
 """
 
 from .draw import GraphvizNotInstalledError, cell_digraph, draw_genotype, union_digraph
-from .heatmap import plot_alpha_history, save_alpha_heatmaps
+from .heatmap import save_alpha_heatmaps
+from .history import plot_alpha_history
 from .report import write_report
 
 __all__ = [

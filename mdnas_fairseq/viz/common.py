@@ -1,15 +1,16 @@
 """Helpers shared by the drawing, heatmap and report modules: file names, colours, alpha arrays.
 
-Nothing here imports graphviz, matplotlib or fairseq.
+Nothing here imports graphviz or fairseq at import time (matplotlib only inside new_figure).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..search.atomic import atomic_path
 from ..search.space import SearchSpace
 
 # Tableau-10 colours; domain k gets DOMAIN_PALETTE[k % len(DOMAIN_PALETTE)].
@@ -88,3 +89,23 @@ def as_weight_array(
             f"{space.num_edges} edges x {space.num_ops} operations of search space {space.name!r}"
         )
     return array
+
+
+def new_figure(figsize: Tuple[float, float]):
+    """A matplotlib Figure on an Agg canvas (no pyplot, no display)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "matplotlib is needed for the alpha pictures: `pip install matplotlib`"
+        ) from None
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path: str, dpi: int = 110) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path

@@ -24,13 +24,12 @@ from .draw import (
     input_state_labels,
     union_key,
 )
-from .heatmap import (
+from .heatmap import heatmap_paths, save_alpha_heatmaps
+from .history import (
     decisiveness_series,
-    heatmap_paths,
     plot_alpha_history,
     plot_decisiveness,
     read_alpha_history,
-    save_alpha_heatmaps,
 )
 
 GENOTYPE_FILE = "genotype.json"

@@ -21,7 +21,7 @@ from mdnas_fairseq.search import (
     darts_rnn_space,
     save_genotype,
 )
-from mdnas_fairseq.viz import draw, heatmap, report
+from mdnas_fairseq.viz import draw, heatmap, history, report
 from mdnas_fairseq.viz.common import domain_colors
 from mdnas_fairseq.viz.draw import (
     GraphvizNotInstalledError,
@@ -344,21 +344,21 @@ def write_history(path, epochs_weights):
 
 def test_alpha_history_means_and_plot(tmp_path):
     # two edges, three operations; the mean over edges is computed by hand below
-    history = [
+    epochs = [
         (2, {"en": [[0.2, 0.3, 0.5], [0.4, 0.5, 0.1]], "de": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}),
         (1, {"en": [[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]], "de": [[0.5, 0.5, 0.0], [0.5, 0.0, 0.5]]}),
     ]
     path = tmp_path / "alpha_history.jsonl"
-    write_history(path, history)
-    entries = heatmap.read_alpha_history(str(path))
+    write_history(path, epochs)
+    entries = history.read_alpha_history(str(path))
     assert [e["epoch"] for e in entries] == [1, 2]
-    domains, series = heatmap.alpha_history_series(entries)
+    domains, series = history.alpha_history_series(entries)
     assert domains == ["en", "de"]
     epochs, means = series["en"]
     assert epochs == [1, 2]
     np.testing.assert_allclose(means, [[0.4, 0.2, 0.4], [0.3, 0.4, 0.3]])
     np.testing.assert_allclose(series["de"][1], [[0.5, 0.25, 0.25], [0.5, 0.5, 0.0]])
-    out = heatmap.plot_alpha_history(
+    out = history.plot_alpha_history(
         str(path), str(tmp_path / "fig" / "history.png"), operations=["a", "b", "c"]
     )
     width, height = png_size(out)
@@ -371,9 +371,9 @@ def test_alpha_history_names_the_bad_line_and_field(tmp_path):
         json.dumps({"epoch": 1, "alpha": {"en": [[1.0]]}}) + "\n" + json.dumps({"epoch": 2}) + "\n"
     )
     with pytest.raises(ValueError, match=r"line 2: missing field 'alpha'"):
-        heatmap.read_alpha_history(str(path))
+        history.read_alpha_history(str(path))
     with pytest.raises(FileNotFoundError, match="alpha history file not found"):
-        heatmap.read_alpha_history(str(tmp_path / "absent.jsonl"))
+        history.read_alpha_history(str(tmp_path / "absent.jsonl"))
 
 
 # ------------------------------------------------------------------------------ report

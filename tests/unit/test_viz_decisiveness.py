@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mdnas_fairseq.search import GenotypeEdge, MultiDomainGenotype, darts_rnn_space, save_genotype
-from mdnas_fairseq.viz import heatmap, report
+from mdnas_fairseq.viz import history, report
 
 SPACE = darts_rnn_space(1)  # one edge (0,1); ops none, tanh, relu, sigmoid, identity
 # epoch -> domain -> the single edge's weights, and the hand values (entropy in nats, margin w/o none)
@@ -48,8 +48,8 @@ def write_dir(directory, history=True):
 
 def test_series_equal_hand_values(tmp_path):
     write_dir(str(tmp_path))
-    entries = heatmap.read_alpha_history(str(tmp_path / "alpha_history.jsonl"))
-    domains, series = heatmap.decisiveness_series(entries, SPACE)
+    entries = history.read_alpha_history(str(tmp_path / "alpha_history.jsonl"))
+    domains, series = history.decisiveness_series(entries, SPACE)
     assert domains == ["en", "de"]
     for d in domains:
         epochs, entropy, margin = series[d]
@@ -81,6 +81,6 @@ def test_report_without_history_and_bad_shapes(tmp_path):
     path = tmp_path / "alpha_history.jsonl"
     path.write_text(json.dumps({"epoch": 4, "alpha": {"en": [[0.5, 0.5]]}}) + "\n")
     with pytest.raises(ValueError, match=r"epoch 4, domain 'en': weights of shape \(1, 2\)"):
-        heatmap.plot_decisiveness(str(path), str(tmp_path / "d.png"), SPACE)
+        history.plot_decisiveness(str(path), str(tmp_path / "d.png"), SPACE)
     text = open(report.write_report(str(tmp_path)), encoding="utf-8").read()
     assert "Decisiveness not computed" in text and "epoch 4, domain 'en'" in text
