@@ -41,7 +41,7 @@ demo: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 bash scripts/demo.sh
 
 test: install lint
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 tests
 
 lint: install
 	$(VENV)/bin/ruff check .
