@@ -4,8 +4,9 @@ Used by ``lm_search_speed.py --fairseq-train``. Data: the embedded En/De corpus 
 scripts/prepare_parallel.py (shared sentencepiece vocabulary); lstm_lm reads the same English
 training split (``--train-subset train.en``) with task language_modeling. Same batch size,
 embedding and hidden size, Adam, one thread. words/s: the words of the log intervals after the
-first (which holds the compilation, if any) over their ``train_wall`` (fairseq's own log), wall
-clock, so the machine's load weighs on it.
+first (which holds the compilation, if any) over their time, each interval's time being its words
+over fairseq's own ``wps`` meter (``train_wall`` is logged in whole seconds: too coarse for a short
+interval); wall clock, so the machine's load weighs on it.
 """
 
 import json
@@ -51,7 +52,8 @@ def run_train(cmd):
         record = json.loads(line[brace:])
         updates = int(record["num_updates"]) - last_update
         last_update = int(record["num_updates"])
-        intervals.append((float(record["wpb"]) * updates, float(record["train_wall"])))
+        words = float(record["wpb"]) * updates
+        intervals.append((words, words / float(record["wps"])))
     if len(intervals) < 3:
         raise RuntimeError(f"too few log intervals to time ({len(intervals)}): raise --e2e-updates")
     words, seconds = (sum(v) for v in zip(*intervals[1:]))

@@ -293,14 +293,12 @@ def main(argv=None):
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} thread(s), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
     )
-    out = []
     for H in [int(h) for h in args.hidden.split(",")] if not args.only_fairseq_train else []:
-        out += report(args, H, *section(args, H)) + [""]
+        print("\n".join(report(args, H, *section(args, H)) + [""]), flush=True)
     if args.fairseq_train or args.only_fairseq_train:
         from fairseq_speed import end_to_end  # benchmarks/fairseq_speed.py
 
-        out += end_to_end(args, [int(h) for h in args.hidden.split(",")])
-    print("\n".join(out))
+        print("\n".join(end_to_end(args, [int(h) for h in args.hidden.split(",")])), flush=True)
 
 
 if __name__ == "__main__":
