@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -151,10 +152,14 @@ def search_flags(args):
 
 
 def count_parameters(checkpoint):
-    import torch
+    """``sum(p.numel() for p in model.parameters())`` of the model the checkpoint builds: tied
+    tensors count once (a state dict lists fairseq's tied output projection a second time) and
+    buffers not at all."""
+    from fairseq import checkpoint_utils, utils
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
-    return sum(v.numel() for k, v in state.items() if not k.endswith("dictionary_fingerprint"))
+    utils.import_user_module(argparse.Namespace(user_dir=USER_DIR))
+    models, _cfg = checkpoint_utils.load_model_ensemble([checkpoint])
+    return sum(p.numel() for p in models[0].parameters())
 
 
 def evaluate(args, checkpoint, domain, log_path, task="multidomain_nas"):
@@ -515,7 +520,7 @@ def main(argv=None):
     commit = git_commit(ROOT)
     with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
         json.dump({"settings": settings, "commit": commit, "rows": rows}, f, indent=1)
-    command = "python scripts/lm_pipeline.py " + " ".join(
+    command = "python scripts/lm_pipeline.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
