@@ -281,7 +281,7 @@ def evaluate(checkpoint, a, D, subset="test"):
     return {
         "acc_per_domain": acc,
         "acc": sum(acc.values()) / len(acc),
-        "test_images_per_domain": count[0],
+        "test_images_per_domain": int(count[0]),
         "params": params,
         "genotype_params": genotype_params,
         "mnist_source": task.mnist_source,
