@@ -53,6 +53,16 @@ def read_alpha_history(history_jsonl: str) -> List[Dict[str, Any]]:
     return sorted(entries, key=lambda entry: entry["epoch"])
 
 
+def _weights(weights, source: str, epoch, domain: str) -> np.ndarray:
+    """One domain's softmax(alpha) of one history entry as a float array; an error names where."""
+    try:
+        return np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{source}: epoch {epoch}, domain {domain!r}: weights are not numbers"
+        ) from None
+
+
 def alpha_history_series(
     entries: Sequence[Dict[str, Any]], source: str = "alpha history"
 ) -> Tuple[List[str], Dict[str, Tuple[List[int], np.ndarray]]]:
@@ -65,12 +75,7 @@ def alpha_history_series(
     num_ops = None
     for entry in entries:
         for domain, weights in entry["alpha"].items():
-            try:
-                array = np.asarray(weights, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights are not numbers"
-                ) from None
+            array = _weights(weights, source, entry["epoch"], domain)
             if array.ndim != 2:
                 raise ValueError(
                     f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights of shape {array.shape}, "
@@ -153,12 +158,7 @@ def decisiveness_series(
     rows: Dict[str, Tuple[List[int], List[float], List[float]]] = {}
     for entry in entries:
         for domain, weights in entry["alpha"].items():
-            try:
-                array = np.asarray(weights, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights are not numbers"
-                ) from None
+            array = _weights(weights, source, entry["epoch"], domain)
             if array.shape != (space.num_edges, space.num_ops):
                 raise ValueError(
                     f"{source}: epoch {entry['epoch']}, domain {domain!r}: weights of shape {array.shape}, expected "
