@@ -40,8 +40,13 @@ $(STAMP): $(PY) setup.py
 demo: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 bash scripts/demo.sh
 
+# Two pytest workers (pytest-xdist), one thread each: the suite is mostly single-threaded fairseq
+# processes, so two cores halve its time. A test file stays on one worker (its fixtures run once).
+TEST_WORKERS ?= 2
+
 test: install lint
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 tests
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=15 \
+		-n $(TEST_WORKERS) --dist loadfile tests
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -12,7 +12,7 @@ setup(
     extras_require={
         "vision": ["mlxtend==0.23.4", "pandas<3", "matplotlib"],
         "viz": ["graphviz", "matplotlib", "tensorboardX"],
-        "test": ["pytest", "ruff==0.17.6"],
+        "test": ["pytest", "pytest-xdist", "ruff==0.17.6"],
         "all": [
             "mlxtend==0.23.4",
             "pandas<3",
@@ -20,6 +20,7 @@ setup(
             "graphviz",
             "tensorboardX",
             "pytest",
+            "pytest-xdist",
             "ruff==0.17.6",
         ],
     },

@@ -218,10 +218,9 @@ def test_eval_lm_perplexity_equals_direct_computation(search_dir, data_bin, doma
     loss2, ppl = _eval_lm_ppl(data_bin, checkpoint, "--gen-subset", "test", "--eval-domain", domain)
     direct = _direct_ppl(data_bin, checkpoint, domain)
     assert 2**loss2 == pytest.approx(direct, rel=1e-3)
-    # the per-domain subset name gives the same figure
-    assert _eval_lm_ppl(data_bin, checkpoint, "--gen-subset", f"test.{domain}")[1] == pytest.approx(
-        ppl
-    )
+    if domain == "de":  # the per-domain subset name gives the same figure (one domain suffices)
+        by_subset = _eval_lm_ppl(data_bin, checkpoint, "--gen-subset", f"test.{domain}")[1]
+        assert by_subset == pytest.approx(ppl)
 
 
 def test_retrained_multimodel_and_union_baseline(search_dir, data_bin, tmp_path):
