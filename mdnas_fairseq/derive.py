@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .provenance import display_path
 from .search.budget import BUDGET_RULE, argmax_genotype, derive_with_budget
 from .search.genotype import (
     GenotypeError,
@@ -106,14 +107,16 @@ def search_probs(data: Dict[str, Any], genotype: MultiDomainGenotype, path: str)
     return probs
 
 
-def derive_random(path: str, seed: int, match: bool, tolerance: float, max_draws: int):
+def derive_random(path: str, seed: int, match: bool, tolerance: float = 0.1, max_draws: int = 1000):
+    """Every domain's genotype drawn at random (``seed``) in the search's space; with ``match``,
+    redrawn until the multimodel is within ``tolerance`` of the search's parameter count."""
     data, searched, table = load_search(path)
     rng = np.random.default_rng(seed)
     space, names = searched.space, list(searched.domains)
     target = table.multimodel_count(searched)
     record: Dict[str, Any] = {
         "method": "random",
-        "source": os.path.abspath(path),
+        "source": display_path(path),
         "seed": seed,
         "match_params": match,
     }
@@ -136,7 +139,7 @@ def derive_budget(path: str, budget: int):
     )
     record = {
         "method": "param_budget",
-        "source": os.path.abspath(path),
+        "source": display_path(path),
         "budget": budget,
         "searched_params": table.multimodel_count(searched),
         "smallest_possible_params": table.smallest_multimodel(),

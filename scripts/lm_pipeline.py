@@ -292,38 +292,21 @@ def run_random(domains, args, base):
     reference search (``--random-reference``), retrained with the searched rows' protocol."""
     import numpy as np
 
-    from mdnas_fairseq.derive import load_search
-    from mdnas_fairseq.search import random_matched_genotype, save_genotype
+    from mdnas_fairseq.derive import derive_random, write_derived
 
     reference = os.path.join(args.out, args.random_reference, "genotype.json")
     if not os.path.isfile(reference):
         raise SystemExit(
             f"model random: {reference} not found: run --models {args.random_reference},random"
         )
-    data, searched, table = load_search(reference)
-    target = table.multimodel_count(searched)
     runs = []
     for k in range(args.random_count):
-        rng = np.random.default_rng(args.seed * 1000 + k)
-        genotype, draws = random_matched_genotype(
-            searched.space, searched.domains, table, target, rng
-        )
+        genotype, table, record = derive_random(reference, args.seed * 1000 + k, match=True)
         path = os.path.join(base, f"random{k}", "genotype.json")
-        save_genotype(
-            path,
-            genotype,
-            {
-                "param_counts": table.param_counts(genotype),
-                "param_table": table.to_dict(),
-                "derived_by": {
-                    "random_seed": args.seed * 1000 + k,
-                    "draws": draws,
-                    "matched_to": display_path(reference),
-                },
-            },
-        )
+        write_derived(path, genotype, table, record)
+        target = record["target_params"]
         result = retrain_and_test(args, domains, path, os.path.join(base, f"random{k}"), [])
-        runs.append({"genotype": display_path(path), "draws": draws, **result})
+        runs.append({"genotype": display_path(path), "draws": record["draws"], **result})
         print(
             f"   random {k}: test ppl {result['test_ppl']}, params {result['params']:,}", flush=True
         )

@@ -369,31 +369,20 @@ def run_searched(a, run_dir, D, seed, model):
 def run_random(a, work, run_dir, D, seed):
     """``--random-count`` random genotypes matched (within 10%) to the size of the reference model's
     search of the same D and seed, each retrained and tested with the searched rows' protocol."""
-    import numpy as np
-
-    from mdnas_fairseq.derive import load_search
-    from mdnas_fairseq.search import random_matched_genotype, save_genotype
+    from mdnas_fairseq.derive import derive_random, write_derived
 
     reference = os.path.join(work, f"D{D}_{a.random_reference}_seed{seed}", "genotype.json")
     if not os.path.isfile(reference):
         raise RuntimeError(
             f"random: {reference} not found: run --models {a.random_reference},random"
         )
-    _, searched, table = load_search(reference)
-    target = table.multimodel_count(searched)
     results = []
     for k in range(a.random_count):
         t0 = time.time()
-        rng = np.random.default_rng(1000 * seed + k)
-        genotype, draws = random_matched_genotype(
-            searched.space, searched.domains, table, target, rng
-        )
+        genotype, table, record = derive_random(reference, 1000 * seed + k, match=True)
+        draws, target = record["draws"], record["target_params"]
         path = os.path.join(run_dir, f"random{k}", "genotype.json")
-        save_genotype(
-            path,
-            genotype,
-            {"param_counts": table.param_counts(genotype), "param_table": table.to_dict()},
-        )
+        write_derived(path, genotype, table, record)
         fairseq_train(train_argv(a, os.path.dirname(path), D, seed, "random", "retrain", path))
         t1 = time.time()
         res = evaluate(os.path.join(os.path.dirname(path), "retrain", "checkpoint_last.pt"), a, D)

@@ -1,0 +1,58 @@
+"""The random rows of scripts/rotated_mnist_table.py at a tiny size, through the real fairseq runs:
+each random genotype is what ``mdnas-derive SEARCH --random-seed 1000 s + k --match-params`` writes
+for the reference search (a second path: the public command in its own process), its retrained
+model has that genotype's parameter count, and that count is within 10% of the search's."""
+
+import json
+import os
+
+from mdnas_fairseq.search import read_genotype_json
+from tests.helpers.fairseq_runs import BIN, load_script, run
+from tests.helpers.vision_runs import mnist_args
+
+TINY = [
+    "--train-images-per-domain",
+    "32",
+    "--heldout-images-per-domain",
+    "32",
+    "--search-epochs",
+    "1",
+    "--retrain-epochs",
+    "1",
+    "--channels",
+    "4",
+    "--num-nodes",
+    "2",
+    "--eval-batch-size",
+    "500",
+]
+
+
+def test_random_rows_are_mdnas_derive_random_genotypes_matched_to_the_search(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "table"
+    argv = ["--domains", "2", "--seeds", "3", "--models", "struct,random", "--random-count", "2"]
+    table = load_script("rotated_mnist_table")
+    table.main(argv + ["--out", str(out), "--work-dir", str(work)] + TINY + mnist_args())
+    searched = str(work / "D2_struct_seed3" / "genotype.json")
+    target = json.load(open(searched))["param_counts"]["multimodel"]
+    result = json.load(open(out / "table.json"))
+    randoms = [r for r in result["runs"] if r["model"] == "random"]
+    assert [r["random_index"] for r in randoms] == [0, 1]
+    for r in randoms:
+        k = r["random_index"]
+        written = work / "D2_random_seed3" / f"random{k}" / "genotype.json"
+        by_cli = str(tmp_path / f"cli{k}.json")
+        seed = str(3000 + k)
+        run(
+            [os.path.join(BIN, "mdnas-derive"), searched, "--random-seed", seed, "--match-params"]
+            + ["--out", by_cli]
+        )
+        assert read_genotype_json(str(written))["cells"] == read_genotype_json(by_cli)["cells"]
+        assert (
+            r["params"]
+            == r["genotype_params"]
+            == json.load(open(by_cli))["param_counts"]["multimodel"]
+        )
+        assert abs(r["params"] - target) <= 0.1 * target
+    (row,) = [row for row in result["rows"] if row["model"] == "random"]
+    assert row["runs"] == 2
