@@ -35,6 +35,7 @@ import time
 import traceback
 
 from mdnas_fairseq.provenance import display_path, git_commit
+from mdnas_fairseq.search import atomic_write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -148,6 +149,13 @@ def build_parser():
         help="where checkpoints go (default: a temporary directory, removed)",
     )
     p.add_argument("--keep-work", action="store_true", help="keep the work directory")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --work-dir: reuse the finished runs found there (run_D<D>_<model>_seed<S>.json) "
+        "instead of rerunning them, so rows can be added to a table; a run made with other "
+        "settings is an error naming its file",
+    )
     p.add_argument("--eval-batch-size", type=int, default=1000)
     return p
 
@@ -428,12 +436,38 @@ def call_in_child(fn, result_path, what):
         return json.load(f)
 
 
+# options that choose which runs are made or where outputs go, not what a run computes
+NOT_PROTOCOL = ("domains", "seeds", "models", "out", "work_dir", "keep_work", "resume")
+
+
+def protocol(a, model):
+    """The settings one run's result depends on (the random rows' own ones for ``random`` only)."""
+    skip = NOT_PROTOCOL + (() if model == "random" else ("random_count", "random_reference"))
+    return {k: v for k, v in sorted(vars(a).items()) if k not in skip}
+
+
 def run_in_child(a, work, D, seed, model):
+    """The run's results (a list: one result, or one per random genotype), from its finished record
+    in ``work`` with --resume, else run in a forked child and recorded there (atomically)."""
+    finished = os.path.join(work, f"run_D{D}_{model}_seed{seed}.json")
+    if a.resume and os.path.isfile(finished):
+        with open(finished) as f:
+            record = json.load(f)
+        theirs, ours = record["protocol"], protocol(a, model)
+        if theirs != ours:
+            changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise SystemExit(
+                f"--resume: {finished} was made with other settings ({', '.join(changed)}); "
+                "use another --work-dir or the same settings"
+            )
+        return record["results"]
     result_path = os.path.join(work, f"result_D{D}_{model}_seed{seed}.json")
-    # a list: one result, or one per random genotype
-    return call_in_child(
+    results = call_in_child(
         lambda: run_one(a, work, D, seed, model), result_path, f"run D={D} {model} seed {seed}"
     )
+    record = {"protocol": protocol(a, model), "results": results}
+    atomic_write_text(finished, json.dumps(record, indent=1))
+    return results
 
 
 def mean_std(values):
@@ -612,6 +646,8 @@ def main(argv=None):
     import fairseq  # noqa: F401  (imported once in the parent, inherited by the forked runs)
     import torch  # noqa: F401
 
+    if a.resume and not a.work_dir:
+        raise SystemExit("--resume needs --work-dir (the folder of the runs to reuse)")
     work = a.work_dir or tempfile.mkdtemp(prefix="rotated_mnist_")
     os.makedirs(work, exist_ok=True)
     results = []

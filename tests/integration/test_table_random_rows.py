@@ -1,10 +1,14 @@
 """The random rows of scripts/rotated_mnist_table.py at a tiny size, through the real fairseq runs:
 each random genotype is what ``mdnas-derive SEARCH --random-seed 1000 s + k --match-params`` writes
 for the reference search (a second path: the public command in its own process), its retrained
-model has that genotype's parameter count, and that count is within 10% of the search's."""
+model has that genotype's parameter count, and that count is within 10% of the search's. Then
+--resume: the same table again runs nothing and writes the same rows; other settings are refused
+naming the run's file and the setting."""
 
 import json
 import os
+
+import pytest
 
 from mdnas_fairseq.search import read_genotype_json
 from tests.helpers.fairseq_runs import BIN, load_script, run
@@ -28,11 +32,12 @@ TINY = [
 ]
 
 
-def test_random_rows_are_mdnas_derive_random_genotypes_matched_to_the_search(tmp_path):
+def test_random_rows_are_mdnas_derive_random_genotypes_matched_to_the_search(tmp_path, monkeypatch):
     work, out = tmp_path / "work", tmp_path / "table"
     argv = ["--domains", "2", "--seeds", "3", "--models", "struct,random", "--random-count", "2"]
+    argv += ["--out", str(out), "--work-dir", str(work)] + TINY + mnist_args()
     table = load_script("rotated_mnist_table")
-    table.main(argv + ["--out", str(out), "--work-dir", str(work)] + TINY + mnist_args())
+    table.main(argv + ["--resume"])  # nothing to reuse yet: runs everything
     searched = str(work / "D2_struct_seed3" / "genotype.json")
     target = json.load(open(searched))["param_counts"]["multimodel"]
     result = json.load(open(out / "table.json"))
@@ -56,3 +61,13 @@ def test_random_rows_are_mdnas_derive_random_genotypes_matched_to_the_search(tmp
         assert abs(r["params"] - target) <= 0.1 * target
     (row,) = [row for row in result["rows"] if row["model"] == "random"]
     assert row["runs"] == 2
+    first = json.load(open(out / "table.json"))["runs"]
+    calls = []
+    monkeypatch.setattr(table, "call_in_child", lambda *a: calls.append(a))
+    table.main(argv + ["--resume"])
+    assert calls == [] and json.load(open(out / "table.json"))["runs"] == first
+    with pytest.raises(
+        SystemExit, match=r"run_D2_struct_seed3\.json was made with other settings \(lr\)"
+    ):
+        table.main(argv + ["--resume", "--lr", "0.02"])
+    assert calls == []
