@@ -176,7 +176,11 @@ def markdown(data):
     lines += (
         _table(refs, metric, domains, lambda r: r["model"])
         if refs
-        else ["(not run: --no-baselines)"]
+        else [
+            "(none finished yet)"
+            if data.get("sweep", {}).get("baselines", True)
+            else "(not run: --no-baselines)"
+        ]
     )
     if budget or data["skipped_budgets"]:
         src = data["budget_from"]
