@@ -232,9 +232,10 @@ def point_folder(struct, contr, seed):
     return os.path.join("points", f"struct{struct!r}_contr{contr!r}_seed{seed}")
 
 
-def run_job(out, folder, protocol, fn):
+def run_job(out, folder, protocol, fn, ignore=()):
     """(row, ran): a finished run's row (its result.json), or ``fn(path)`` run now in a fresh
-    folder. A finished run made with other settings stops the sweep."""
+    folder. A finished run made with other settings stops the sweep; settings named in ``ignore``
+    (what is not protocol today, though an older run may have recorded it) are not compared."""
     path = os.path.join(out, folder)
     done = os.path.join(path, "result.json")
     protocol = json.loads(json.dumps(protocol))
@@ -242,6 +243,7 @@ def run_job(out, folder, protocol, fn):
         with open(done, encoding="utf-8") as f:
             row = json.load(f)
         old = row.get("protocol") or {}
+        old = {k: v for k, v in old.items() if k in protocol or k not in ignore}
         if old != protocol:
             diff = sorted(k for k in set(old) | set(protocol) if old.get(k) != protocol.get(k))
             raise SystemExit(
@@ -277,6 +279,7 @@ class Sweep:
                 folder,
                 dict(self.protocol, **fields),
                 lambda path: dict(fields, **fn(path)),
+                ignore=self.runs.NOT_PROTOCOL,
             )
         except RunFailed as e:
             print(f"FAILED {what}: {e}", flush=True)

@@ -58,6 +58,7 @@ class VisionRuns:
         "seeds",
         "work_dir",
         "keep_work",
+        "resume",
         "models",
         "struct_coef",
         "contrastive_coef",

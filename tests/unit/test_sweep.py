@@ -149,6 +149,14 @@ def test_finished_runs_are_not_rerun_and_unfinished_ones_are_redone(tmp_path, fa
     code, third = run_sweep(argv)
     assert fake["runs"].calls == [(points[1], True)] and not (stale / "leftover.txt").exists()
     assert third["rows"] == first["rows"]
+    # a setting an older run recorded that is not protocol today (e.g. a new option of the
+    # pipeline later excluded) does not stop the resume
+    done = tmp_path / "out" / points[0] / "result.json"
+    row = json.loads(done.read_text())
+    row["protocol"]["models"] = "recorded by an older sweep"
+    done.write_text(json.dumps(row))
+    fake["runs"] = FakeRuns(tmp_path / "out")
+    assert run_sweep(argv)[0] == 0 and fake["runs"].calls == []
     # the same folder with other settings is refused, naming the setting
     with pytest.raises(SystemExit, match="finished with other settings \\(retrain_epochs\\)"):
         run_sweep(argv[:-1] + ["3"])
