@@ -278,7 +278,7 @@ class Sweep:
                 self.out,
                 folder,
                 dict(self.protocol, **fields),
-                lambda path: dict(fields, **fn(path)),
+                lambda path: dict(fields, commit=self.commit, **fn(path)),
                 ignore=self.runs.NOT_PROTOCOL,
             )
         except RunFailed as e:

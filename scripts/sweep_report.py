@@ -157,7 +157,8 @@ def markdown(data):
         "",
         f"Command: `{data['command']}`",
         "",
-        f"Commit {data['commit']}; output {data['out']} (a folder per run under points/, "
+        f"Summary written at commit {data['commit']}; the runs made at {run_commits(data)}; "
+        f"output {data['out']} (a folder per run under points/, "
         "reference/ and budgets/, each with its genotype.json and result.json).",
         "",
         f"Protocol: {data['protocol']}",
@@ -253,6 +254,16 @@ def markdown(data):
         lines += ["", "## Failed runs (running the command again retries them)", ""]
         lines += [f"* {f['what']}: {f['error']}" for f in data["failed"]]
     return "\n".join(lines) + "\n"
+
+
+def run_commits(data):
+    """The commits the runs were made at, as a phrase (runs of older sweeps recorded none)."""
+    runs = data["rows"] + data["reference"]
+    made = sorted({r["commit"] for r in runs if r.get("commit")})
+    unknown = sum(1 for r in runs if not r.get("commit"))
+    parts = [", ".join(made)] if made else []
+    parts += [f"an unrecorded commit ({unknown} runs)"] if unknown else []
+    return " and ".join(parts) or "-"
 
 
 def write_outputs(out, header, rows, reference, skipped, failed, figure=True):

@@ -138,6 +138,7 @@ def test_finished_runs_are_not_rerun_and_unfinished_ones_are_redone(tmp_path, fa
     refs = [f"reference/{m}_seed{k}" for k in (0, 1) for m in ("union", "single_en", "single_de")]
     assert code == 0 and fake["runs"].calls == [(f, True) for f in points + refs]
     assert [r["folder"] for r in first["rows"]] == points
+    assert {r["commit"] for r in first["rows"] + first["reference"]} == {first["commit"]}
     assert [r["folder"] for r in first["reference"]] == refs
     fake["runs"] = FakeRuns(tmp_path / "out")
     code, second = run_sweep(argv)
