@@ -37,6 +37,8 @@ LM_GRID = {  # name -> search flags (demo: 76 updates per epoch, 228 in 3 epochs
     "alpha lr 0.1, warm-up 1 epoch": ["--alpha-start-update", "76"],
     "alpha lr 0.1, temperature 1 -> 0.2": ["--temperature-end", "0.2", "--max-update", "228"],
     "alpha lr 0.1, Adam betas 0.9,0.99": ["--alpha-betas", "0.9,0.99"],
+    "alpha lr 0.1, no alpha weight decay": ["--alpha-weight-decay", "0"],
+    "alpha lr 0.3, no alpha weight decay": ["--alpha-lr", "0.3", "--alpha-weight-decay", "0"],
 }
 VISION_GRID = {  # name -> (search epochs, flags); D = 2: 8 updates per epoch
     "table (5 epochs, alpha lr 0.03)": (5, []),
