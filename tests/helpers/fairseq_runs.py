@@ -54,46 +54,50 @@ def make_tiny_corpus(out_dir, rows=400, langs=("en", "de"), vocab_size=300, seed
     return os.path.join(data, "data-bin")
 
 
-def train_args(data_bin, save_dir, domains="en,de", arch="mdnas_rnn_tiny", extra=()):
-    return [
-        os.path.join(BIN, "fairseq-train"),
-        data_bin,
-        "--user-dir",
-        USER_DIR,
-        "--task",
-        "multidomain_nas",
-        "--domains",
-        domains,
-        "--arch",
-        arch,
-        "--criterion",
-        "multidomain_nas_loss",
-        "--optimizer",
-        "adam",
-        "--lr",
-        "0.003",
-        "--clip-norm",
-        "0.25",
-        "--batch-size",
-        "16",
-        "--cpu",
-        "--seed",
-        "3",
-        "--save-dir",
-        save_dir,
-        "--no-epoch-checkpoints",
-        "--log-format",
-        "simple",
-        "--num-workers",
-        "0",
-        "--no-alpha-heatmaps",
-        "--embed-dim",
-        "16",
-        "--hidden-dim",
-        "16",
-        "--num-nodes",
-        "3",
-    ] + list(extra)
+# the recurrent search model's test sizes (train_args' default ``sizes``)
+RNN_TEST_SIZES = ("--embed-dim", "16", "--hidden-dim", "16", "--num-nodes", "3")
+
+
+def train_args(
+    data_bin, save_dir, domains="en,de", arch="mdnas_rnn_tiny", extra=(), sizes=RNN_TEST_SIZES
+):
+    return (
+        [
+            os.path.join(BIN, "fairseq-train"),
+            data_bin,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "multidomain_nas",
+            "--domains",
+            domains,
+            "--arch",
+            arch,
+            "--criterion",
+            "multidomain_nas_loss",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.003",
+            "--clip-norm",
+            "0.25",
+            "--batch-size",
+            "16",
+            "--cpu",
+            "--seed",
+            "3",
+            "--save-dir",
+            save_dir,
+            "--no-epoch-checkpoints",
+            "--log-format",
+            "simple",
+            "--num-workers",
+            "0",
+            "--no-alpha-heatmaps",
+        ]
+        + list(sizes)
+        + list(extra)
+    )
 
 
 def run(cmd, check=True, env=None):

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from tests.helpers.fairseq_runs import BIN, USER_DIR, build_from_argv, load_script, run
+from tests.helpers.fairseq_runs import build_from_argv, load_script, run, train_args
 
 DIM, VOCAB_MIN = 16, 100
 
@@ -17,48 +17,11 @@ DIM, VOCAB_MIN = 16, 100
 def test_pipeline_counts_a_tied_transformer_lm_once(tiny_corpus, tmp_path):
     data = tiny_corpus()
     save = str(tmp_path / "tlm")
-    argv = [
-        os.path.join(BIN, "fairseq-train"),
-        data,
-        "--user-dir",
-        USER_DIR,
-        "--task",
-        "multidomain_nas",
-        "--domains",
-        "en,de",
-        "--arch",
-        "transformer_lm",
-        "--decoder-layers",
-        "1",
-        "--decoder-embed-dim",
-        str(DIM),
-        "--decoder-ffn-embed-dim",
-        "32",
-        "--decoder-attention-heads",
-        "2",
-        "--decoder-input-dim",
-        str(DIM),
-        "--decoder-output-dim",
-        str(DIM),
-        "--share-decoder-input-output-embed",
-        "--criterion",
-        "multidomain_nas_loss",
-        "--optimizer",
-        "adam",
-        "--lr",
-        "0.003",
-        "--batch-size",
-        "16",
-        "--max-update",
-        "1",
-        "--cpu",
-        "--save-dir",
-        save,
-        "--no-epoch-checkpoints",
-        "--num-workers",
-        "0",
-        "--no-alpha-heatmaps",
-    ]
+    sizes = ["--decoder-layers", "1", "--decoder-embed-dim", str(DIM)]
+    sizes += ["--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2"]
+    sizes += ["--decoder-input-dim", str(DIM), "--decoder-output-dim", str(DIM)]
+    sizes += ["--share-decoder-input-output-embed"]
+    argv = train_args(data, save, arch="transformer_lm", sizes=sizes, extra=["--max-update", "1"])
     run(argv)
     checkpoint = os.path.join(save, "checkpoint_last.pt")
     # second path: the same model built in this process from the same arguments
