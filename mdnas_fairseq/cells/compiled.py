@@ -40,10 +40,12 @@ COMPILE_MODES = ("auto", "on", "off")
 
 
 def mark_batch_dynamic(*tensors: Optional[torch.Tensor]) -> None:
-    """Let one compiled graph serve every batch size (dimension 0)."""
+    """Let one compiled graph serve every batch size: every dimension but the last (features) is
+    marked dynamic ((B, F), or (D, B, F) for a batch grouped by domain)."""
     for t in tensors:
         if t is not None:
-            torch._dynamo.maybe_mark_dynamic(t, 0)
+            for dim in range(t.dim() - 1):
+                torch._dynamo.maybe_mark_dynamic(t, dim)
 
 
 class CompiledStep:

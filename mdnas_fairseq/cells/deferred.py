@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 
 class _Sink:
-    def __init__(self, shapes: Sequence[Tuple[int, int]]):
+    def __init__(self, shapes: Sequence[Tuple[int, ...]]):
         self.shapes = [tuple(s) for s in shapes]
         self.inputs: Dict[int, Tuple[Tensor, ...]] = {}  # step -> the products' left factors a_tm
         self.grads: Dict[int, Tuple[Optional[Tensor], ...]] = {}  # step -> dz_tm
@@ -53,9 +53,10 @@ class _Anchor(torch.autograd.Function):
             if not pairs:
                 grads.append(None)
                 continue
-            a = torch.cat([p[0] for p in pairs]) if len(pairs) > 1 else pairs[0][0]
-            dz = torch.cat([p[1] for p in pairs]) if len(pairs) > 1 else pairs[0][1]
-            grads.append(a.t().matmul(dz))
+            # rows are the second-to-last axis (a stacked (D, H, 2H) matrix has (D, rows, .) products)
+            a = torch.cat([p[0] for p in pairs], -2) if len(pairs) > 1 else pairs[0][0]
+            dz = torch.cat([p[1] for p in pairs], -2) if len(pairs) > 1 else pairs[0][1]
+            grads.append(a.transpose(-2, -1).matmul(dz))
         sink.grads.clear()  # a second backward (retain_graph) fills them again
         return (None, *grads)
 
@@ -80,10 +81,11 @@ class DeferredWeightGrads:
 
     Args:
         weights: the matrices ``W_m`` of the step's products, in the order of the probes.
-        out_shapes: the shape of each product ``z_tm`` (rows, columns), the same at every step.
+        out_shapes: the shape of each product ``z_tm`` (rows, columns), the same at every step;
+            (D, rows, columns) for a stacked (D, ., columns) matrix multiplied batch-wise.
     """
 
-    def __init__(self, weights: Sequence[Tensor], out_shapes: Sequence[Tuple[int, int]]):
+    def __init__(self, weights: Sequence[Tensor], out_shapes: Sequence[Tuple[int, ...]]):
         self.sink = _Sink(out_shapes)
         self.token = _Anchor.apply(self.sink, *weights)
         self.detached = tuple(w.detach() for w in weights)

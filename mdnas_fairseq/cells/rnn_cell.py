@@ -22,7 +22,8 @@ domain chose: its size depends on how much the domains agree.
   (LayerNorm without affine parameters, where DARTS used BatchNorm: see ``DartsRNNCell.__init__``);
   the derived cell keeps the same parameter-free normalisation.
 * Derived mode: a :class:`MultiDomainGenotype` fixes for every domain one (input, operation)
-  per node; a domain's forward pass only touches its own operations' matrices.
+  per node; a domain's forward pass only touches its own operations' matrices (a batch of several
+  domains runs their chains together, one batched product per node: ``rnn_steps.domains_step``).
 
 Speed (``rnn_steps``, ``compiled``): ``x_t W_0x`` for all steps in one matrix product before the
 time loop, one matrix product per node for all its candidates, and the per-step function compiled
@@ -40,7 +41,7 @@ from torch import Tensor
 from ..search import GenotypeEdge, MultiDomainGenotype, SearchSpace, darts_rnn_space
 from .compiled import CompiledStep, mark_batch_dynamic
 from .deferred import DeferredWeightGrads
-from .rnn_steps import ACTIVATIONS, derived_step, search_step
+from .rnn_steps import ACTIVATIONS, derived_step, domains_step, search_step
 
 __all__ = ["ACTIVATIONS", "DartsRNNCell", "rnn_share_key"]
 
@@ -136,7 +137,9 @@ class DartsRNNCell(nn.Module):
             # compiled, a derived step was no faster than eager on CPU (a chain of small products;
             # benchmarks/results/lm_search_speed.txt), so "auto" compiles it on CUDA only
             self.steps = CompiledStep(derived_step, "derived", compile)
-        self._chains: Dict[Tuple[str, torch.device], Tuple[Tensor, Tensor]] = {}
+            # a batch with several domains: their chains batched together (rnn_steps.domains_step)
+            self.domain_steps = CompiledStep(domains_step, "derived several-domain", compile)
+        self._chains: Dict[tuple, tuple] = {}  # chains as tensors, per (cell or cells, device)
 
     @staticmethod
     def _module_name(edge: GenotypeEdge) -> str:
@@ -184,18 +187,21 @@ class DartsRNNCell(nn.Module):
         rest: tuple,
         product_rows: Sequence[int],
         batch_args: Sequence[Optional[Tensor]],
+        steps: Optional[CompiledStep] = None,
     ) -> Tensor:
         """The time loop ``h_t = step(xw[t], h_{t-1}, W_0h, node matrices, *rest, probes)``; returns
         (T, B, H). ``weights`` = (W_0h, node matrices...), whose gradients are deferred to one
-        product per matrix and sequence (:mod:`.deferred`); ``product_rows``: rows of each product."""
+        product per matrix and sequence (:mod:`.deferred`); ``product_rows``: rows of each product
+        (per domain for a stacked (D, H, 2H) matrix); ``steps``: the step (default :attr:`steps`)."""
+        steps = steps or self.steps
         defer = None
         if DeferredWeightGrads.wanted(weights):
-            shapes = [(rows, w.shape[1]) for rows, w in zip(product_rows, weights)]
+            shapes = [w.shape[:-2] + (rows, w.shape[-1]) for rows, w in zip(product_rows, weights)]
             defer = DeferredWeightGrads(weights, shapes)
             weights = defer.detached
         outputs: List[Tensor] = []
-        with self.steps.sequence(self.training and torch.is_grad_enabled(), xw.device.type) as step:
-            compiled = self.steps.active
+        with steps.sequence(self.training and torch.is_grad_enabled(), xw.device.type) as step:
+            compiled = steps.active
             if compiled and torch.is_grad_enabled() and not h.requires_grad:
                 # the first step then has the requires-grad pattern of the others: one graph, not two
                 h = h.detach().requires_grad_()
@@ -259,27 +265,55 @@ class DartsRNNCell(nn.Module):
         if len(unique) == 1:
             mats, chain_in, codes = self._chain(unique[0], inputs.device, as_tensors)
             return self._run(xw, h, (w0h,) + mats, (chain_in, codes, mask_h, ops), rows, (mask_h,))
-        # several domains in one batch: each domain's samples through its own chain
-        outputs, order = [], []
-        for cell in unique:
-            rows = [b for b, c in enumerate(cells) if c == cell]
-            idx = torch.tensor(rows, device=inputs.device)
-            sub_mask = mask_h.index_select(0, idx) if mask_h is not None else None
-            mats, chain_in, codes = self._chain(cell, inputs.device, as_tensors)
-            outputs.append(
-                self._run(
-                    xw.index_select(1, idx),
-                    h.index_select(0, idx),
-                    (w0h,) + mats,
-                    (chain_in, codes, sub_mask, ops),
-                    [len(rows)] * len(mats + (w0h,)),
-                    (sub_mask,),
-                )
+        # several domains in one batch: all chains at once, the samples grouped by domain
+        return self._run_domains(xw, h, w0h, mask_h, cells, unique, ops)
+
+    def _domain_chains(self, unique: Tuple[str, ...], device):
+        """The stacked chains of the domains ``unique``: per node (D, H, 2H) matrices, (N, D) input
+        states, (N, D, 1, 1) operation codes and the Python summary :func:`domains_step` takes."""
+        nodes = self.space.node_ids
+        chains = [self._chain(c, device, as_tensors=False) for c in unique]
+        mats = tuple(torch.stack([ch[0][n] for ch in chains]) for n in range(len(nodes)))
+        key = (unique, torch.device(device))
+        if key not in self._chains:
+            inputs = [[ch[1][n] for ch in chains] for n in range(len(nodes))]
+            codes = [[ch[2][n] for ch in chains] for n in range(len(nodes))]
+            summary = tuple(
+                (ins[0] if len(set(ins)) == 1 else None, tuple(sorted(set(cs))))
+                for ins, cs in zip(inputs, codes)
             )
-            order.extend(rows)
-        inverse = torch.empty(batch, dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(batch)
-        return torch.cat(outputs, dim=1).index_select(1, inverse.to(inputs.device))
+            self._chains[key] = (
+                torch.tensor(inputs, device=device),
+                torch.tensor(codes, device=device).view(len(nodes), len(unique), 1, 1),
+                summary,
+            )
+        return (mats,) + self._chains[key]
+
+    def _run_domains(self, xw, h, w0h, mask_h, cells, unique, ops) -> Tensor:
+        """Samples of several domains: grouped by domain into D blocks of B' rows (B' the largest
+        domain's count; a smaller domain's block is padded with copies of its first sample, whose
+        outputs are dropped), run through :func:`domains_step`, put back in the batch's order."""
+        batch = len(cells)
+        members = [[b for b, c in enumerate(cells) if c == cell] for cell in unique]
+        width = max(len(m) for m in members)
+        gather, position = [], [0] * batch
+        for d, m in enumerate(members):
+            for k, b in enumerate(m):
+                position[b] = d * width + k
+            gather.extend(m + [m[0]] * (width - len(m)))
+        gather_idx = torch.tensor(gather, device=xw.device)
+        mask = mask_h.index_select(0, gather_idx) if mask_h is not None else None
+        mats, inputs, codes, summary = self._domain_chains(tuple(unique), xw.device)
+        out = self._run(
+            xw.index_select(1, gather_idx),
+            h.index_select(0, gather_idx),
+            (w0h,) + mats,
+            (inputs, codes, summary, mask, ops),
+            [len(gather)] + [width] * len(mats),
+            (mask,),
+            self.domain_steps,
+        )
+        return out.index_select(1, torch.tensor(position, device=xw.device))
 
     # ------------------------------------------------------------------ sizes
     def op_param_count(self, edge: GenotypeEdge) -> int:

@@ -11,7 +11,9 @@ not depend on the previous state is done before the loop (see :class:`~.rnn.Dart
   (gate, activation, highway, weighting by softmax(alpha); :class:`MixedNode`, with a
   hand-written backward) and a LayerNorm, which ``torch.compile`` fuses into one kernel per node
   and direction;
-* a derived (genotype) cell is a fixed chain of matrix products, one per node.
+* a derived (genotype) cell is a fixed chain of matrix products, one per node; a batch whose
+  samples belong to D domains runs all D chains at once (:func:`domains_step`: the samples grouped
+  by domain, each node one batched product of the domains' stacked matrices), not D loops.
 
 The derived step takes the chain either as Python ints (eager: the chosen activation is called
 directly) or as integer tensors (compiled: one graph serves every domain's chain; the activation
@@ -206,3 +208,46 @@ def derived_step(
         states.append(_norm(s + torch.sigmoid(gate) * (act - s)))
         lefts.append(src)
     return torch.stack(states[1:]).mean(0), tuple(lefts)
+
+
+def domains_step(
+    xw: Tensor,
+    h: Tensor,
+    w0h: Tensor,
+    node_mats: Sequence[Tensor],
+    inputs: Tensor,
+    op_codes: Tensor,
+    chain: Tuple[Tuple[Optional[int], Tuple[int, ...]], ...],
+    mask_h: Optional[Tensor],
+    ops: Sequence[str],
+    probes: Optional[Sequence[Tensor]] = None,
+) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """One step of D derived cells at once, a batch whose samples belong to several domains.
+
+    The rows of ``xw`` (D * B, 2H), ``h`` and ``mask_h`` (D * B, H) are grouped by domain, B rows
+    each; node ``n``'s matrices are stacked, ``node_mats[n]`` (D, H, 2H) (domain ``d``'s own choice),
+    so a node costs one batched product whatever D. ``inputs`` (N, D): the input state of node ``n``
+    in domain ``d``; ``op_codes`` (N, D, 1, 1): its operation. ``chain`` (Python, one entry per
+    node): the input state if every domain uses the same one, else None, and the distinct operation
+    codes the domains use (only those activations are computed; ``torch.where`` picks, exactly).
+    Returns ``h_t`` (D * B, H) and the left factors of the N + 1 products, as :func:`derived_step`.
+    """
+    hidden = h.shape[-1]
+    s0, hm = first_state(xw, h, w0h, mask_h, None if probes is None else probes[0])
+    domains = node_mats[0].shape[0]
+    states, lefts = [s0.view(domains, -1, hidden)], [hm]
+    mh = None if mask_h is None else mask_h.view(domains, -1, hidden)
+    index = torch.arange(domains, device=h.device)
+    for n, (same_input, used) in enumerate(chain):
+        s = states[same_input] if same_input is not None else torch.stack(states)[inputs[n], index]
+        src = s if mh is None else s * mh
+        z = torch.bmm(src, node_mats[n])
+        if probes is not None:
+            z = z + probes[n + 1]
+        gate, value = z.chunk(2, dim=-1)
+        act = ACTIVATIONS[ops[used[-1]]](value)
+        for code in reversed(used[:-1]):
+            act = torch.where(op_codes[n] == code, ACTIVATIONS[ops[code]](value), act)
+        states.append(_norm(s + torch.sigmoid(gate) * (act - s)))
+        lefts.append(src)
+    return torch.stack(states[1:]).mean(0).reshape(-1, hidden), tuple(lefts)

@@ -173,11 +173,13 @@ def test_compiled_cell_equals_reference():
     assert (
         cell.steps.active and cell.steps.failed is None and cell.steps.compile_seconds is not None
     )
-    # per-sample mixing weights are one more graph (covered eagerly above); per-sample routing of
-    # the derived cell reuses its one graph (a dynamic batch size, the chain as data)
+    # per-sample mixing weights are one more graph (covered eagerly above); a derived batch of one
+    # domain runs the chain step, a batch of several the stacked chains (rnn_steps.domains_step)
     cell, x, h0 = derived_setup(torch.float32, nodes=2, compile="on")
-    check_derived(cell, x, h0, ["en", "de", "en", "de"], torch.float32, 1e-5)
-    assert cell.steps.active and cell.steps.failed is None
+    check_derived(cell, x, h0, ["de"] * B, torch.float32, 1e-5)
+    check_derived(cell, x, h0, ["en", "de", "en", "fr"], torch.float32, 1e-5)
+    for steps in (cell.steps, cell.domain_steps):
+        assert steps.active and steps.failed is None and steps.compile_seconds is not None
 
 
 def _failing_backend(gm, example_inputs):
