@@ -257,16 +257,14 @@ class DartsRNNCell(nn.Module):
                 f"derived cell: unknown cell names {unknown}; the genotype has {sorted(self.choices)}"
             )
         ops = tuple(self.weighted_ops)
-        as_tensors = self.steps.prepare(
-            inputs.device.type
-        )  # a compiled step takes the chain as tensors
-        rows = [batch] * (self.space.num_nodes + 1)
         unique = sorted(set(cells))
-        if len(unique) == 1:
-            mats, chain_in, codes = self._chain(unique[0], inputs.device, as_tensors)
-            return self._run(xw, h, (w0h,) + mats, (chain_in, codes, mask_h, ops), rows, (mask_h,))
-        # several domains in one batch: all chains at once, the samples grouped by domain
-        return self._run_domains(xw, h, w0h, mask_h, cells, unique, ops)
+        if len(unique) > 1:  # several domains in one batch: all chains at once, grouped by domain
+            return self._run_domains(xw, h, w0h, mask_h, cells, unique, ops)
+        # a compiled step takes the chain as tensors
+        as_tensors = self.steps.prepare(inputs.device.type)
+        mats, chain_in, codes = self._chain(unique[0], inputs.device, as_tensors)
+        rows = [batch] * (self.space.num_nodes + 1)
+        return self._run(xw, h, (w0h,) + mats, (chain_in, codes, mask_h, ops), rows, (mask_h,))
 
     def _domain_chains(self, unique: Tuple[str, ...], device):
         """The stacked chains of the domains ``unique``: per node (D, H, 2H) matrices, (N, D) input
