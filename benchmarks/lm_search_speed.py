@@ -4,6 +4,8 @@
 For every hidden size (``--hidden 32,256``), on the same token batches (B sentences of T tokens):
 
   search o1 / o2   architecture step (first / DARTS second order) + weight step of the mixed cell
+  search o2 fwd    second order with the forward-difference Hessian-vector product
+                   (--alpha-hessian-difference forward: one training pass fewer)
   derived          weight step of the concordant multimodel of a D-domain genotype
   fairseq lstm_lm  weight step of fairseq's LSTM decoder (as in --arch lstm_lm), same sizes
 
@@ -95,10 +97,18 @@ def batches(V, B, T, n=2, seed=0):
     return out
 
 
-def search_step_fn(model, order, train_b, val_b, domain):
+# (order, Hessian-vector difference, row name)
+SEARCH_ROWS = (
+    (1, "central", "search o1"),
+    (2, "central", "search o2"),
+    (2, "forward", "search o2 fwd"),
+)
+
+
+def search_step_fn(model, order, train_b, val_b, domain, difference="central"):
     opt = torch.optim.Adam(weight_parameters(model), lr=1e-3)
     architect = BilevelArchitect(
-        weight_parameters(model), architecture_parameters(model), order=order
+        weight_parameters(model), architecture_parameters(model), order=order, difference=difference
     )
 
     def train_loss():
@@ -192,11 +202,11 @@ def section(args, H):
             if name == "fairseq lstm_lm":
                 break
 
-    for order in (1, 2):
+    for order, difference, name in SEARCH_ROWS:
         row(
-            f"search o{order}",
-            lambda c, o=order: search_step_fn(
-                make_lm(args, H, domains, c), o, train_b, val_b, zero
+            name,
+            lambda c, o=order, f=difference: search_step_fn(
+                make_lm(args, H, domains, c), o, train_b, val_b, zero, f
             ),
         )
     geno = random_genotype(args, domains, seed=3)
@@ -247,9 +257,14 @@ def report(args, H, rows, scaling, peak):
             f"{100 * rate / peak:>7.0f}%{base / r['sec']:>9.2f}{comp:>11}"
         )
     for mode in ("compiled", "eager"):
-        o1, o2 = rows.get(f"search o1, {mode}"), rows.get(f"search o2, {mode}")
-        if o1 and o2:
-            lines.append(f"second/first order search time ({mode}): {o2['sec'] / o1['sec']:.2f}")
+        o1 = rows.get(f"search o1, {mode}")
+        ratios = [
+            f"{label} {rows[f'{name}, {mode}']['sec'] / o1['sec']:.2f}"
+            for name, label in (("search o2", "central"), ("search o2 fwd", "forward difference"))
+            if o1 and f"{name}, {mode}" in rows
+        ]
+        if ratios:
+            lines.append(f"second/first order search time ({mode}): " + ", ".join(ratios))
     if scaling:
         d1 = scaling[min(scaling)]
         lines.append(

@@ -11,7 +11,15 @@ Given shared weights ``w`` and architecture parameters ``alpha``, the outer prob
   Jacobian of the update is diagonal) and the Hessian-vector product
   ``H u = grad^2_{alpha,w} L_train(w, alpha) . u`` is the central finite difference
   ``(grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps)`` with
-  ``w+- = w +- eps * u`` and ``eps = 0.01 / ||u||``.
+  ``w+- = w +- eps * u`` and ``eps = 0.01 / ||u||`` (``difference="central"``, DARTS, error
+  O(eps^2)), or the forward difference ``(grad_alpha L_train(w+, alpha) - grad_alpha
+  L_train(w, alpha)) / eps`` whose second point comes free with the virtual step's own backward
+  pass (``difference="forward"``: one training pass fewer per step, error O(eps)).
+
+Every evaluation of the training loss in one second-order step replays the random-number state of
+the first one, so a model with dropout differentiates ONE stochastic objective: the Hessian-vector
+product is a difference of gradients under the same dropout masks, not of two independent draws
+(whose difference, divided by ``eps``, would swamp the term).
 
 The losses are given as closures so the architect works with any model: the virtual step is
 applied to the weights in place and undone afterwards, so no copy of the model is needed.
@@ -48,6 +56,28 @@ def _grads(loss: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
+class _ReplayRandom:
+    """Captures the random-number state (CPU and the weights' CUDA devices) now, and replays it
+    later without disturbing the global stream: ``with replay():`` runs its body from the captured
+    state and leaves the generators as they were before it."""
+
+    def __init__(self, tensors: Sequence[Tensor]):
+        self.devices = sorted({t.device.index or 0 for t in tensors if t.is_cuda})
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu)
+            for device, state in zip(self.devices, self.cuda):
+                torch.cuda.set_rng_state(state, device)
+            yield
+
+
+DIFFERENCES = ("central", "forward")
+
+
 def _split(result) -> Tuple[Tensor, Any]:
     """A loss closure returns the objective, or (objective, extras) handed back untouched."""
     if isinstance(result, tuple):
@@ -62,6 +92,7 @@ class BilevelArchitect:
         weights: the shared weights ``w`` (those with ``requires_grad`` take part).
         alphas: the architecture parameters; must be disjoint from ``weights``.
         order: 1 (first order) or 2 (DARTS second order).
+        difference: second order's Hessian-vector product, ``"central"`` (DARTS) or ``"forward"``.
         lr, betas, weight_decay: the alpha optimizer (Adam, as in DARTS).
 
     The optimizer's state stays in fp32 whatever the model's precision (alpha itself is kept
@@ -76,9 +107,16 @@ class BilevelArchitect:
         lr: float = 3e-4,
         betas=(0.5, 0.999),
         weight_decay: float = 1e-3,
+        difference: str = "central",
     ):
         if order not in (1, 2):
             raise ValueError(f"alpha step order must be 1 or 2, got {order}")
+        if difference not in DIFFERENCES:
+            raise ValueError(
+                f"the Hessian-vector difference must be one of {', '.join(DIFFERENCES)}, "
+                f"got {difference!r}"
+            )
+        self.difference = difference
         self.weights = list(weights)
         self.alphas = list(alphas)
         if not self.alphas:
@@ -138,40 +176,54 @@ class BilevelArchitect:
     def _second_order(self, train_loss_fn, val_loss_fn, virtual_step: VirtualStep):
         weights = self.trainable_weights
         backup = [w.detach().clone() for w in weights]
+        forward = self.difference == "forward"
+        replay = _ReplayRandom(weights)  # the training loss's dropout masks, for every evaluation
         try:
             # 1. virtual step w' = w - U(g), g = grad_w L_train(w, alpha), the optimizer's own rule
-            train_grads = _grads(_split(train_loss_fn())[0], weights)
+            #    (a forward difference also keeps grad_alpha L_train(w, alpha) of the same pass)
+            train_grads = _grads(
+                _split(train_loss_fn())[0], weights + self.alphas if forward else weights
+            )
+            train_grads, grads_at_w = train_grads[: len(weights)], train_grads[len(weights) :]
             jacobian = virtual_step.jacobian(backup, train_grads)
             virtual_step.apply(weights, train_grads)
             # 2. held-out gradients at w'
             val_loss, extras = _split(val_loss_fn())
             grads = _grads(val_loss, self.alphas + weights)
             d_alpha, d_weights = grads[: len(self.alphas)], grads[len(self.alphas) :]
-            # 3. (dw'/dalpha)^T v = -H_{alpha w} u with u = dU/dg * v, by central finite differences
-            #    around w: (grad_alpha L_train(w + eps u) - grad_alpha L_train(w - eps u)) / (2 eps)
+            # 3. (dw'/dalpha)^T v = -H_{alpha w} u with u = dU/dg * v, by finite differences around
+            #    w: (grad_alpha L_train(w + eps u) - grad_alpha L_train(w - eps u)) / (2 eps), or
+            #    (grad_alpha L_train(w + eps u) - grad_alpha L_train(w)) / eps
             direction = [j * v for j, v in zip(jacobian, d_weights)]
             if direction:
                 norm = torch.sqrt(sum((u.double() ** 2).sum() for u in direction))
                 # eps = 0.01 / ||u|| (a zero direction gives equal gradients, hence no term)
                 eps = (0.01 / norm.clamp_min(1e-30)).to(direction[0].dtype)
-                grads_plus = self._alpha_grads_at(weights, backup, direction, eps, train_loss_fn)
-                grads_minus = self._alpha_grads_at(weights, backup, direction, -eps, train_loss_fn)
-                d_alpha = [
-                    da - (gp - gm) / (2.0 * eps)
-                    for da, gp, gm in zip(d_alpha, grads_plus, grads_minus)
-                ]
+                grads_plus = self._alpha_grads_at(
+                    weights, backup, direction, eps, train_loss_fn, replay
+                )
+                if forward:
+                    hessian = [(gp - g0) / eps for gp, g0 in zip(grads_plus, grads_at_w)]
+                else:
+                    grads_minus = self._alpha_grads_at(
+                        weights, backup, direction, -eps, train_loss_fn, replay
+                    )
+                    hessian = [(gp - gm) / (2.0 * eps) for gp, gm in zip(grads_plus, grads_minus)]
+                d_alpha = [da - h for da, h in zip(d_alpha, hessian)]
             return {"grads": d_alpha, "val_loss": val_loss.detach(), "extras": extras}
         finally:
             with torch.no_grad():
                 for w, b in zip(weights, backup):
                     w.copy_(b)
 
-    def _alpha_grads_at(self, weights, origin, direction, eps, loss_fn) -> List[Tensor]:
-        """grad_alpha of ``loss_fn`` at ``origin + eps * direction``."""
+    def _alpha_grads_at(self, weights, origin, direction, eps, loss_fn, replay) -> List[Tensor]:
+        """grad_alpha of ``loss_fn`` at ``origin + eps * direction``, under the replayed random
+        state of the first training-loss evaluation."""
         with torch.no_grad():
             for w, o, d in zip(weights, origin, direction):
                 w.copy_(o + eps * d)
-        return _grads(_split(loss_fn())[0], self.alphas)
+        with replay():
+            return _grads(_split(loss_fn())[0], self.alphas)
 
     # ------------------------------------------------------------------ update
     def step(

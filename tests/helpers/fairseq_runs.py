@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(ROOT, "mdnas_fairseq")
 BIN = os.path.dirname(sys.executable)
@@ -120,13 +122,15 @@ def build_in_process(data_bin, save_dir, domains="en,de", arch="mdnas_rnn_tiny",
 
 def build_from_argv(argv):
     """task, model, criterion and fairseq optimizer of fairseq-train arguments, in this process."""
-    from fairseq import optim, options, tasks
+    from fairseq import optim, options, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     import mdnas_fairseq  # noqa: F401
 
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     cfg = convert_namespace_to_omegaconf(args)
+    np.random.seed(cfg.common.seed)  # as fairseq-train seeds before it builds anything
+    utils.set_torch_seed(cfg.common.seed)
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
     criterion = task.build_criterion(cfg.criterion)

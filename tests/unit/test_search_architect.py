@@ -15,11 +15,13 @@ from mdnas_fairseq.search import (
     BilevelArchitect,
     SGDVirtualStep,
     architecture_parameters,
+    mix,
     weight_parameters,
 )
 from tests.helpers.tiny_net import (  # noqa: F401
     NUM_DOMAINS,
     NUM_EDGES,
+    OPS,
     TRAIN,
     VAL,
     K,
@@ -93,6 +95,107 @@ def test_second_order_gradient_equals_exact_unrolled_gradient(xi):
         train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi)
     )["grads"][0]
     assert rel_err(first, exact) > 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forward_difference_equals_exact_gradient_with_one_training_pass_fewer(seed):
+    model = make_model(seed=seed)
+    train_loss, val_loss = closures(model)
+    calls = {"train": 0}
+
+    def counted_train_loss():
+        calls["train"] += 1
+        return train_loss()
+
+    exact, at_virtual, _, _ = exact_hypergradient(model, 0.5)
+    errors = {}
+    for difference, passes in (("central", 3), ("forward", 2)):
+        calls["train"] = 0
+        got = make_architect(model, order=2, difference=difference).alpha_gradients(
+            counted_train_loss, val_loss, virtual_step=SGDVirtualStep(lr=0.5)
+        )["grads"][0]
+        errors[difference] = rel_err(got, exact)
+        assert calls["train"] == passes, difference
+    # O(eps^2) vs O(eps) with eps = 0.01 / ||u||: both near the exact hypergradient, whose
+    # Hessian term is large here (a forward difference divided by 2 eps, or taken from the wrong
+    # base point, misses by tens of percent)
+    assert float((exact - at_virtual).norm() / exact.norm()) > 0.3
+    assert errors["central"] < 1e-4
+    assert errors["forward"] < 2e-2
+
+
+DROP = 0.4
+
+
+class DropoutNet(torch.nn.Module):
+    """TinyNet with dropout after edge 0 (masks drawn from the global generator)."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def forward(self, x, domains):
+        net = self.base
+        probs = net.alphas.mixing_probs(domains)
+        h = mix(torch.stack([op(x @ net.w1) for op in OPS]), probs[:, 0])
+        h = h * dropout_mask(h.shape, h.dtype)
+        h = mix(torch.stack([op(h @ net.w2) for op in OPS]), probs[:, 1])
+        return h @ net.w3
+
+
+def dropout_mask(shape, dtype):
+    return (torch.rand(shape, dtype=dtype) >= DROP).to(dtype) / (1.0 - DROP)
+
+
+def masked_loss(ws, alpha, batch, mask):
+    """The dropout network, functional and independent of ``mix``, with a given mask."""
+    w1, w2, w3 = ws
+    x, d, y = batch
+    probs = torch.softmax(alpha, dim=-1)[d]
+    h = torch.einsum("bk,kbh->bh", probs[:, 0], torch.stack([op(x @ w1) for op in OPS])) * mask
+    h = torch.einsum("bk,kbh->bh", probs[:, 1], torch.stack([op(h @ w2) for op in OPS]))
+    return torch.nn.functional.mse_loss(h @ w3, y)
+
+
+@pytest.mark.parametrize("difference", ["central", "forward"])
+def test_second_order_with_dropout_differentiates_one_draw_of_the_masks(difference):
+    # The finite difference must compare training gradients under the SAME dropout masks (those
+    # of the virtual step's pass); with fresh masks at w +- eps u it would divide the difference of
+    # two random draws by eps. Reference: the exact unrolled hypergradient with the masks the
+    # architect's first training pass and its held-out pass drew, replayed from the seed.
+    base = make_model(seed=4)
+    model = DropoutNet(base)
+    xi = 0.5
+
+    def train_loss():
+        x, d, y = TRAIN
+        return torch.nn.functional.mse_loss(model(x, d), y)
+
+    def val_loss():
+        x, d, y = VAL
+        return torch.nn.functional.mse_loss(model(x, d), y)
+
+    architect = BilevelArchitect(
+        [base.w1, base.w2, base.w3], architecture_parameters(base), order=2, difference=difference
+    )
+    torch.manual_seed(123)
+    got = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))[
+        "grads"
+    ][0]
+    after = torch.rand(())  # the global stream continues after the two passes that drew masks
+
+    torch.manual_seed(123)
+    shape = (TRAIN[0].shape[0], base.w1.shape[1])
+    train_mask = dropout_mask(shape, torch.float64)
+    val_mask = dropout_mask(shape, torch.float64)
+    following = torch.rand(())
+    alpha = base.alphas.alpha.detach().clone().requires_grad_(True)
+    ws = [w.detach().clone().requires_grad_(True) for w in (base.w1, base.w2, base.w3)]
+    grads = torch.autograd.grad(masked_loss(ws, alpha, TRAIN, train_mask), ws, create_graph=True)
+    virtual = [w - xi * g for w, g in zip(ws, grads)]
+    (exact,) = torch.autograd.grad(masked_loss(virtual, alpha, VAL, val_mask), alpha)
+    assert rel_err(got, exact) < (1e-4 if difference == "central" else 2e-2)
+    assert torch.equal(following, after)
 
 
 def test_second_order_with_momentum_and_weight_decay_in_virtual_step():

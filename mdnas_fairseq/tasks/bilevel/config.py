@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
 EVALUATION_SPLITS = ("valid", "test")
@@ -23,6 +23,14 @@ class BilevelSearchConfig(FairseqDataclass):
         metadata={
             "help": "alpha step: 1 first order, 2 DARTS second order (its virtual step is one step "
             "of the weight optimizer's own rule: sgd, nag or adam, without gradient clipping)"
+        },
+    )
+    alpha_hessian_difference: ChoiceEnum(["central", "forward"]) = field(
+        default="central",
+        metadata={
+            "help": "second order's Hessian-vector product: central difference (DARTS, two extra "
+            "training passes, error O(eps^2)) or forward difference (one extra pass, reusing the "
+            "virtual step's own alpha gradient, error O(eps))"
         },
     )
     alpha_lr: float = field(

@@ -69,6 +69,7 @@ class BilevelSearchMixin:
                 weight_parameters(core),
                 alphas,
                 order=self.cfg.alpha_order,
+                difference=str(self.cfg.alpha_hessian_difference),
                 lr=self.cfg.alpha_lr,
                 betas=tuple(self.cfg.alpha_betas),
                 weight_decay=self.cfg.alpha_weight_decay,
@@ -271,6 +272,7 @@ class BilevelSearchMixin:
         settings = {
             "domains": list(self.domain_names),
             "alpha_order": cfg.alpha_order,
+            "alpha_hessian_difference": str(cfg.alpha_hessian_difference),
             "alpha_lr": cfg.alpha_lr,
             "alpha_weight_decay": cfg.alpha_weight_decay,
             "eta_p": cfg.eta_p,
