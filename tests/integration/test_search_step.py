@@ -101,11 +101,16 @@ def test_second_order_finite_differences_see_one_draw_of_dropout(data_bin, tmp_p
     replays the first pass's dropout masks (with fresh masks each is off by several times the
     gradient's norm)."""
     task, model, criterion, optimizer = build_in_process(
-        data_bin, str(tmp_path), extra=["--alpha-order", "2", "--optimizer", "sgd", "--lr", "1.0"]
+        data_bin,
+        str(tmp_path),
+        extra=["--alpha-order", "2", "--optimizer", "sgd", "--lr", "1.0"]
+        + ["--alpha-hessian-difference", "forward"],
     )
     sample = first_batches(task, 1)[0]
     heldout = to_model(task.search.heldout.next(sample["domain"]), model)
     architect = task.architect
+    assert architect.difference == "forward"  # the flag reaches the architect
+    assert task.search_settings(model)["alpha_hessian_difference"] == "forward"
 
     def alpha_gradient(difference, order=2):
         architect.difference, architect.order = difference, order
