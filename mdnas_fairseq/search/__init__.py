@@ -5,7 +5,7 @@ Public API:
     transformer_lm_space                                     -- cell shapes
     ArchitectureParameters, mix, annealed_temperature        -- per-domain alpha (D, E, K), mixed op
     js_structural_loss, batch_hard_triplet_loss              -- the two regularizers
-    BilevelArchitect                                         -- first / second order alpha step
+    BilevelArchitect, HESSIAN_DIFFERENCES                    -- first / second order alpha step
     VirtualStep, SGDVirtualStep, NAGVirtualStep, AdamVirtualStep -- the weight optimizer's rule (second order)
     DomainSampler                                            -- the domain distribution p, fixed or robust
     derive_genotype, MultiDomainGenotype, multimodel_param_count,
@@ -25,7 +25,7 @@ from .alpha import (
     mix,
     weight_parameters,
 )
-from .architect import BilevelArchitect
+from .architect import HESSIAN_DIFFERENCES, BilevelArchitect
 from .architectures import DomainArchitectures
 from .atomic import atomic_path, atomic_write_text
 from .budget import BUDGET_RULE, BudgetStep, argmax_genotype, budget_sequence, derive_with_budget

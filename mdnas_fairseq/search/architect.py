@@ -75,7 +75,7 @@ class _ReplayRandom:
             yield
 
 
-DIFFERENCES = ("central", "forward")
+HESSIAN_DIFFERENCES = ("central", "forward")
 
 
 def _split(result) -> Tuple[Tensor, Any]:
@@ -111,9 +111,9 @@ class BilevelArchitect:
     ):
         if order not in (1, 2):
             raise ValueError(f"alpha step order must be 1 or 2, got {order}")
-        if difference not in DIFFERENCES:
+        if difference not in HESSIAN_DIFFERENCES:
             raise ValueError(
-                f"the Hessian-vector difference must be one of {', '.join(DIFFERENCES)}, "
+                f"the Hessian-vector difference must be one of {', '.join(HESSIAN_DIFFERENCES)}, "
                 f"got {difference!r}"
             )
         self.difference = difference

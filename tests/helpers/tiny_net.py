@@ -23,8 +23,9 @@ NUM_EDGES = 2
 class TinyNet(nn.Module):
     """x -> mixed op (edge 0) -> linear -> mixed op (edge 1) -> linear; per-sample domains."""
 
-    def __init__(self, seed: int = 0, n_in: int = 3, hidden: int = 4):
+    def __init__(self, seed: int = 0, n_in: int = 3, hidden: int = 4, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout
         gen = torch.Generator().manual_seed(seed)
         self.w1 = nn.Parameter(0.8 * torch.randn(n_in, hidden, generator=gen))
         self.w2 = nn.Parameter(0.8 * torch.randn(hidden, hidden, generator=gen))
@@ -37,17 +38,27 @@ class TinyNet(nn.Module):
         probs = self.alphas.mixing_probs(domains)  # (B, E, K)
         z = x @ self.w1
         h = mix(torch.stack([op(z) for op in OPS]), probs[:, 0])
+        if self.dropout > 0:
+            h = h * dropout_mask(h.shape, h.dtype, self.dropout)
         z = h @ self.w2
         h = mix(torch.stack([op(z) for op in OPS]), probs[:, 1])
         return h @ self.w3
 
 
-def reference_forward(ws, alpha, x, domains):
-    """Same network, written with explicit softmax and einsum (an independent code path)."""
+def dropout_mask(shape, dtype, p):
+    """An inverted-dropout mask drawn from the global generator."""
+    return (torch.rand(shape, dtype=dtype) >= p).to(dtype) / (1.0 - p)
+
+
+def reference_forward(ws, alpha, x, domains, mask=None):
+    """Same network, written with explicit softmax and einsum (an independent code path); ``mask``:
+    a given dropout mask after edge 0."""
     w1, w2, w3 = ws
     probs = torch.softmax(alpha, dim=-1)[domains]  # (B, E, K)
     z = x @ w1
     h = torch.einsum("bk,kbh->bh", probs[:, 0], torch.stack([op(z) for op in OPS]))
+    if mask is not None:
+        h = h * mask
     z = h @ w2
     h = torch.einsum("bk,kbh->bh", probs[:, 1], torch.stack([op(z) for op in OPS]))
     return h @ w3
@@ -65,8 +76,8 @@ TRAIN = make_batch(101)
 VAL = make_batch(202)
 
 
-def make_model(seed=0):
-    return TinyNet(seed).double()
+def make_model(seed=0, dropout=0.0):
+    return TinyNet(seed, dropout=dropout).double()
 
 
 def closures(model):
@@ -81,6 +92,6 @@ def closures(model):
     return train_loss, val_loss
 
 
-def ref_loss(ws, alpha, batch):
+def ref_loss(ws, alpha, batch, mask=None):
     x, d, y = batch
-    return F.mse_loss(reference_forward(ws, alpha, x, d), y)
+    return F.mse_loss(reference_forward(ws, alpha, x, d, mask), y)

@@ -15,17 +15,16 @@ from mdnas_fairseq.search import (
     BilevelArchitect,
     SGDVirtualStep,
     architecture_parameters,
-    mix,
     weight_parameters,
 )
 from tests.helpers.tiny_net import (  # noqa: F401
     NUM_DOMAINS,
     NUM_EDGES,
-    OPS,
     TRAIN,
     VAL,
     K,
     closures,
+    dropout_mask,
     make_batch,
     make_model,
     ref_loss,
@@ -127,57 +126,16 @@ def test_forward_difference_equals_exact_gradient_with_one_training_pass_fewer(s
 DROP = 0.4
 
 
-class DropoutNet(torch.nn.Module):
-    """TinyNet with dropout after edge 0 (masks drawn from the global generator)."""
-
-    def __init__(self, base):
-        super().__init__()
-        self.base = base
-
-    def forward(self, x, domains):
-        net = self.base
-        probs = net.alphas.mixing_probs(domains)
-        h = mix(torch.stack([op(x @ net.w1) for op in OPS]), probs[:, 0])
-        h = h * dropout_mask(h.shape, h.dtype)
-        h = mix(torch.stack([op(h @ net.w2) for op in OPS]), probs[:, 1])
-        return h @ net.w3
-
-
-def dropout_mask(shape, dtype):
-    return (torch.rand(shape, dtype=dtype) >= DROP).to(dtype) / (1.0 - DROP)
-
-
-def masked_loss(ws, alpha, batch, mask):
-    """The dropout network, functional and independent of ``mix``, with a given mask."""
-    w1, w2, w3 = ws
-    x, d, y = batch
-    probs = torch.softmax(alpha, dim=-1)[d]
-    h = torch.einsum("bk,kbh->bh", probs[:, 0], torch.stack([op(x @ w1) for op in OPS])) * mask
-    h = torch.einsum("bk,kbh->bh", probs[:, 1], torch.stack([op(h @ w2) for op in OPS]))
-    return torch.nn.functional.mse_loss(h @ w3, y)
-
-
 @pytest.mark.parametrize("difference", ["central", "forward"])
 def test_second_order_with_dropout_differentiates_one_draw_of_the_masks(difference):
     # The finite difference must compare training gradients under the SAME dropout masks (those
     # of the virtual step's pass); with fresh masks at w +- eps u it would divide the difference of
     # two random draws by eps. Reference: the exact unrolled hypergradient with the masks the
     # architect's first training pass and its held-out pass drew, replayed from the seed.
-    base = make_model(seed=4)
-    model = DropoutNet(base)
+    model = make_model(seed=4, dropout=DROP)
     xi = 0.5
-
-    def train_loss():
-        x, d, y = TRAIN
-        return torch.nn.functional.mse_loss(model(x, d), y)
-
-    def val_loss():
-        x, d, y = VAL
-        return torch.nn.functional.mse_loss(model(x, d), y)
-
-    architect = BilevelArchitect(
-        [base.w1, base.w2, base.w3], architecture_parameters(base), order=2, difference=difference
-    )
+    train_loss, val_loss = closures(model)
+    architect = make_architect(model, order=2, difference=difference)
     torch.manual_seed(123)
     got = architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))[
         "grads"
@@ -185,15 +143,15 @@ def test_second_order_with_dropout_differentiates_one_draw_of_the_masks(differen
     after = torch.rand(())  # the global stream continues after the two passes that drew masks
 
     torch.manual_seed(123)
-    shape = (TRAIN[0].shape[0], base.w1.shape[1])
-    train_mask = dropout_mask(shape, torch.float64)
-    val_mask = dropout_mask(shape, torch.float64)
+    shape = (TRAIN[0].shape[0], model.w1.shape[1])
+    train_mask = dropout_mask(shape, torch.float64, DROP)
+    val_mask = dropout_mask(shape, torch.float64, DROP)
     following = torch.rand(())
-    alpha = base.alphas.alpha.detach().clone().requires_grad_(True)
-    ws = [w.detach().clone().requires_grad_(True) for w in (base.w1, base.w2, base.w3)]
-    grads = torch.autograd.grad(masked_loss(ws, alpha, TRAIN, train_mask), ws, create_graph=True)
+    alpha = model.alphas.alpha.detach().clone().requires_grad_(True)
+    ws = [w.detach().clone().requires_grad_(True) for w in (model.w1, model.w2, model.w3)]
+    grads = torch.autograd.grad(ref_loss(ws, alpha, TRAIN, train_mask), ws, create_graph=True)
     virtual = [w - xi * g for w, g in zip(ws, grads)]
-    (exact,) = torch.autograd.grad(masked_loss(virtual, alpha, VAL, val_mask), alpha)
+    (exact,) = torch.autograd.grad(ref_loss(virtual, alpha, VAL, val_mask), alpha)
     assert rel_err(got, exact) < (1e-4 if difference == "central" else 2e-2)
     assert torch.equal(following, after)
 

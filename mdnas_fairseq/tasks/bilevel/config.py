@@ -6,6 +6,8 @@ from typing import List, Optional
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
+from ...search import HESSIAN_DIFFERENCES
+
 EVALUATION_SPLITS = ("valid", "test")
 
 
@@ -25,7 +27,7 @@ class BilevelSearchConfig(FairseqDataclass):
             "of the weight optimizer's own rule: sgd, nag or adam, without gradient clipping)"
         },
     )
-    alpha_hessian_difference: ChoiceEnum(["central", "forward"]) = field(
+    alpha_hessian_difference: ChoiceEnum(list(HESSIAN_DIFFERENCES)) = field(
         default="central",
         metadata={
             "help": "second order's Hessian-vector product: central difference (DARTS, two extra "
