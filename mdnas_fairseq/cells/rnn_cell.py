@@ -202,6 +202,10 @@ class DartsRNNCell(nn.Module):
         outputs: List[Tensor] = []
         with steps.sequence(self.training and torch.is_grad_enabled(), xw.device.type) as step:
             compiled = steps.active
+            if compiled:
+                # the first state gets the layout of the others (an expanded initial state has
+                # stride 0, on which a compiled graph specialises): one graph for every step
+                h = h.contiguous()
             if compiled and torch.is_grad_enabled() and not h.requires_grad:
                 # the first step then has the requires-grad pattern of the others: one graph, not two
                 h = h.detach().requires_grad_()
@@ -240,6 +244,14 @@ class DartsRNNCell(nn.Module):
                 raise ValueError("a search-mode cell needs mixing probabilities")
             # softmax(alpha) may be fp32 while the cell runs in fp16
             mix = mixing_probs[..., self.weighted_op_index].to(inputs.dtype)
+            if (
+                torch.is_grad_enabled()
+                and not mix.requires_grad
+                and self.steps.prepare(xw.device.type)
+            ):
+                # the weight step (alpha fixed) then has the alpha step's requires-grad pattern:
+                # one compiled graph for both; the unused alpha gradient costs a few reductions
+                mix = mix.detach().requires_grad_()
             rows = [batch] + [j * batch for j in range(1, self.space.num_nodes + 1)]
             return self._run(
                 xw,

@@ -240,3 +240,34 @@ def test_half_precision_cell_with_fp32_mixing_probs():
     out = half(x.to(torch.float16), mixing_probs=w)
     assert out.dtype == torch.float16
     assert torch.allclose(out.float(), expected, atol=0.02)
+
+
+def test_compiled_search_step_is_one_graph_for_every_step_and_batch_size():
+    """An expanded initial state (stride 0, as the language model passes it) and a smaller last
+    batch must not recompile the step: torch.compile specialises on strides and, for a graph
+    first built at a step other than the first, on the batch size, and on whether alpha needs a
+    gradient (the weight step's or the alpha step's); each recompile cost ~20 s."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    space = darts_rnn_space(2)
+    cell = DartsRNNCell(IN, H, space, compile="on").train()
+    counter = CompileCounter()
+    cell.steps.backend = counter
+    init = torch.nn.Parameter(torch.randn(H))
+    alpha = torch.randn(space.num_edges, space.num_ops, requires_grad=True)
+    for batch, fixed_alpha in ((B, False), (B + 3, False), (B - 1, True)):
+        x = torch.randn(T, batch, IN)
+        probs = torch.softmax(alpha.detach() if fixed_alpha else alpha, -1)  # weight / alpha step
+        cell(x, init.expand(batch, -1), mixing_probs=probs).sum().backward()
+    assert counter.frame_count == 1
+    # and the graph computes what the eager step computes, the initial state's gradient included
+    eager = DartsRNNCell(IN, H, space, compile="off").train()
+    eager.load_state_dict(cell.state_dict())
+    grads = []
+    for c in (cell, eager):
+        init.grad = None
+        torch.manual_seed(3)
+        c(x, init.expand(x.shape[1], -1), mixing_probs=torch.softmax(alpha, -1)).sum().backward()
+        grads.append(init.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
