@@ -10,8 +10,8 @@ Modes:
   choices whatever the run's length. A compilation costs tens of seconds per graph on a small CPU,
   so short runs (tests, a demo of a few minutes) never pay for it and long searches do; a forward
   pass is about a third of a training step, so the default of 60 forward seconds is about three
-  minutes of eager training time, the measured cost of the two or three graphs a search compiles
-  (see benchmarks/lm_search_speed.py). ``"auto"`` compiles on CUDA only (``auto_devices``): on a
+  minutes of eager training time, the measured cost of the two graphs a search compiles (training
+  and evaluation; see benchmarks/lm_search_speed.py). ``"auto"`` compiles on CUDA only (``auto_devices``): on a
   CPU, compiling under load took minutes, and a switch that depends on wall-clock time would make
   a CPU run's numbers (compiled and eager steps round differently) depend on the machine's load;
   CPU users who want it pass ``"on"``.
