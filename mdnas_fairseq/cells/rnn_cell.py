@@ -203,12 +203,11 @@ class DartsRNNCell(nn.Module):
         with steps.sequence(self.training and torch.is_grad_enabled(), xw.device.type) as step:
             compiled = steps.active
             if compiled:
-                # the first state gets the layout of the others (an expanded initial state has
-                # stride 0, on which a compiled graph specialises): one graph for every step
+                # one graph for every step: the first state gets the others' layout (an expanded
+                # initial state has stride 0, on which a graph specialises) and requires-grad pattern
                 h = h.contiguous()
-            if compiled and torch.is_grad_enabled() and not h.requires_grad:
-                # the first step then has the requires-grad pattern of the others: one graph, not two
-                h = h.detach().requires_grad_()
+                if torch.is_grad_enabled() and not h.requires_grad:
+                    h = h.detach().requires_grad_()
             for t, x_t in enumerate(xw.unbind(0)):  # unbind: one backward node, not one per step
                 probes = defer.probes(t) if defer is not None else None
                 if compiled and t == 0:  # a graph compiled now serves every batch size
