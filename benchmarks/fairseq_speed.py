@@ -16,7 +16,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+TRAIN = [sys.executable, "-m", "fairseq_cli.train"]  # fairseq-train of this interpreter
 
 
 def prepare(out_dir, vocab_size=4000):
@@ -60,15 +60,14 @@ def run_train(cmd):
     return words / seconds, wall
 
 
-def common(H, updates, batch):
-    return [
+def common(H, updates, batch, device="cpu"):
+    return (["--cpu"] if device == "cpu" else []) + [
         "--optimizer",
         "adam",
         "--lr",
         "0.001",
         "--batch-size",
         str(batch),
-        "--cpu",
         "--seed",
         "1",
         "--max-update",
@@ -90,13 +89,14 @@ def end_to_end(args, hiddens):
     data = prepare(os.path.join(ROOT, args.e2e_dir))
     lines = [
         f"fairseq-train words/s (log intervals after the first), {args.e2e_updates} updates, "
-        f"batch {args.batch} sentences, embedded En/De corpus, 1 thread"
+        f"batch {args.batch} sentences, embedded En/De corpus, "
+        + ("1 thread" if args.device == "cpu" else f"device {args.device}")
     ]
     lines.append(f"{'run':<36}{'words/s':>10}{'vs lstm_lm':>12}{'wall s':>9}")
     for H in hiddens:
         runs = {}
         lstm = [
-            os.path.join(BIN, "fairseq-train"),
+            *TRAIN,
             data,
             "--task",
             "language_modeling",
@@ -115,11 +115,11 @@ def end_to_end(args, hiddens):
             "cross_entropy",
             "--tokens-per-sample",
             "1024",
-        ] + common(H, args.e2e_updates, args.batch)
+        ] + common(H, args.e2e_updates, args.batch, args.device)
         runs["lstm_lm (language_modeling, en)"] = run_train(lstm)
         for mode in ("on", "off"):
             search = [
-                os.path.join(BIN, "fairseq-train"),
+                *TRAIN,
                 data,
                 "--user-dir",
                 os.path.join(ROOT, "mdnas_fairseq"),
@@ -140,7 +140,7 @@ def end_to_end(args, hiddens):
                 "--no-alpha-heatmaps",
                 "--compile-cell",
                 mode,
-            ] + common(H, args.e2e_updates, args.batch)
+            ] + common(H, args.e2e_updates, args.batch, args.device)
             runs[f"search o1 ({'compiled' if mode == 'on' else 'eager'} cell, en+de)"] = run_train(
                 search
             )

@@ -18,7 +18,8 @@ second/first order ratio and the step time for D = 1, 2, 4, 8 domains relative t
 one domain per batch (how the task feeds batches) and with the batch spread over all D domains
 (per-sample routing). Step times are this process's CPU time (1 thread), the fastest of
 ``--repeats`` blocks of ``--steps`` steps, so that other jobs on a shared machine distort them
-less; compile times are wall clock.
+less; compile times are wall clock. ``--device cuda`` runs the same rows on a GPU, timed by the
+wall clock after synchronising (the GEMM peak then is the GPU's at the same shapes).
 
 ``--fairseq-train`` adds the end-to-end figure: fairseq-train words/s of the search
 (task multidomain_nas, compiled and eager cell) and of ``--arch lstm_lm`` (task
@@ -26,6 +27,7 @@ language_modeling) on the same prepared data (the embedded En/De corpus), same s
 """
 
 import argparse
+import logging
 import os
 import platform
 import time
@@ -48,22 +50,37 @@ def lm_loss(logits, targets):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def cpu_seconds(step, steps, repeats):
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def clock():
+    """This process's CPU time on a CPU (other jobs on a shared machine distort it less); wall clock
+    after the queued kernels have finished on a GPU."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+        return time.perf_counter()
+    return time.process_time()
+
+
+def step_seconds(step, steps, repeats):
+    """Seconds per call of ``step``: the fastest of ``repeats`` blocks of ``steps`` calls."""
     best = float("inf")
     for _ in range(repeats):
-        start = time.process_time()
+        start = clock()
         for _ in range(steps):
             step()
-        best = min(best, (time.process_time() - start) / steps)
+        best = min(best, (clock() - start) / steps)
     return best
 
 
 def measure(step, args):
     """(first step wall seconds, steady CPU seconds per step)."""
+    clock()
     start = time.perf_counter()
     step()
+    clock()
     first = time.perf_counter() - start
-    return first, cpu_seconds(step, args.steps, args.repeats)
+    return first, step_seconds(step, args.steps, args.repeats)
 
 
 def flops_of(step):
@@ -76,14 +93,17 @@ def gemm_peak(H, B, nodes, k=4, reps=5):
     """FLOP/s of torch.matmul at the search cell's node shapes (forward and both backward products)."""
     total_flops, total_time = 0, 0.0
     for j in range(1, nodes + 1):
-        s, w, dz = torch.randn(j * B, H), torch.randn(H, 2 * k * H), torch.randn(j * B, 2 * k * H)
+        s, w, dz = (
+            torch.randn(*shape, device=DEVICE)
+            for shape in ((j * B, H), (H, 2 * k * H), (j * B, 2 * k * H))
+        )
         for f in (
             lambda s=s, w=w: s @ w,
             lambda dz=dz, w=w: dz @ w.t(),
             lambda s=s, dz=dz: s.t() @ dz,
         ):
             f()
-            total_time += cpu_seconds(f, reps, 3)
+            total_time += step_seconds(f, reps, 3)
             total_flops += 2 * j * B * H * 2 * k * H
     return total_flops / total_time
 
@@ -92,7 +112,7 @@ def batches(V, B, T, n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        tokens = torch.randint(4, V, (B, T + 1), generator=g)
+        tokens = torch.randint(4, V, (B, T + 1), generator=g).to(DEVICE)
         out.append((tokens[:, :-1], tokens[:, 1:]))
     return out
 
@@ -141,7 +161,7 @@ def make_lm(args, H, domains, compile, genotype=None, seed=1):
     torch.manual_seed(seed)
     return DartsRNNLanguageModel(
         args.vocab, 1, H, H, domains, num_nodes=args.nodes, genotype=genotype, compile_cell=compile
-    )
+    ).to(DEVICE)
 
 
 def random_genotype(args, domains, seed):
@@ -168,7 +188,7 @@ def lstm_lm(V, H):
         attention=False,
         encoder_output_units=0,
         share_input_output_embed=True,
-    )
+    ).to(DEVICE)
 
 
 def section(args, H):
@@ -177,7 +197,7 @@ def section(args, H):
     B, T, V = args.batch, args.length, args.vocab
     train_b, val_b = batches(V, B, T)
     domains = ["d0", "d1"]
-    zero = torch.zeros(B, dtype=torch.long)
+    zero = torch.zeros(B, dtype=torch.long, device=DEVICE)
     peak = gemm_peak(H, B, args.nodes)
     rows = {}
 
@@ -193,7 +213,11 @@ def section(args, H):
                 else f"{name}, {'compiled' if mode == 'on' else 'eager'}"
             )
             rows[label] = dict(
-                sec=sec, flops=flops, compile=max(first - sec, 0.0) if mode == "on" else None
+                sec=sec,
+                flops=flops,
+                compile=max(first - sec, 0.0)
+                if mode == "on" and name != "fairseq lstm_lm"
+                else None,
             )
             print(
                 f"  [H={H}] {label}: {B * T / sec:.0f} tokens/s (first step {first:.1f} s)",
@@ -202,7 +226,7 @@ def section(args, H):
             if name == "fairseq lstm_lm":
                 break
 
-    for order, difference, name in SEARCH_ROWS:
+    for order, difference, name in SEARCH_ROWS if not args.scaling_only else ():
         row(
             name,
             lambda c, o=order, f=difference: search_step_fn(
@@ -215,16 +239,17 @@ def section(args, H):
         model = make_lm(args, H, domains, c, geno)
         return weight_step_fn(model, lambda x: model(x, zero)[0], train_b)
 
-    row("derived", derived)
-    lstm = lstm_lm(V, H)
-    row("fairseq lstm_lm", lambda c: weight_step_fn(lstm, lambda x: lstm(x)[0], train_b))
+    if not args.scaling_only:
+        row("derived", derived)
+        lstm = lstm_lm(V, H)
+        row("fairseq lstm_lm", lambda c: weight_step_fn(lstm, lambda x: lstm(x)[0], train_b))
 
     # step time against the number of domains D (compiled cell where --modes has it)
     mode = "on" if "on" in args.modes else "off"
     scaling = {}
     for D in args.domain_counts:
         names = [f"d{i}" for i in range(D)]
-        spread = torch.arange(B) % D
+        spread = torch.arange(B, device=DEVICE) % D
         geno_d = random_genotype(args, names, seed=D)
         times = []
         for dom in (zero, spread):
@@ -248,7 +273,7 @@ def report(args, H, rows, scaling, peak):
         f"GEMM peak at the cell's shapes {peak / 1e9:.1f} GFLOP/s",
         f"{'step':<28}{'tokens/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}{'vs lstm':>9}{'compile s':>11}",
     ]
-    base = rows["fairseq lstm_lm"]["sec"]
+    base = rows["fairseq lstm_lm"]["sec"] if rows else None
     for name, r in rows.items():
         rate = r["flops"] / r["sec"]
         comp = f"{r['compile']:.0f}" if r["compile"] is not None else "-"
@@ -295,18 +320,31 @@ def main(argv=None):
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda: the same rows on the GPU (wall clock after synchronising)",
+    )
+    p.add_argument(
         "--fairseq-train", action="store_true", help="also time fairseq-train end to end"
     )
     p.add_argument("--only-fairseq-train", action="store_true", help="skip the in-process rows")
+    p.add_argument(
+        "--scaling-only", action="store_true", help="of the in-process rows, the D scaling alone"
+    )
     p.add_argument("--e2e-updates", type=int, default=40)
     p.add_argument("--e2e-dir", default="build/lm_speed_e2e")
     args = p.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
     args.domain_counts = [int(d) for d in args.domain_counts.split(",") if d]
     torch.set_num_threads(args.threads)
+    logging.getLogger("filelock").setLevel(logging.WARNING)  # inductor's cache locks, at DEBUG
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    gpu = f", GPU {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} thread(s), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
+        f"{gpu}"
     )
     for H in [int(h) for h in args.hidden.split(",")] if not args.only_fairseq_train else []:
         print("\n".join(report(args, H, *section(args, H)) + [""]), flush=True)
