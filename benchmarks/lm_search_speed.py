@@ -83,6 +83,21 @@ def measure(step, args):
     return first, step_seconds(step, args.steps, args.repeats)
 
 
+def kernel_stats(step, steps):
+    """(GPU kernels launched, seconds the GPU spent in them) per call of ``step``, from
+    torch.profiler's device events: how much of a step's wall time the GPU works."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize(DEVICE)
+    device = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy = sum(e.time_range.elapsed_us() for e in device) * 1e-6
+    return len(device) / steps, busy / steps
+
+
 def flops_of(step):
     with FlopCounterMode(display=False) as counter:
         step()
@@ -219,6 +234,11 @@ def section(args, H):
                 if mode == "on" and name != "fairseq lstm_lm"
                 else None,
             )
+            if args.kernel_profile and DEVICE.type == "cuda":
+                try:
+                    rows[label]["kernels"], rows[label]["busy"] = kernel_stats(step, args.steps)
+                except Exception as e:  # the profiler is a diagnostic: report, go on
+                    print(f"  kernel profile of {label} failed: {type(e).__name__}: {e}")
             print(
                 f"  [H={H}] {label}: {B * T / sec:.0f} tokens/s (first step {first:.1f} s)",
                 flush=True,
@@ -271,7 +291,8 @@ def report(args, H, rows, scaling, peak):
     lines = [
         f"hidden {H}: vocab {args.vocab}, batch {B}x{T}, {args.nodes} nodes, 2 domains, "
         f"GEMM peak at the cell's shapes {peak / 1e9:.1f} GFLOP/s",
-        f"{'step':<28}{'tokens/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}{'vs lstm':>9}{'compile s':>11}",
+        f"{'step':<28}{'tokens/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}{'vs lstm':>9}{'compile s':>11}"
+        + (f"{'kernels':>9}{'GPU busy':>10}" if any("kernels" in r for r in rows.values()) else ""),
     ]
     base = rows["fairseq lstm_lm"]["sec"] if rows else None
     for name, r in rows.items():
@@ -280,6 +301,7 @@ def report(args, H, rows, scaling, peak):
         lines.append(
             f"{name:<28}{B * T / r['sec']:>10.0f}{r['flops'] / 1e9:>12.2f}{rate / 1e9:>9.1f}"
             f"{100 * rate / peak:>7.0f}%{base / r['sec']:>9.2f}{comp:>11}"
+            + (f"{r['kernels']:>9.0f}{100 * r['busy'] / r['sec']:>9.0f}%" if "kernels" in r else "")
         )
     for mode in ("compiled", "eager"):
         o1 = rows.get(f"search o1, {mode}")
@@ -328,6 +350,12 @@ def main(argv=None):
         "--fairseq-train", action="store_true", help="also time fairseq-train end to end"
     )
     p.add_argument("--only-fairseq-train", action="store_true", help="skip the in-process rows")
+    p.add_argument(
+        "--kernel-profile",
+        action="store_true",
+        help="on a GPU, also the kernels launched per step and the share of the step's wall "
+        "time the GPU spends in them (torch.profiler)",
+    )
     p.add_argument(
         "--scaling-only", action="store_true", help="of the in-process rows, the D scaling alone"
     )
