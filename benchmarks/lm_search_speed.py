@@ -13,7 +13,9 @@ each with the cell compiled (``compile="on"``) and eager (``"off"``, what short 
 is forward + backward + Adam. Printed per row: tokens/s, FLOPs per step (FlopCounterMode), GFLOP/s,
 % of the GEMM peak (torch.matmul at the search cell's own shapes: the node products
 (jB x H)(H x 8H), j = 1..N, and their two backward products, measured in the same run), the
-ratio to lstm_lm and the compile time (first step minus a steady one, wall clock). Then the
+ratio to lstm_lm, the compile time (first step minus a steady one, wall clock) and, for eager
+rows, the kernel operations dispatched per step ("ops", views excluded: where the host is the
+bottleneck, as on a GPU at these sizes, the step time follows this count). Then the
 second/first order ratio and the step time for D = 1, 2, 4, 8 domains relative to D = 1: with
 one domain per batch (how the task feeds batches) and with the batch spread over all D domains
 (per-sample routing). Step times are this process's CPU time (1 thread), the fastest of
@@ -34,6 +36,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from mdnas_fairseq.cells.rnn import DartsRNNLanguageModel
@@ -96,6 +99,26 @@ def kernel_stats(step, steps):
     device = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     busy = sum(e.time_range.elapsed_us() for e in device) * 1e-6
     return len(device) / steps, busy / steps
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operations dispatched to kernels (views excluded), forward and backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def ops_of(step):
+    """Kernel operations one eager call of ``step`` dispatches: on a host-bound device (a GPU at
+    these sizes) its time is about proportional to this count."""
+    with _OpCounter() as counter:
+        step()
+    return counter.count
 
 
 def flops_of(step):
@@ -219,6 +242,7 @@ def section(args, H):
     def row(name, build):
         eager = build("off")
         flops = flops_of(eager)  # identical arithmetic in both modes; counted eagerly
+        ops = ops_of(eager)
         for mode in args.modes:
             step = eager if mode == "off" else build("on")
             first, sec = measure(step, args)
@@ -230,6 +254,7 @@ def section(args, H):
             rows[label] = dict(
                 sec=sec,
                 flops=flops,
+                ops=ops if mode == "off" or name == "fairseq lstm_lm" else None,
                 compile=max(first - sec, 0.0)
                 if mode == "on" and name != "fairseq lstm_lm"
                 else None,
@@ -291,7 +316,8 @@ def report(args, H, rows, scaling, peak):
     lines = [
         f"hidden {H}: vocab {args.vocab}, batch {B}x{T}, {args.nodes} nodes, 2 domains, "
         f"GEMM peak at the cell's shapes {peak / 1e9:.1f} GFLOP/s",
-        f"{'step':<28}{'tokens/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}{'vs lstm':>9}{'compile s':>11}"
+        f"{'step':<28}{'tokens/s':>10}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}{'vs lstm':>9}"
+        f"{'compile s':>11}{'ops':>8}"
         + (f"{'kernels':>9}{'GPU busy':>10}" if any("kernels" in r for r in rows.values()) else ""),
     ]
     base = rows["fairseq lstm_lm"]["sec"] if rows else None
@@ -301,6 +327,7 @@ def report(args, H, rows, scaling, peak):
         lines.append(
             f"{name:<28}{B * T / r['sec']:>10.0f}{r['flops'] / 1e9:>12.2f}{rate / 1e9:>9.1f}"
             f"{100 * rate / peak:>7.0f}%{base / r['sec']:>9.2f}{comp:>11}"
+            + (f"{r['ops']:>8}" if r["ops"] is not None else f"{'-':>8}")
             + (f"{r['kernels']:>9.0f}{100 * r['busy'] / r['sec']:>9.0f}%" if "kernels" in r else "")
         )
     for mode in ("compiled", "eager"):
