@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from mdnas_fairseq.cells.compiled import CompiledStep
 from mdnas_fairseq.cells.rnn import DartsRNNLanguageModel
 from mdnas_fairseq.search import (
     BilevelArchitect,
@@ -195,11 +196,30 @@ def weight_step_fn(model, forward, b):
     return step
 
 
+def inductor_cudagraphs(gm, example_inputs):
+    """Inductor with CUDA graphs (what ``torch.compile(mode="reduce-overhead")`` sets): a compiled
+    step replays as one graph launch on a GPU; on a CPU it is plain inductor."""
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches={"triton.cudagraphs": True})
+
+
+COMPILE_BACKENDS = {"inductor": "inductor", "inductor-cudagraphs": inductor_cudagraphs}
+
+
 def make_lm(args, H, domains, compile, genotype=None, seed=1):
     torch.manual_seed(seed)
-    return DartsRNNLanguageModel(
+    model = DartsRNNLanguageModel(
         args.vocab, 1, H, H, domains, num_nodes=args.nodes, genotype=genotype, compile_cell=compile
     ).to(DEVICE)
+    backend = COMPILE_BACKENDS.get(args.compile_backend, args.compile_backend)
+    for (
+        module
+    ) in model.modules():  # the cell's compiled steps (search, or derived and several-domain)
+        for step in vars(module).values():
+            if isinstance(step, CompiledStep):
+                step.backend = backend
+    return model
 
 
 def random_genotype(args, domains, seed):
@@ -378,6 +398,13 @@ def main(argv=None):
     )
     p.add_argument("--only-fairseq-train", action="store_true", help="skip the in-process rows")
     p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled rows: inductor (the cell's own), "
+        "inductor-cudagraphs (CUDA graphs on a GPU, as mode='reduce-overhead'), or any "
+        "registered dynamo backend (e.g. cudagraphs: the eager kernels in CUDA graphs)",
+    )
+    p.add_argument(
         "--kernel-profile",
         action="store_true",
         help="on a GPU, also the kernels launched per step and the share of the step's wall "
@@ -399,7 +426,7 @@ def main(argv=None):
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} thread(s), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
-        f"{gpu}"
+        f"{gpu}, compile backend {args.compile_backend}"
     )
     for H in [int(h) for h in args.hidden.split(",")] if not args.only_fairseq_train else []:
         print("\n".join(report(args, H, *section(args, H)) + [""]), flush=True)
