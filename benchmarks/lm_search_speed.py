@@ -78,7 +78,7 @@ def step_seconds(step, steps, repeats):
 
 
 def measure(step, args):
-    """(first step wall seconds, steady CPU seconds per step)."""
+    """(first step wall seconds, steady seconds per step as :func:`clock` counts them)."""
     clock()
     start = time.perf_counter()
     step()
@@ -116,7 +116,8 @@ class _OpCounter(TorchDispatchMode):
 
 def ops_of(step):
     """Kernel operations one eager call of ``step`` dispatches: on a host-bound device (a GPU at
-    these sizes) its time is about proportional to this count."""
+    these sizes) its time is about proportional to this count. Counted in a pass of its own: the
+    FLOP counter's module tracking dispatches operations of its own."""
     with _OpCounter() as counter:
         step()
     return counter.count
@@ -213,9 +214,8 @@ def make_lm(args, H, domains, compile, genotype=None, seed=1):
         args.vocab, 1, H, H, domains, num_nodes=args.nodes, genotype=genotype, compile_cell=compile
     ).to(DEVICE)
     backend = COMPILE_BACKENDS.get(args.compile_backend, args.compile_backend)
-    for (
-        module
-    ) in model.modules():  # the cell's compiled steps (search, or derived and several-domain)
+    # the cell's compiled steps (search, or derived and several-domain) get the backend
+    for module in model.modules():
         for step in vars(module).values():
             if isinstance(step, CompiledStep):
                 step.backend = backend
@@ -263,21 +263,16 @@ def section(args, H):
         eager = build("off")
         flops = flops_of(eager)  # identical arithmetic in both modes; counted eagerly
         ops = ops_of(eager)
+        baseline = name == "fairseq lstm_lm"  # no compiled variant: one row
         for mode in args.modes:
             step = eager if mode == "off" else build("on")
             first, sec = measure(step, args)
-            label = (
-                name
-                if name == "fairseq lstm_lm"
-                else f"{name}, {'compiled' if mode == 'on' else 'eager'}"
-            )
+            label = name if baseline else f"{name}, {'compiled' if mode == 'on' else 'eager'}"
             rows[label] = dict(
                 sec=sec,
                 flops=flops,
-                ops=ops if mode == "off" or name == "fairseq lstm_lm" else None,
-                compile=max(first - sec, 0.0)
-                if mode == "on" and name != "fairseq lstm_lm"
-                else None,
+                ops=ops if mode == "off" or baseline else None,
+                compile=max(first - sec, 0.0) if mode == "on" and not baseline else None,
             )
             if args.kernel_profile and DEVICE.type == "cuda":
                 try:
@@ -288,7 +283,7 @@ def section(args, H):
                 f"  [H={H}] {label}: {B * T / sec:.0f} tokens/s (first step {first:.1f} s)",
                 flush=True,
             )
-            if name == "fairseq lstm_lm":
+            if baseline:
                 break
 
     for order, difference, name in SEARCH_ROWS if not args.scaling_only else ():
