@@ -1,13 +1,13 @@
 """``mdnas-derive``: new genotypes from a finished search, without the model or the data.
 
-    mdnas-derive SEARCH_OUT --random-seed K [--match-params [--tolerance 0.1] [--max-draws M]] --out FILE
+    mdnas-derive SEARCH_OUT --random-seed K [--match-params [--tolerance 0.02] [--max-draws M]] --out FILE
     mdnas-derive SEARCH_OUT --param-budget N --out FILE
 
 SEARCH_OUT is a search's save dir (its ``genotype.json``) or a genotype.json. It must hold the
 fields a search writes: ``search_space``, ``domains``, ``cells``, ``param_table`` (parameter counts
 of the modules) and, for ``--param-budget``, ``alpha`` (softmax(alpha) per domain). FILE is a
-genotype file in the format a search writes, with ``param_counts`` (every domain alone and the
-multimodel), ``param_table`` and ``derived_by`` (how it was made: the seed and the number of
+genotype file in the format a search writes, with ``param_counts`` (every domain alone, the
+multimodel and its cell modules alone), ``param_table`` and ``derived_by`` (how it was made: the seed and the number of
 draws, or the budget and every move taken). Imports only the search core and numpy/torch.
 """
 
@@ -30,7 +30,12 @@ from .search.genotype import (
     save_genotype,
 )
 from .search.params import DerivationError, ParamTable
-from .search.random_genotypes import random_genotype, random_matched_genotype
+from .search.random_genotypes import (
+    MATCH_MAX_DRAWS,
+    MATCH_TOLERANCE,
+    random_genotype,
+    random_matched_genotype,
+)
 
 GENOTYPE_FILE = "genotype.json"
 ROW_SUM_TOLERANCE = 1e-3
@@ -107,13 +112,20 @@ def search_probs(data: Dict[str, Any], genotype: MultiDomainGenotype, path: str)
     return probs
 
 
-def derive_random(path: str, seed: int, match: bool, tolerance: float = 0.1, max_draws: int = 1000):
+def derive_random(
+    path: str,
+    seed: int,
+    match: bool,
+    tolerance: float = MATCH_TOLERANCE,
+    max_draws: int = MATCH_MAX_DRAWS,
+):
     """Every domain's genotype drawn at random (``seed``) in the search's space; with ``match``,
-    redrawn until the multimodel is within ``tolerance`` of the search's parameter count."""
+    redrawn until the multimodel's cell parameters are within ``tolerance`` below the search's
+    (:func:`~mdnas_fairseq.search.random_genotypes.random_matched_genotype`)."""
     data, searched, table = load_search(path)
     rng = np.random.default_rng(seed)
     space, names = searched.space, list(searched.domains)
-    target = table.multimodel_count(searched)
+    target = table.multimodel_cell_count(searched)
     record: Dict[str, Any] = {
         "method": "random",
         "source": display_path(path),
@@ -124,7 +136,9 @@ def derive_random(path: str, seed: int, match: bool, tolerance: float = 0.1, max
         genotype, draws = random_matched_genotype(
             space, names, table, target, rng, tolerance, max_draws
         )
-        record.update({"target_params": target, "tolerance": tolerance, "max_draws": max_draws})
+        record.update(
+            {"target_cell_params": target, "tolerance": tolerance, "max_draws": max_draws}
+        )
     else:
         genotype, draws = random_genotype(space, names, rng), 1
     record["draws"] = draws
@@ -188,14 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--match-params",
         action="store_true",
-        help="with --random-seed: redraw until the multimodel is within --tolerance of the "
-        "searched one",
+        help="with --random-seed: redraw until the multimodel's cell parameters (those that depend "
+        "on the genotype) are within --tolerance below the searched multimodel's, never above",
     )
     parser.add_argument(
-        "--tolerance", type=float, default=None, help="relative tolerance of --match-params (0.1)"
+        "--tolerance",
+        type=float,
+        default=None,
+        help=f"relative tolerance of --match-params, below the target only ({MATCH_TOLERANCE})",
     )
     parser.add_argument(
-        "--max-draws", type=int, default=None, help="draws --match-params may take (1000)"
+        "--max-draws",
+        type=int,
+        default=None,
+        help=f"draws --match-params may take ({MATCH_MAX_DRAWS})",
     )
     parser.add_argument(
         "--out", required=True, metavar="FILE", help="the genotype file to write (atomically)"
@@ -210,8 +230,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--match-params needs --random-seed")
     if (args.tolerance is not None or args.max_draws is not None) and not args.match_params:
         parser.error("--tolerance and --max-draws need --match-params")
-    tolerance = 0.1 if args.tolerance is None else args.tolerance
-    max_draws = 1000 if args.max_draws is None else args.max_draws
+    tolerance = MATCH_TOLERANCE if args.tolerance is None else args.tolerance
+    max_draws = MATCH_MAX_DRAWS if args.max_draws is None else args.max_draws
     path = resolve_search_out(args.search_out)
     try:
         if args.random_seed is not None:
@@ -226,7 +246,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (GenotypeError, DerivationError, OSError) as e:
         print(f"mdnas-derive: error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {how}; multimodel {extra['param_counts']['multimodel']} parameters")
+    counts = extra["param_counts"]
+    print(
+        f"{args.out}: {how}; multimodel {counts['multimodel']} parameters, "
+        f"{counts['multimodel_cells']} in its cells"
+    )
     return 0
 
 

@@ -9,7 +9,10 @@ For every requested model it runs
 3. ``fairseq-eval-lm ... --gen-subset test --eval-domain D`` for every domain of the model,
 
 then prints (and writes ``table.md`` / ``table.json``) the test perplexity per domain and the
-parameter count of the retrained model, like the seed's LM table (docs/method.md, section 5).
+parameter count of the retrained model, in all and in its cells alone (what depends on the
+genotype), like the seed's LM table (docs/method.md, section 5). Every row's retraining is the
+same command but for its genotype and folder (:func:`retrain_command`): the regularizers belong
+to the search, the derived model is retrained with the plain loss.
 
 Models (``--models``):
     single_<lang>  one domain, its own search (e.g. single_en)
@@ -18,8 +21,9 @@ Models (``--models``):
     multi_struct   ... with the structural (JS) regularizer (--struct-coef)
     multi_contr    ... with the contrastive (triplet) regularizer (--contrastive-coef)
     multi_param    ... with the parameter penalty (--param-coef)
-    random         --random-count random multimodel genotypes whose size is within 10% of the
-                   --random-reference model's search (run that model first), retrained with the same
+    random         --random-count random multimodel genotypes whose cell parameters (those that
+                   depend on the genotype) are within 2% below the --random-reference model's search
+                   (exact for the recurrent cell; run that model first), retrained with the same
                    protocol; the row gives their mean, spread and best
     baseline       a plain fairseq LM (--baseline-arch, --baseline-flags) on the union of the domains
 
@@ -199,15 +203,23 @@ def best_valid_loss(log_text):
     return min(float(x) for x in best)
 
 
-def retrain_and_test(args, domains, genotype, base, shared, tag="retrain", epochs=None):
-    """Retrain a genotype from scratch with the table's protocol; test perplexity per domain."""
-    train = fairseq_cmd("fairseq-train")
-    retrain_dir = os.path.join(base, tag)
-    text, seconds = run(
-        [train]
+def retrain_command(args, domains, genotype, retrain_dir, shared, epochs=None):
+    """The fairseq-train command that retrains ``genotype`` from scratch with the table's protocol:
+    the same for every row but for the genotype and the folder (``shared`` is ``--shared-architecture``
+    for a union genotype, whose one cell serves every domain; a single model has one domain)."""
+    return (
+        [fairseq_cmd("fairseq-train")]
         + train_flags(args, domains, retrain_dir, epochs or args.retrain_epochs)
         + ["--genotype", genotype]
-        + shared,
+        + shared
+    )
+
+
+def retrain_and_test(args, domains, genotype, base, shared, tag="retrain", epochs=None):
+    """Retrain a genotype from scratch with the table's protocol; test perplexity per domain."""
+    retrain_dir = os.path.join(base, tag)
+    text, seconds = run(
+        retrain_command(args, domains, genotype, retrain_dir, shared, epochs),
         os.path.join(base, f"{tag}.log"),
     )
     checkpoint = os.path.join(retrain_dir, "checkpoint_best.pt")
@@ -243,7 +255,7 @@ def run_model(name, domains_all, args):
         return run_random(domains, args, base)
     if name == "baseline":
         return run_baseline(domains, args, base)
-    shared = ["--shared-architecture"] if "--shared-architecture" in extra else []
+    shared = retrain_shared_flags(extra)
     candidates = []
     for seed in args.search_seed_list:
         genotype, t_search = search(args, domains, extra, base, seed)
@@ -274,6 +286,7 @@ def run_model(name, domains_all, args):
         "test_ppl": result["test_ppl"],
         "params": result["params"],
         "params_from_genotype": g["param_counts"]["multimodel"],
+        "cell_params": genotype_cell_params(genotype),
         "agreement_edges": _agreement(g),
         "decisiveness": _decisiveness(g),
         "search_seed": chosen["seed"],
@@ -287,9 +300,24 @@ def run_model(name, domains_all, args):
     }
 
 
+def retrain_shared_flags(search_extra):
+    """What a model's retraining adds to :func:`retrain_command` beyond its genotype: only
+    ``--shared-architecture`` (how a union genotype is read), never a regularizer of the search."""
+    return ["--shared-architecture"] if "--shared-architecture" in search_extra else []
+
+
+def genotype_cell_params(path):
+    """The parameters of a genotype file's multimodel that depend on the genotype (its cells)."""
+    from mdnas_fairseq.derive import load_search
+
+    _, genotype, table = load_search(path)
+    return table.multimodel_cell_count(genotype)
+
+
 def run_random(domains, args, base):
-    """``args.random_count`` random multimodel genotypes, each within 10% of the parameters of the
-    reference search (``--random-reference``), retrained with the searched rows' protocol."""
+    """``args.random_count`` random multimodel genotypes whose cell parameters are within 2% below
+    those of the reference search (``--random-reference``; exact for the recurrent cell), retrained
+    with the searched rows' protocol."""
     import numpy as np
 
     from mdnas_fairseq.derive import derive_random, write_derived
@@ -304,11 +332,16 @@ def run_random(domains, args, base):
         genotype, table, record = derive_random(reference, args.seed * 1000 + k, match=True)
         path = os.path.join(base, f"random{k}", "genotype.json")
         write_derived(path, genotype, table, record)
-        target = record["target_params"]
+        target = record["target_cell_params"]
         result = retrain_and_test(args, domains, path, os.path.join(base, f"random{k}"), [])
-        runs.append({"genotype": display_path(path), "draws": record["draws"], **result})
+        cells = table.multimodel_cell_count(genotype)
+        runs.append(
+            {"genotype": display_path(path), "draws": record["draws"], "cell_params": cells, **result}
+        )
         print(
-            f"   random {k}: test ppl {result['test_ppl']}, params {result['params']:,}", flush=True
+            f"   random {k}: test ppl {result['test_ppl']}, params {result['params']:,} "
+            f"(cells {cells:,}, {record['draws']} draws)",
+            flush=True,
         )
     ppl = {d: [r["test_ppl"][d] for r in runs] for d in domains}
     return {
@@ -320,7 +353,9 @@ def run_random(domains, args, base):
         },
         "test_ppl_best": {d: float(min(v)) for d, v in ppl.items()},
         "params": int(round(float(np.mean([r["params"] for r in runs])))),
-        "params_target": target,
+        "params_range": [min(r["params"] for r in runs), max(r["params"] for r in runs)],
+        "cell_params": int(round(float(np.mean([r["cell_params"] for r in runs])))),
+        "cell_params_target": target,
         "agreement_edges": None,
         "runs": runs,
         "retrain_seconds": sum(r["seconds"] for r in runs),
@@ -378,8 +413,12 @@ def _decisiveness(g):
 
 
 def format_table(rows, domains):
-    head = "| model | " + " | ".join(f"{d} ppl" for d in domains) + " | params | edges agreed |"
-    lines = [head, "|" + "---|" * (len(domains) + 3)]
+    head = (
+        "| model | "
+        + " | ".join(f"{d} ppl" for d in domains)
+        + " | params | cell params | edges agreed |"
+    )
+    lines = [head, "|" + "---|" * (len(domains) + 4)]
     for r in rows:
         cells = []
         for d in domains:
@@ -397,7 +436,14 @@ def format_table(rows, domains):
         label = f"{r['model']} ({len(r['runs'])} genotypes)" if "runs" in r else r["model"]
         if r["model"] == "baseline":
             label = f"baseline ({r['arch']})"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['params']:,} | {agreed} |")
+        cell_params = "-" if r.get("cell_params") is None else f"{r['cell_params']:,}"
+        params = f"{r['params']:,}"
+        if "params_range" in r:  # random rows: the mean, and the range of the draws
+            low, high = r["params_range"]
+            params += f" ({low:,}-{high:,})" if low != high else ""
+        lines.append(
+            f"| {label} | " + " | ".join(cells) + f" | {params} | {cell_params} | {agreed} |"
+        )
     return "\n".join(lines)
 
 
@@ -448,7 +494,8 @@ def build_parser():
     p.add_argument(
         "--random-reference",
         default="multi_struct",
-        help="searched model whose multimodel size the random genotypes match (within 10%%)",
+        help="searched model whose multimodel cell parameters the random genotypes match "
+        "(within 2%% below)",
     )
     p.add_argument(
         "--baseline-arch",

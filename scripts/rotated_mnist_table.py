@@ -133,8 +133,8 @@ def build_parser():
     p.add_argument(
         "--random-reference",
         default="struct",
-        help="searched model (same D and seed, run before) whose multimodel size the random genotypes "
-        "match within 10%%",
+        help="searched model (same D and seed, run before) whose multimodel cell parameters the random "
+        "genotypes match (within 2%% below)",
     )
     p.add_argument(
         "--search-seeds",
@@ -230,19 +230,25 @@ def train_argv(a, run_dir, D, seed, model, stage, genotype=None, epochs=None):
     ]
     if a.mnist_root:
         argv += ["--mnist-root", a.mnist_root]
-    if model == "single":
+    if model == "single":  # how a union genotype is read: one cell for every domain
         argv += ["--shared-architecture"]
-    if model == "struct":
-        argv += ["--struct-coef", str(a.struct_coef)]
-    if model == "contr":
-        argv += ["--contrastive-coef", str(a.contrastive_coef)]
-    if model == "param":
-        argv += ["--param-coef", str(a.param_coef)]
-    if stage == "search":
+    if stage == "search":  # the regularizers belong to the search; retraining uses the plain loss
+        argv += search_regularizer_flags(a, model)
         argv += ["--no-save", "--validate-interval", str(epochs)] + a.search_flags.split()
     else:
         argv += ["--genotype", genotype, "--disable-validation", "--no-epoch-checkpoints"]
     return argv
+
+
+def search_regularizer_flags(a, model):
+    """The search's regularizer of a model; never part of a retraining (every row of the table is
+    retrained with the same command but for its genotype and folder)."""
+    flags = {
+        "struct": ["--struct-coef", str(a.struct_coef)],
+        "contr": ["--contrastive-coef", str(a.contrastive_coef)],
+        "param": ["--param-coef", str(a.param_coef)],
+    }
+    return flags.get(model, [])
 
 
 def fairseq_train(argv):
@@ -286,12 +292,14 @@ def evaluate(checkpoint, a, D, subset="test"):
     genotype = genotype_from_dict(json.loads(model.cfg.genotype_data))
     params = sum(p.numel() for p in model.parameters())
     genotype_params = model.genotype_param_count(genotype)
+    cell_params = model.param_table().multimodel_cell_count(genotype)
     return {
         "acc_per_domain": acc,
         "acc": sum(acc.values()) / len(acc),
         "test_images_per_domain": int(count[0]),
         "params": params,
         "genotype_params": genotype_params,
+        "cell_params": cell_params,
         "mnist_source": task.mnist_source,
         "union_ops": len(genotype.union_edges()),
         "genotype": genotype.to_dict(),
@@ -375,8 +383,9 @@ def run_searched(a, run_dir, D, seed, model):
 
 
 def run_random(a, work, run_dir, D, seed):
-    """``--random-count`` random genotypes matched (within 10%) to the size of the reference model's
-    search of the same D and seed, each retrained and tested with the searched rows' protocol."""
+    """``--random-count`` random genotypes whose cell parameters (those that depend on the genotype)
+    are within 2% below the reference model's search of the same D and seed, each retrained and
+    tested with the searched rows' protocol."""
     from mdnas_fairseq.derive import derive_random, write_derived
 
     reference = os.path.join(work, f"D{D}_{a.random_reference}_seed{seed}", "genotype.json")
@@ -388,7 +397,7 @@ def run_random(a, work, run_dir, D, seed):
     for k in range(a.random_count):
         t0 = time.time()
         genotype, table, record = derive_random(reference, 1000 * seed + k, match=True)
-        draws, target = record["draws"], record["target_params"]
+        draws, target = record["draws"], record["target_cell_params"]
         path = os.path.join(run_dir, f"random{k}", "genotype.json")
         write_derived(path, genotype, table, record)
         fairseq_train(train_argv(a, os.path.dirname(path), D, seed, "random", "retrain", path))
@@ -485,6 +494,7 @@ def summarize(results, a, wall):
         rs = [r for r in results if r["D"] == D and r["model"] == model]
         acc_m, acc_s = mean_std([r["acc"] for r in rs])
         par_m, par_s = mean_std([r["params"] for r in rs])
+        cell_m, cell_s = mean_std([r["cell_params"] for r in rs])
         seed_acc, seed_par = SEED_TABLE.get((D, model), (None, None))
         rows.append(
             {
@@ -498,6 +508,8 @@ def summarize(results, a, wall):
                 "params_mean": par_m,
                 "params_std": par_s,
                 "params_max": max(r["params"] for r in rs),
+                "cell_params_mean": cell_m,
+                "cell_params_std": cell_s,
                 "seeds": sorted({r["seed"] for r in rs}),
                 "seed_acc": seed_acc,
                 "seed_params": seed_par,
@@ -540,10 +552,13 @@ def write_outputs(a, results, rows, wall, out):
         f"struct coef {a.struct_coef}, contrastive coef {a.contrastive_coef}. Wall time {wall / 60:.1f} min.",
         "",
         "Accuracy: mean test accuracy over domains (%), mean ± std over seeds. Params: parameter count of the "
-        "retrained (derived) model, mean ± std over seeds (= the genotype's count).",
+        "retrained (derived) model, mean ± std over seeds (= the genotype's count); cell params: those of them "
+        "that depend on the genotype (the cells' modules, without stem and head). Every row is retrained with "
+        "the same command but for its genotype: the regularizers belong to the search.",
         "",
-        "| domains | model | seed acc | our acc | best run | seed params | our params | acc >= seed | params <= seed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| domains | model | seed acc | our acc | best run | seed params | our params | cell params | "
+        "acc >= seed | params <= seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def seed_cell(value, fmt):
@@ -554,6 +569,7 @@ def write_outputs(a, results, rows, wall, out):
             f"| {r['D']} | {r['label']} ({r['runs']} runs) | {seed_cell(r['seed_acc'], '.2f')} | "
             f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['acc_best']:.2f} | {seed_cell(r['seed_params'], '')} | "
             f"{r['params_mean']:.0f} ± {r['params_std']:.0f} | "
+            f"{r['cell_params_mean']:.0f} ± {r['cell_params_std']:.0f} | "
             f"{'-' if r['seed_acc'] is None else ('yes' if r['acc_ok'] else 'NO')} | "
             f"{'-' if r['seed_params'] is None else ('yes' if r['params_ok'] else 'NO')} |"
         )
@@ -561,8 +577,8 @@ def write_outputs(a, results, rows, wall, out):
         "",
         "Per run:",
         "",
-        "| D | model | seed | acc | params | union ops | per-domain acc |",
-        "|---|---|---|---|---|---|---|",
+        "| D | model | seed | acc | params | cell params | union ops | per-domain acc |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(
         results,
@@ -576,7 +592,8 @@ def write_outputs(a, results, rows, wall, out):
         per = ", ".join(f"{k} {v:.2f}" for k, v in r["acc_per_domain"].items())
         name = r["model"] + (f" {r['random_index']}" if "random_index" in r else "")
         lines.append(
-            f"| {r['D']} | {name} | {r['seed']} | {r['acc']:.2f} | {r['params']} | {r['union_ops']} | {per} |"
+            f"| {r['D']} | {name} | {r['seed']} | {r['acc']:.2f} | {r['params']} | {r['cell_params']} | "
+            f"{r['union_ops']} | {per} |"
         )
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as f:

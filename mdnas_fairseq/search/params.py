@@ -110,11 +110,21 @@ class ParamTable:
             genotype, self.op_count, self.shared_params, self.module_key, domains
         )
 
+    def multimodel_cell_count(
+        self, genotype: MultiDomainGenotype, domains: Optional[Iterable[str]] = None
+    ) -> int:
+        """The multimodel's parameters that depend on the genotype: its cells' distinct modules,
+        without ``shared_params`` (what random baselines are matched on: the shared part, mostly
+        embeddings, is the same for every genotype and would hide a difference in cell size)."""
+        return self.multimodel_count(genotype, domains) - self.shared_params
+
     def param_counts(self, genotype: MultiDomainGenotype) -> Dict[str, Any]:
-        """The ``param_counts`` field of genotype.json: every domain's model alone and the multimodel."""
+        """The ``param_counts`` field of genotype.json: every domain's model alone, the multimodel,
+        and the multimodel's cell modules alone (``multimodel_cells``, see :meth:`multimodel_cell_count`)."""
         return {
             "domains": {d: self.multimodel_count(genotype, [d]) for d in genotype.domains},
             "multimodel": self.multimodel_count(genotype),
+            "multimodel_cells": self.multimodel_cell_count(genotype),
         }
 
     def cell_count(self, cell: Iterable[GenotypeEdge]) -> int:

@@ -1,5 +1,6 @@
 """Random genotypes (mdnas_fairseq.search.random_genotypes): valid, uniform (chi-square against the
-count of valid choices), reproducible for a seed, and matched in size within the tolerance."""
+count of valid choices), reproducible for a seed, and matched in cell size within the tolerance
+below the target (never larger)."""
 
 import itertools
 from collections import Counter
@@ -17,6 +18,7 @@ from mdnas_fairseq.search import (
     random_cell,
     random_genotype,
     random_matched_genotype,
+    uniform_param_table,
 )
 
 DOMAINS = ("rot0", "rot90", "rot180")
@@ -59,34 +61,53 @@ def test_random_cells_are_uniform_over_the_valid_node_choices():
     assert chisquare([first_ops[op] for op in ops]).pvalue > 1e-3
 
 
-def test_matched_genotype_is_within_tolerance_and_counts_its_draws():
+def test_matched_genotype_matches_cells_below_target_and_counts_its_draws():
     space = darts_cnn_space(4)
     table = DartsConvClassifier(list(DOMAINS), channels=8, num_nodes=4).param_table()
-    target = 5000
+    target = 3000  # cell parameters; the stem and head (table.shared_params) come on top
     genotype, draws = random_matched_genotype(
-        space, DOMAINS, table, target, np.random.default_rng(7), 0.10, 500
+        space, DOMAINS, table, target, np.random.default_rng(7), 0.02, 100_000
     )
-    count = table.multimodel_count(genotype)
-    assert abs(count - target) <= 0.10 * target
     built = DartsConvClassifier(list(DOMAINS), channels=8, num_nodes=4, genotype=genotype)
-    assert sum(p.numel() for p in built.parameters()) == count
-    # a second path: draw with the same seed by hand until one matches
+    built_cells = sum(p.numel() for p in built.cell.parameters())
+    assert built_cells == table.multimodel_cell_count(genotype)
+    assert sum(p.numel() for p in built.parameters()) == table.shared_params + built_cells
+    assert 0.98 * target <= built_cells <= target  # never larger than the target
+    # a second path: draw with the same seed by hand until the built model's cells match
     rng = np.random.default_rng(7)
     for manual in itertools.count(1):  # noqa: B007 (read after the loop)
         g = random_genotype(space, DOMAINS, rng)
-        if abs(table.multimodel_count(g) - target) <= 0.10 * target:
+        cells = DartsConvClassifier(list(DOMAINS), channels=8, num_nodes=4, genotype=g).cell
+        if 0.98 * target <= sum(p.numel() for p in cells.parameters()) <= target:
             break
     assert (manual, g) == (draws, genotype)
     assert draws > 1  # this seed and target need redraws, so the loop was exercised
+
+
+def test_recurrent_match_is_exact_in_node_matrices():
+    """The recurrent cell's modules are node matrices of 2H^2 (H = 4 here: 32 each), so a 2% match
+    below the target is an exact one, whatever the target; the shared part does not count."""
+    space = darts_rnn_space(8)
+    names = ("en", "de")
+    unit = 2 * 4 * 4
+    table = uniform_param_table(
+        space, {op: (0 if op == "none" else unit) for op in space.operations}, "node", 10_000
+    )
+    rng = np.random.default_rng(3)
+    for modules in (9, 10, 11):
+        genotype, _ = random_matched_genotype(space, names, table, modules * unit, rng)
+        matrices = {(e.node, e.op) for d in names for e in genotype.cells[d]}  # by hand
+        assert len(matrices) == modules
+        assert table.multimodel_count(genotype) == 10_000 + modules * unit
 
 
 def test_unmatched_target_names_target_tolerance_and_range():
     space = darts_cnn_space(4)
     table = DartsConvClassifier(list(DOMAINS), channels=8, num_nodes=4).param_table()
     rng = np.random.default_rng(0)
-    counts = [table.multimodel_count(random_genotype(space, DOMAINS, rng)) for _ in range(20)]
+    counts = [table.multimodel_cell_count(random_genotype(space, DOMAINS, rng)) for _ in range(20)]
     with pytest.raises(DerivationError) as info:
-        random_matched_genotype(space, DOMAINS, table, 100, np.random.default_rng(0), 0.10, 20)
+        random_matched_genotype(space, DOMAINS, table, 100, np.random.default_rng(0), 0.02, 20)
     message = str(info.value)
-    assert "target 100" in message and "10%" in message and "20 draw(s)" in message
+    assert "target 100" in message and "2%" in message and "20 draw(s)" in message
     assert f"{min(counts)}..{max(counts)}" in message
