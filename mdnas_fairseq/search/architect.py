@@ -16,6 +16,11 @@ Given shared weights ``w`` and architecture parameters ``alpha``, the outer prob
   L_train(w, alpha)) / eps`` whose second point comes free with the virtual step's own backward
   pass (``difference="forward"``: one training pass fewer per step, error O(eps)).
 
+Gradient clipping: with a :class:`~mdnas_fairseq.search.virtual_step.ClippedVirtualStep` the
+virtual step clips ``g`` as the real step does (``w' = w - U(c g)``, ``c`` fairseq's clip
+coefficient) and ``dU/dg`` carries the factor ``c``, held constant: the derivative of ``c`` itself
+through ``||g||`` is left out, as DARTS' recurrent architect leaves it out.
+
 Every evaluation of the training loss in one second-order step replays the random-number state of
 the first one, so a model with dropout differentiates ONE stochastic objective: the Hessian-vector
 product is a difference of gradients under the same dropout masks, not of two independent draws

@@ -21,8 +21,21 @@ Rules (the classes read their settings and state from the optimizer, see the fai
   first and second moments and the step count of the optimizer's state, bias correction as fairseq
   applies it: ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``).
 
-Gradient clipping (``--clip-norm``) is not part of the virtual step (as in DARTS): ``g`` is one
-batch's gradient, unclipped.
+Gradient clipping (``--clip-norm``): :class:`ClippedVirtualStep` wraps a rule and clips ``g`` as
+fairseq's ``utils.clip_grad_norm_`` does before the real step (the total 2-norm over all the
+trainable weights' gradients, ``c = min(1, max_norm / (||g|| + 1e-6))``, ``max_norm`` 0: no
+clipping), then applies the rule to ``c g``. Its Jacobian is ``c * dU/dg`` at ``c g``: the clip
+coefficient is held constant, as DARTS' recurrent architect does (``quark0/darts`` rnn/architect.py
+scales the implicit gradient by ``eta * clip_coef``); its own derivative through ``||g||`` is left
+out.
+
+``g`` is the gradient of the training objective per token (or per sentence with
+``--sentence-avg``) of ONE batch, normalised as fairseq normalises the real step's gradient before
+it clips (the trainer divides the summed-loss gradient by the sample size): with one worker and
+``--update-freq 1`` the virtual step clips exactly the gradient the real step clips. With several
+workers or ``--update-freq k`` the real step clips the mean over all those batches, whose norm is
+usually smaller than one batch's; the virtual step still uses its one batch (as DARTS does), so it
+may clip where the real step would not.
 """
 
 from __future__ import annotations
@@ -165,3 +178,41 @@ class AdamVirtualStep(VirtualStep):
             )
             out.append(s * ((1 - b1) / denom - through_v))
         return out
+
+
+def clip_coefficient(grads: Sequence[Tensor], max_norm: float) -> Tensor:
+    """fairseq's clip coefficient of ``grads`` (``fairseq.utils.clip_grad_norm_``): the total 2-norm
+    of the per-tensor norms (in float32, as fairseq takes them; float64 gradients, which fairseq's
+    float32 norm refuses, in float64), ``min(1, max_norm / (norm + 1e-6))``; 1 when ``max_norm`` is
+    0. A 0-dim tensor on the gradients' device (nothing is read on the host)."""
+    if not grads:
+        return torch.ones(())
+    if max_norm <= 0:
+        return torch.ones((), dtype=torch.float32, device=grads[0].device)
+    norms = [torch.norm(g, p=2, dtype=torch.promote_types(g.dtype, torch.float32)) for g in grads]
+    total = torch.norm(torch.stack(norms))
+    return (float(max_norm) / (total + 1e-6)).clamp_(max=1)
+
+
+@dataclass
+class ClippedVirtualStep(VirtualStep):
+    """``rule`` applied to the gradient clipped as fairseq clips it (``--clip-norm max_norm``).
+
+    ``w' = w - U(c g)`` with ``c = clip_coefficient(g, max_norm)``; the Jacobian is ``c * dU/dg`` at
+    ``c g``, with ``c`` held constant (DARTS' recurrent architect does the same: its implicit
+    gradient is scaled by ``eta * clip_coef``)."""
+
+    rule: VirtualStep
+    max_norm: float
+
+    def clipped(self, grads: Sequence[Tensor]):
+        coef = clip_coefficient(grads, self.max_norm)
+        return coef, [g * coef for g in grads]
+
+    def apply(self, weights, grads):
+        _, clipped = self.clipped(grads)
+        self.rule.apply(weights, clipped)
+
+    def jacobian(self, weights, grads):
+        coef, clipped = self.clipped(grads)
+        return [coef.to(j.dtype) * j for j in self.rule.jacobian(weights, clipped)]

@@ -17,6 +17,7 @@ from mdnas_fairseq.search import (
     architecture_parameters,
     weight_parameters,
 )
+from mdnas_fairseq.search.virtual_step import ClippedVirtualStep
 from tests.helpers.tiny_net import (  # noqa: F401
     NUM_DOMAINS,
     NUM_EDGES,
@@ -38,12 +39,14 @@ def make_architect(model, **kw):
     return BilevelArchitect(weights, architecture_parameters(model), **kw)
 
 
-def exact_hypergradient(model, xi, weight_decay=0.0, momentum=0.0, buffers=None):
-    """d/d alpha L_val(w', alpha), w' = w - xi (grad_w L_train + wd w + momentum buf), by autograd."""
+def exact_hypergradient(model, xi, weight_decay=0.0, momentum=0.0, buffers=None, clip=1.0):
+    """d/d alpha L_val(w', alpha), w' = w - xi (clip grad_w L_train + wd w + momentum buf), by
+    autograd; ``clip`` a constant (the clip coefficient, whose own dependence on alpha is left out)."""
     alpha = model.alphas.alpha.detach().clone().requires_grad_(True)
     ws = [model.w1, model.w2, model.w3]
     ws = [w.detach().clone().requires_grad_(True) for w in ws]
     grads = torch.autograd.grad(ref_loss(ws, alpha, TRAIN), ws, create_graph=True)
+    grads = [clip * g for g in grads]
     if buffers is None:
         buffers = [torch.zeros_like(w) for w in ws]
     w_virtual = [
@@ -154,6 +157,44 @@ def test_second_order_with_dropout_differentiates_one_draw_of_the_masks(differen
     (exact,) = torch.autograd.grad(ref_loss(virtual, alpha, VAL, val_mask), alpha)
     assert rel_err(got, exact) < (1e-4 if difference == "central" else 2e-2)
     assert torch.equal(following, after)
+
+
+def training_gradient_norm(model):
+    ws = [w.detach().clone().requires_grad_(True) for w in (model.w1, model.w2, model.w3)]
+    grads = torch.autograd.grad(ref_loss(ws, model.alphas.alpha.detach(), TRAIN), ws)
+    return float(torch.sqrt(sum((g * g).sum() for g in grads)))
+
+
+@pytest.mark.parametrize("difference", ["central", "forward"])
+def test_clipped_second_order_gradient_equals_exact_gradient_with_constant_clip_coefficient(
+    difference,
+):
+    # --clip-norm: w' = w - xi c g with c = max_norm / (||g|| + 1e-6) (fairseq's coefficient) held
+    # constant, as DARTS' recurrent architect holds it; the Jacobian of the update carries c
+    model = make_model(seed=1)
+    xi = 0.5
+    norm = training_gradient_norm(model)
+    max_norm = 0.25 * norm  # the batch's gradient norm is above the threshold
+    clip = max_norm / (norm + 1e-6)
+    architect = make_architect(model, order=2, difference=difference)
+    train_loss, val_loss = closures(model)
+    step = ClippedVirtualStep(SGDVirtualStep(lr=xi), max_norm)
+    out = architect.alpha_gradients(train_loss, val_loss, virtual_step=step)
+    exact, _, _, val_at_virtual = exact_hypergradient(model, xi, clip=clip)
+    assert rel_err(out["grads"][0], exact) < (1e-4 if difference == "central" else 2e-2)
+    assert float(out["val_loss"]) == pytest.approx(val_at_virtual, rel=1e-10)
+    # the clipped point and gradient are another than the unclipped ones
+    unclipped, _, _, val_unclipped = exact_hypergradient(model, xi)
+    assert rel_err(unclipped, exact) > 0.05
+    assert abs(val_unclipped - val_at_virtual) > 1e-3
+    # a threshold above the norm is no clipping at all, bit for bit
+    loose = ClippedVirtualStep(SGDVirtualStep(lr=xi), 2 * norm)
+    assert torch.equal(
+        architect.alpha_gradients(train_loss, val_loss, virtual_step=loose)["grads"][0],
+        architect.alpha_gradients(train_loss, val_loss, virtual_step=SGDVirtualStep(lr=xi))[
+            "grads"
+        ][0],
+    )
 
 
 def test_second_order_with_momentum_and_weight_decay_in_virtual_step():

@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from fairseq import utils as fairseq_utils
 from fairseq.optim.adam import FairseqAdam
 from fairseq.optim.nag import FairseqNAG
 from fairseq.optim.sgd import SGD as FairseqSGD
@@ -99,17 +100,21 @@ def unrolled(kind, opt, ws, grads):
     return out
 
 
-def warmed_up(kind, seed=0, steps=3):
+def warmed_up(kind, seed=0, steps=3, dtype=torch.float64):
     """A model and its fairseq optimizer after a few real steps (so momentum/moments are non-zero)."""
-    model = make_model(seed)
+    model = make_model(seed).to(dtype)
     weights = [model.w1, model.w2, model.w3]
     opt = make_optimizer(kind, weights)
     for k in range(steps):
-        x, d, y = make_batch(500 + k)
+        x, d, y = cast(make_batch(500 + k), dtype)
         opt.zero_grad()
         opt.backward(torch.nn.functional.mse_loss(model(x, d), y))
         opt.step()
     return model, weights, opt
+
+
+def cast(batch, dtype):
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in batch)
 
 
 def hypergradient(kind, model, weights, opt):
@@ -218,3 +223,78 @@ def test_unknown_optimizer_is_refused_by_name():
 
     with pytest.raises(ValueError, match="sgd, nag or adam.*Adagrad"):
         virtual_step_for(Adagrad(), weights)
+
+
+# ------------------------------------------------------------------ --clip-norm
+def clipped_real_step(model, opt, kind, max_norm, batch):
+    """The weights after fairseq's own clip-then-step: ``clip_grad_norm`` (fairseq.utils.clip_grad_norm_
+    on the optimizer's parameters, as the trainer calls it) and ``step()``, on copies, same state."""
+    model2 = copy.deepcopy(model)
+    ws = [model2.w1, model2.w2, model2.w3]
+    opt2 = make_optimizer(kind, ws)
+    opt2.optimizer.load_state_dict(copy.deepcopy(opt.optimizer.state_dict()))
+    grads = torch.autograd.grad(ref_loss(ws, model2.alphas.alpha.detach(), batch), ws)
+    for w, g in zip(ws, grads):
+        w.grad = g.clone()
+    if hasattr(opt2, "clip_grad_norm"):
+        norm = opt2.clip_grad_norm(max_norm)
+    else:
+        norm = fairseq_utils.clip_grad_norm_(ws, max_norm)
+    opt2.step()
+    return [w.detach() for w in ws], float(norm)
+
+
+def clip_constant(weights, alpha, max_norm, batch=TRAIN):
+    """``min(1, max_norm / (||g|| + 1e-6))`` of the training gradient, by hand, as a number."""
+    grads = torch.autograd.grad(ref_loss(weights, alpha, batch), weights)
+    norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    return min(1.0, max_norm / (norm + 1e-6)), norm
+
+
+@pytest.mark.parametrize("kind", ["sgd", "sgd_nesterov", "nag", "adam"])
+def test_clipped_virtual_step_is_fairseqs_clip_then_step(kind):
+    # float32, as fairseq trains (its clip_grad_norm_ takes float32 norms and refuses float64)
+    model, weights, opt = warmed_up(kind, dtype=torch.float32)
+    alpha = model.alphas.alpha.detach()
+    batch = cast(TRAIN, torch.float32)
+    _, norm = clip_constant(weights, alpha, 1.0, batch)
+    max_norm = 0.3 * norm  # the batch's gradient norm is above the threshold: fairseq clips
+    want, fairseq_norm = clipped_real_step(model, opt, kind, max_norm, batch)
+    assert fairseq_norm == pytest.approx(norm, rel=1e-5) and fairseq_norm > max_norm
+    virtual = virtual_step_for(opt, weights, clip_norm=max_norm)
+    grads = torch.autograd.grad(ref_loss(weights, alpha, batch), weights)
+    copies = [w.detach().clone() for w in weights]
+    virtual.apply(copies, grads)
+    for a, b in zip(copies, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # clipping matters here: the unclipped rule lands elsewhere
+    unclipped = [w.detach().clone() for w in weights]
+    virtual_step_for(opt, weights).apply(unclipped, grads)
+    assert max(float((a - b).abs().max()) for a, b in zip(unclipped, want)) > 1e-3
+    # a threshold above the norm leaves the step exactly as without clipping
+    loose = [w.detach().clone() for w in weights]
+    virtual_step_for(opt, weights, clip_norm=2 * norm).apply(loose, grads)
+    assert all(torch.equal(a, b) for a, b in zip(loose, unclipped))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "sgd_nesterov", "nag", "adam"])
+def test_clipped_second_order_gradient_equals_autograd_with_constant_clip_coefficient(kind):
+    """Reference: autograd through ``w' = U(w, c g)`` with ``c = max_norm / (||g|| + 1e-6)`` a constant
+    (DARTS' recurrent architect treats the clip coefficient so)."""
+    model, weights, opt = warmed_up(kind)
+    alpha = model.alphas.alpha.detach().clone().requires_grad_(True)
+    coef, norm = clip_constant(weights, alpha.detach(), 1.0)
+    max_norm = 0.3 * norm
+    coef, _ = clip_constant(weights, alpha.detach(), max_norm)
+    assert coef < 0.5
+    grads = torch.autograd.grad(ref_loss(weights, alpha, TRAIN), weights, create_graph=True)
+    w_virtual = unrolled(kind, opt, weights, [coef * g for g in grads])
+    (exact,) = torch.autograd.grad(ref_loss(w_virtual, alpha, VAL), alpha)
+    architect = BilevelArchitect(weights, architecture_parameters(model), order=2)
+    got = architect.alpha_gradients(
+        *closures(model), virtual_step=virtual_step_for(opt, weights, clip_norm=max_norm)
+    )["grads"][0]
+    assert rel_err(got, exact) < 1e-3
+    # the unclipped second-order gradient is another one
+    unclipped, _ = hypergradient(kind, model, weights, opt)
+    assert rel_err(unclipped, exact) > 0.02

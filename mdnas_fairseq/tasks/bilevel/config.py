@@ -24,7 +24,8 @@ class BilevelSearchConfig(FairseqDataclass):
         default=1,
         metadata={
             "help": "alpha step: 1 first order, 2 DARTS second order (its virtual step is one step "
-            "of the weight optimizer's own rule: sgd, nag or adam, without gradient clipping)"
+            "of the weight optimizer's own rule: sgd, nag or adam, after --clip-norm as the real "
+            "step clips)"
         },
     )
     alpha_hessian_difference: ChoiceEnum(list(HESSIAN_DIFFERENCES)) = field(
@@ -69,6 +70,7 @@ class BilevelSearchConfig(FairseqDataclass):
     restore_file: str = II("checkpoint.restore_file")
     reset_optimizer: bool = II("checkpoint.reset_optimizer")
     max_tokens: Optional[int] = II("dataset.max_tokens")
+    clip_norm: float = II("optimization.clip_norm")  # the virtual step clips as the real step
     valid_subset: str = II("dataset.valid_subset")
     fp16: bool = II("common.fp16")
     memory_efficient_fp16: bool = II("common.memory_efficient_fp16")

@@ -2,7 +2,9 @@
 
 The rule and its state (momentum buffers, Adam moments and step count) are the optimizer's own:
 see :mod:`mdnas_fairseq.search.virtual_step`. An optimizer whose rule is not known is an error,
-never a silent plain-SGD step.
+never a silent plain-SGD step. The real step clips its gradient first (fairseq's
+``--clip-norm``, ``cfg.optimization.clip_norm``, which the task reads as ``cfg.clip_norm``), and
+so does the virtual step.
 """
 
 from typing import List, Sequence
@@ -12,6 +14,7 @@ from fairseq.optim.adam import Adam as FairseqAdamRule
 from fairseq.optim.nag import NAG as FairseqNAGRule
 
 from ...search import AdamVirtualStep, NAGVirtualStep, SGDVirtualStep, VirtualStep
+from ...search.virtual_step import ClippedVirtualStep
 
 SUPPORTED = "sgd, nag or adam"
 
@@ -24,8 +27,18 @@ def _single_group(inner) -> dict:
     return inner.param_groups[0]
 
 
-def virtual_step_for(optimizer, weights: Sequence[torch.Tensor]) -> VirtualStep:
-    """The next step of fairseq ``optimizer`` on ``weights`` (the trainable weights, in order)."""
+def virtual_step_for(
+    optimizer, weights: Sequence[torch.Tensor], clip_norm: float = 0.0
+) -> VirtualStep:
+    """The next step of fairseq ``optimizer`` on ``weights`` (the trainable weights, in order),
+    after fairseq's gradient clipping at ``clip_norm`` (``--clip-norm``; 0: none)."""
+    rule = _rule(optimizer, weights)
+    if clip_norm and clip_norm > 0:
+        return ClippedVirtualStep(rule, float(clip_norm))
+    return rule
+
+
+def _rule(optimizer, weights: Sequence[torch.Tensor]) -> VirtualStep:
     if getattr(optimizer, "scaler", None) is not None:
         raise ValueError("--alpha-order 2 does not run with --fp16 (see --alpha-order's help)")
     inner = getattr(optimizer, "optimizer", None)

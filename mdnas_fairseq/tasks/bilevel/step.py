@@ -57,7 +57,7 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
             )
             partners.attach_partner(heldout, host.search.heldout.dataset(), other, core)
         virtual = (
-            virtual_step_for(optimizer, architect.trainable_weights)
+            virtual_step_for(optimizer, architect.trainable_weights, host.cfg.clip_norm)
             if architect.order == 2
             else None
         )
