@@ -28,12 +28,20 @@ product is a difference of gradients under the same dropout masks, not of two in
 
 The losses are given as closures so the architect works with any model: the virtual step is
 applied to the weights in place and undone afterwards, so no copy of the model is needed.
+
+Buffers (batch-norm running statistics and batch counts): every forward pass of a second-order
+step in training mode updates them, at ``w``, at ``w'`` and at ``w +- eps u``, points the weights
+never take. The architect copies the buffers it is given (``buffers``) before a second-order step
+and writes them back after it, so the following weight step sees exactly the statistics it would
+see without the alpha step. DARTS (``quark0/darts``) does not restore them. A first-order step is
+one held-out forward at the real weights ``w`` and leaves its update of the statistics in place,
+as DARTS does.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -99,6 +107,9 @@ class BilevelArchitect:
         order: 1 (first order) or 2 (DARTS second order).
         difference: second order's Hessian-vector product, ``"central"`` (DARTS) or ``"forward"``.
         lr, betas, weight_decay: the alpha optimizer (Adam, as in DARTS).
+        buffers: the tensors a second-order step restores afterwards (the model's buffers: batch-norm
+            running statistics), or a function returning them (e.g. ``model.buffers``), called at
+            every step: moving a module to another device or dtype replaces its buffer tensors.
 
     The optimizer's state stays in fp32 whatever the model's precision (alpha itself is kept
     in fp32 by :class:`~mdnas_fairseq.search.ArchitectureParameters`).
@@ -113,6 +124,7 @@ class BilevelArchitect:
         betas=(0.5, 0.999),
         weight_decay: float = 1e-3,
         difference: str = "central",
+        buffers: Union[None, Sequence[Tensor], Callable[[], Iterable[Tensor]]] = None,
     ):
         if order not in (1, 2):
             raise ValueError(f"alpha step order must be 1 or 2, got {order}")
@@ -130,9 +142,16 @@ class BilevelArchitect:
         if shared:
             raise ValueError("architecture parameters must not be among the weights")
         self.order = order
+        self.buffers = buffers
         self.optimizer = torch.optim.Adam(
             self.alphas, lr=lr, betas=tuple(betas), weight_decay=weight_decay
         )
+
+    def protected_buffers(self) -> List[Tensor]:
+        """The buffers a second-order step leaves as it found them."""
+        if self.buffers is None:
+            return []
+        return list(self.buffers() if callable(self.buffers) else self.buffers)
 
     @property
     def trainable_weights(self) -> List[Tensor]:
@@ -179,8 +198,11 @@ class BilevelArchitect:
             return self._second_order(train_loss_fn, val_loss_fn, virtual_step)
 
     def _second_order(self, train_loss_fn, val_loss_fn, virtual_step: VirtualStep):
+        """See the module docstring; weights and the given buffers are restored, also on error."""
         weights = self.trainable_weights
         backup = [w.detach().clone() for w in weights]
+        buffers = self.protected_buffers()
+        buffer_backup = [b.detach().clone() for b in buffers]
         forward = self.difference == "forward"
         replay = _ReplayRandom(weights)  # the training loss's dropout masks, for every evaluation
         try:
@@ -220,6 +242,8 @@ class BilevelArchitect:
             with torch.no_grad():
                 for w, b in zip(weights, backup):
                     w.copy_(b)
+                for b, saved in zip(buffers, buffer_backup):
+                    b.copy_(saved)
 
     def _alpha_grads_at(self, weights, origin, direction, eps, loss_fn, replay) -> List[Tensor]:
         """grad_alpha of ``loss_fn`` at ``origin + eps * direction``, under the replayed random

@@ -73,6 +73,7 @@ class BilevelSearchMixin:
                 lr=self.cfg.alpha_lr,
                 betas=tuple(self.cfg.alpha_betas),
                 weight_decay=self.cfg.alpha_weight_decay,
+                buffers=core.buffers,  # batch-norm statistics: a second-order step restores them
             )
             if self.search.pending_architect is not None:
                 self.search.architect.load_state_dict(self.search.pending_architect)
