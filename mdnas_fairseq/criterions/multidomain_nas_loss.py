@@ -35,7 +35,7 @@ from ..models.searchable import SearchableModel, unwrap_model
 from ..registry import register_once
 from ..search import (
     ParamPenalty,
-    architecture_parameters,
+    architecture_logits,
     batch_hard_triplet_loss,
     js_structural_loss,
 )
@@ -181,7 +181,7 @@ class MultiDomainNASLoss(FairseqCriterion):
 
     @staticmethod
     def structural_loss(model) -> torch.Tensor:
-        alphas = architecture_parameters(unwrap_model(model))
+        alphas = architecture_logits(unwrap_model(model))  # disallowed ops masked
         return sum(js_structural_loss(a) for a in alphas)
 
     def parameter_penalty(self, model, sample) -> torch.Tensor:

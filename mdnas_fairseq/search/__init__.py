@@ -4,6 +4,7 @@ Public API:
     SearchSpace, darts_rnn_space, darts_cnn_space,
     transformer_lm_space                                     -- cell shapes
     ArchitectureParameters, mix, annealed_temperature        -- per-domain alpha (D, E, K), mixed op
+    architecture_logits, architecture_parameters             -- alpha as read (masked) / as optimized (raw)
     js_structural_loss, batch_hard_triplet_loss              -- the two regularizers
     BilevelArchitect, HESSIAN_DIFFERENCES                    -- first / second order alpha step
     VirtualStep, SGDVirtualStep, NAGVirtualStep, AdamVirtualStep -- the weight optimizer's rule (second order)
@@ -21,6 +22,7 @@ from .alpha import (
     ArchitectureParameters,
     alphas_trainable,
     annealed_temperature,
+    architecture_logits,
     architecture_parameters,
     mix,
     weight_parameters,

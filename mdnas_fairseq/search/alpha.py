@@ -6,11 +6,16 @@ operation on edge ``e`` for domain ``d`` mixes the K candidate outputs with the 
 belong to different domains: :meth:`ArchitectureParameters.mixing_probs` then returns one
 weight matrix per sample.
 
-A search space may forbid some operations on some edges (:meth:`SearchSpace.allowed_mask`): their
-probability is then exactly 0 in :meth:`ArchitectureParameters.mixing_probs`, and their entries of
-``alpha`` hold :data:`MASKED_LOGIT`, so that code computing ``softmax(alpha)`` itself (the JS
-regularizer, genotype files, heatmaps) also gives them weight 0 (``exp(-1e4)`` underflows to 0)
-and no gradient.
+A search space may forbid some operations on some edges (:meth:`SearchSpace.allowed_mask`). The mask
+is applied when alpha is read, in one place, :meth:`ArchitectureParameters.masked_logits`: it
+returns alpha with every disallowed entry at :data:`MASKED_LOGIT` (or ``-inf``) whatever is stored
+there, so such an operation has probability exactly 0 in the mixing, the JS regularizer, the logged
+entropy and margin, genotype files and heatmaps (``exp(-1e4)`` underflows to 0), and no gradient.
+Every consumer reads alpha through it (:func:`architecture_logits`); only the alpha optimizer
+holds the raw parameter (:func:`architecture_parameters`). The stored disallowed entries are 0 and
+stay 0: they get no gradient, so the optimizer's weight decay (which would pull a stored -1e4
+toward 0) has nothing to act on. Checkpoints that stored :data:`MASKED_LOGIT` there load as before
+(the stored value is never read; it is reset to 0 on loading).
 
 ``alpha`` is an ``nn.Parameter`` (so it is saved in the model's state dict and moved with the
 model) whose ``requires_grad`` is False except inside :meth:`ArchitectureParameters.trainable`.
@@ -52,7 +57,7 @@ class ArchitectureParameters(nn.Module):
                 raise ValueError(
                     f"allowed-operation mask of shape {tuple(mask.shape)}, expected ({num_edges}, {num_ops})"
                 )
-            alpha[:, ~mask] = MASKED_LOGIT
+            alpha[:, ~mask] = 0.0  # never read: masked_logits() puts MASKED_LOGIT there
         self.register_buffer("allowed", mask, persistent=False)
         self.alpha = nn.Parameter(alpha, requires_grad=False)
 
@@ -68,6 +73,26 @@ class ArchitectureParameters(nn.Module):
         if self.alpha.dtype in (torch.float16, torch.bfloat16):
             self.alpha.data = self.alpha.data.float()
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Load as usual, then reset the stored disallowed entries to 0 (older checkpoints hold
+        MASKED_LOGIT there; either way they are never read)."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.allowed is not None:
+            with torch.no_grad():
+                self.alpha.masked_fill_(~self.allowed, 0.0)
+
+    def masked_logits(self, fill: float = MASKED_LOGIT) -> Tensor:
+        """alpha (D, E, K) with every disallowed entry at ``fill`` whatever is stored there.
+
+        The one place the allowed-operation mask is applied: every reader of alpha (mixing, the JS
+        regularizer, logged statistics, genotype files, heatmaps) goes through it. The disallowed
+        entries get no gradient. ``fill`` is :data:`MASKED_LOGIT` (finite, for code working in log
+        space) or ``-inf``. Without a mask it returns ``alpha`` itself.
+        """
+        if self.allowed is None:
+            return self.alpha
+        return self.alpha.masked_fill(~self.allowed, fill)
 
     @contextlib.contextmanager
     def trainable(self) -> Iterator[Tensor]:
@@ -95,9 +120,7 @@ class ArchitectureParameters(nn.Module):
             gumbel: sample relaxed one-hot probabilities instead of the plain softmax (training only).
             hard: with ``gumbel``, straight-through one-hot probabilities.
         """
-        alpha = self.alpha
-        if self.allowed is not None:
-            alpha = alpha.masked_fill(~self.allowed, float("-inf"))
+        alpha = self.masked_logits(float("-inf"))  # exactly 0 at any temperature
         if domains is not None:
             if isinstance(domains, int):
                 if not 0 <= domains < self.num_domains:
@@ -147,6 +170,13 @@ def annealed_temperature(
 def architecture_parameters(module: nn.Module) -> List[nn.Parameter]:
     """All ``alpha`` tensors of the :class:`ArchitectureParameters` inside ``module``, found by kind."""
     return [m.alpha for m in module.modules() if isinstance(m, ArchitectureParameters)]
+
+
+def architecture_logits(module: nn.Module) -> List[Tensor]:
+    """What every reader of alpha uses: :meth:`ArchitectureParameters.masked_logits` of each
+    :class:`ArchitectureParameters` inside ``module`` (same order as :func:`architecture_parameters`,
+    which gives the raw parameters, for the alpha optimizer only)."""
+    return [m.masked_logits() for m in module.modules() if isinstance(m, ArchitectureParameters)]
 
 
 def weight_parameters(module: nn.Module) -> List[nn.Parameter]:

@@ -171,9 +171,9 @@ def test_masked_alpha_gives_zero_weight_no_gradient_and_no_js():
     space = transformer_lm_space(2, (3,))
     arch = DomainArchitectures(["en", "de"]).alpha(space, init_scale=1.0)
     mask = torch.tensor(space.allowed_mask())
-    assert torch.all(arch.alpha[:, ~mask] == MASKED_LOGIT) and torch.all(
-        arch.alpha[:, mask].abs() < 10
-    )
+    # stored 0 (nothing for weight decay to pull), read as MASKED_LOGIT
+    assert torch.all(arch.alpha[:, ~mask] == 0) and torch.all(arch.alpha[:, mask].abs() < 10)
+    assert torch.all(arch.masked_logits()[:, ~mask] == MASKED_LOGIT)
     with torch.no_grad():  # even a large value on a disallowed entry is ignored by the mixing
         arch.alpha[0, 0, space.op_index("ffn_relu")] = 30.0
     with arch.trainable() as alpha:
@@ -182,7 +182,7 @@ def test_masked_alpha_gives_zero_weight_no_gradient_and_no_js():
         # the allowed weights are the softmax over the allowed entries alone
         e0 = mask[0]
         assert torch.allclose(w[1, 0, e0], torch.softmax(alpha[1, 0, e0], -1))
-        loss = (w * torch.randn_like(w)).sum() + js_structural_loss(alpha)
+        loss = (w * torch.randn_like(w)).sum() + js_structural_loss(arch.masked_logits())
         loss.backward()
     grad = arch.alpha.grad
     assert torch.all(grad[1, ~mask] == 0) and grad[:, mask].abs().sum() > 0

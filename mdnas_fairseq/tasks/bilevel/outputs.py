@@ -9,7 +9,7 @@ from typing import Dict, Optional
 import torch
 from fairseq import metrics
 
-from ...search import architecture_parameters, atomic_write_text, derive_genotype, save_genotype
+from ...search import architecture_logits, atomic_write_text, derive_genotype, save_genotype
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def write_search_outputs(
     core, save_dir: str, epoch: int, settings: dict, heatmaps: bool = True
 ) -> Optional[str]:
     """Derive the genotype of ``core``'s alpha and write the files; returns genotype.json's path."""
-    alpha = architecture_parameters(core)[0].detach().float().cpu()
+    alpha = architecture_logits(core)[0].detach().float().cpu()  # disallowed ops masked
     genotype = derive_genotype(alpha, core.search_space, core.architecture_names)
     probs = torch.softmax(alpha.double(), dim=-1)
     table = core.network.param_table()

@@ -19,7 +19,7 @@ from typing import Dict, List
 import torch
 
 from ... import log_schema
-from ...search import ParamPenalty, architecture_parameters, decisiveness, js_structural_loss
+from ...search import ParamPenalty, architecture_logits, decisiveness, js_structural_loss
 from . import distributed, partners
 from .optimizers import virtual_step_for
 from .precision import is_fp16, loss_scale, to_model
@@ -106,7 +106,7 @@ def search_statistics(
 ) -> Dict[str, object]:
     """The search's log record of one train step: the same keys, in the same order, on every worker
     and every sub-batch (only the update's first sub-batch counts), see :mod:`...log_schema`."""
-    alpha = architecture_parameters(core)[0].detach()
+    alpha = architecture_logits(core)[0].detach()  # disallowed ops masked
     if host.search.penalty is None:
         host.search.penalty = ParamPenalty(core.network.param_table())
     with torch.no_grad():
