@@ -18,6 +18,16 @@ slot, K candidates shared by all slots, each slot allowing only its kind's candi
 
 ``none`` contributes 0 (the slot is the residual alone); as in DARTS it is never derived.
 
+Padding: every candidate is causal, so the pads after a sentence (right padding, fairseq's
+``language_modeling``) never reach its real positions. Pads before it (left padding) would: the
+network therefore first rotates each sentence so that its leading pads move to the end (a gather
+on the device, no host read; the identity for right-padded batches), runs on that, and rotates the
+states back. The outputs at the real positions of a padded sentence, left- or right-padded, are
+thus exactly those of the sentence alone, whatever the position embeddings (tested in search and
+derived mode), and no candidate needs a padding mask (attention keeps its plain causal mask and
+fused kernels; the convolutions' left zero-padding is the sentence's start). The candidates also
+accept a ``padding_mask`` themselves (:mod:`.transformer_ops`), for use outside this network.
+
 * Search mode: a slot sums its allowed candidates weighted by softmax(alpha_d) (one weight
   matrix for a domain-homogeneous batch, one per sample otherwise), cast to the activations'
   dtype (alpha stays fp32 under mixed precision). Every candidate's activations are kept for the
@@ -169,13 +179,24 @@ class SearchableTransformerLM(MultiDomainNetwork):
             x = x + self.positions(tokens)
         return F.dropout(x, self.dropout, self.training).transpose(0, 1)
 
+    def leading_pads_to_the_end(self, tokens: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(tokens rotated, back)``: each sentence (row of ``tokens`` (B, T)) rotated left by its
+        number of leading pads, and the (B, T) index that rotates a (B, T, ...) result back."""
+        steps = tokens.shape[1]
+        leading = (tokens.ne(self.embedding.padding_idx).cumsum(1) == 0).sum(1, keepdim=True)
+        t = torch.arange(steps, device=tokens.device)
+        rotated = tokens.gather(1, (t + leading) % steps)
+        return rotated, (t - leading) % steps
+
     def forward(
         self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None
     ) -> Tuple[Tensor, Tensor]:
         """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), features (B, T, C)).
 
         ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
+        Left padding is moved to the end for the layers and the states moved back (module docstring).
         """
+        tokens, back = self.leading_pads_to_the_end(tokens)
         x = self.embed(tokens)
         routing = self.route(domain, batch_domain, tokens.shape[0], x.dtype)
         if self.is_search:
@@ -193,7 +214,9 @@ class SearchableTransformerLM(MultiDomainNetwork):
                     )
                     out[:, idx] = self._derived_layers(x[:, idx], cell)
                 x = out
-        features = self.final_norm(x).transpose(0, 1)
+        x = x.transpose(0, 1)  # (B, T, C), each sentence back in its own positions
+        x = x[torch.arange(x.shape[0], device=x.device)[:, None], back]
+        features = self.final_norm(x)
         return F.linear(features, self.embedding.weight), features
 
     # ------------------------------------------------------------------ sizes

@@ -2,6 +2,13 @@
 
 Every candidate maps ``x`` of shape (T, B, C) (fairseq's time-major layout) to (T, B, C) and is
 causal: output position t depends on input positions <= t only (tested for every candidate).
+Every candidate takes an optional ``padding_mask`` (B, T), True at pad positions, and ignores pads:
+the outputs at real positions are those of the sequence without its padding, left or right
+(tested). The token mixers need it: attention never attends from a real token to a pad
+(:func:`attention_blocked`), the convolutions zero pad positions' inputs (:func:`zero_pads`), so a
+left pad acts as the zeros a convolution pads with; position-wise candidates ignore it.
+(:class:`~mdnas_fairseq.cells.transformer.SearchableTransformerLM` passes no mask: it moves a
+sentence's leading pads to its end, where causality hides them, which costs nothing.)
 
 * :class:`FeedForward`: ``fc2(act(fc1(x)))`` with ReLU, GELU or squared ReLU (Primer) and a
   hidden size F: ``2 C F + F + C`` parameters. fairseq has no such module (its Transformer layer
@@ -20,7 +27,7 @@ causal: output position t depends on input positions <= t only (tested for every
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -36,8 +43,27 @@ ACTIVATIONS = {
 }
 
 
+def zero_pads(x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    """``x`` (T, B, C) with the pad positions of ``padding_mask`` (B, T) set to 0 (None: ``x``)."""
+    if padding_mask is None:
+        return x
+    return x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+
+
+def attention_blocked(steps: int, padding_mask: Optional[Tensor], device) -> Tensor:
+    """Where causal self-attention must not look: (T, T) without padding, else (B, T, T); True
+    (blocked) above the diagonal (the future) and, for a real query, at every pad key. A pad query
+    still sees the pads before it (a row never is all blocked, which would give NaN), and no real
+    query sees it."""
+    future = torch.ones(steps, steps, dtype=torch.bool, device=device).triu(1)
+    if padding_mask is None:
+        return future
+    pad = padding_mask.to(device=device, dtype=torch.bool)
+    return future | (pad[:, None, :] & ~pad[:, :, None])
+
+
 class Identity(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         return x
 
 
@@ -51,7 +77,7 @@ class FeedForward(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
         self.activation, self.activation_dropout = activation, activation_dropout
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         h = F.dropout(
             ACTIVATIONS[self.activation](self.fc1(x)), self.activation_dropout, self.training
         )
@@ -78,8 +104,8 @@ class CausalDepthwiseConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Conv1d's initialisation
 
-    def forward(self, x: Tensor) -> Tensor:
-        return causal_conv_tbc(x, self.weight, self.bias)
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        return causal_conv_tbc(zero_pads(x, padding_mask), self.weight, self.bias)
 
 
 class CausalLightweightConv(nn.Module):
@@ -101,7 +127,8 @@ class CausalLightweightConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_heads, 1, kernel_size))
         nn.init.xavier_uniform_(self.weight)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        x = zero_pads(x, padding_mask)
         weight = F.dropout(
             F.softmax(self.weight.float(), dim=-1), self.weight_dropout, self.training
         )
@@ -110,14 +137,17 @@ class CausalLightweightConv(nn.Module):
 
 
 class LightConvBlock(nn.Module):
-    """GLU input projection -> lightweight convolution ``conv`` ((T, B, C) -> (T, B, C)) -> projection."""
+    """GLU input projection -> lightweight convolution ``conv`` ((T, B, C) -> (T, B, C)) -> projection.
+
+    The convolution's input is zeroed at pad positions (the GLU of a pad is not 0: biases)."""
 
     def __init__(self, dim: int, conv: nn.Module):
         super().__init__()
         self.linear1, self.conv, self.linear2 = nn.Linear(dim, 2 * dim), conv, nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(self.conv(F.glu(self.linear1(x), dim=-1)))
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        h = zero_pads(F.glu(self.linear1(x), dim=-1), padding_mask)
+        return self.linear2(self.conv(h))
 
 
 class CausalSelfAttention(nn.Module):
@@ -132,7 +162,7 @@ class CausalSelfAttention(nn.Module):
             nn.Linear(dim, dim) for _ in range(4)
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         steps, batch, dim = x.shape
 
         def heads(t: Tensor) -> Tensor:  # (T, B, C) -> (B, H, T, C / H)
@@ -141,9 +171,12 @@ class CausalSelfAttention(nn.Module):
             )
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
+        dropout = self.dropout if self.training else 0.0
+        if padding_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:  # True = may attend, one (T, T) pattern per sample, broadcast over the heads
+            allowed = ~attention_blocked(steps, padding_mask, x.device)[:, None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
         return self.out_proj(out.permute(2, 0, 1, 3).reshape(steps, batch, dim))
 
 

@@ -81,10 +81,14 @@ class SearchableLanguageModel(SearchableModel, FairseqLanguageModel):
     network = lm
 
     def domain_representation(self, net_output, sample):
-        """The state at <eos> of each sentence: the position whose target is <eos>."""
+        """The state at <eos> of each sentence: the position whose target is <eos>, i.e. its last
+        real (non-pad) token, whichever side the sentence is padded on."""
         states = net_output[1]["states"]
-        lengths = sample["net_input"]["src_lengths"].to(states.device)
-        return states[torch.arange(states.shape[0], device=states.device), lengths - 1]
+        tokens = sample["net_input"]["src_tokens"].to(states.device)
+        real = tokens.ne(self.decoder.dictionary.pad())
+        steps = torch.arange(tokens.shape[1], device=states.device)
+        last = torch.where(real, steps, -1).amax(dim=1).clamp_min(0)
+        return states[torch.arange(states.shape[0], device=states.device), last]
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)

@@ -9,8 +9,11 @@ the search space and the cell design are described there and in ``docs/transform
 
 The candidates come from fairseq where fairseq has them: ``attention`` is fairseq's
 ``MultiheadAttention`` (``self_attention=True``) under a causal (upper-triangular -inf) mask, as
-in fairseq's ``TransformerDecoder``; ``lightconv_k`` is fairseq's lightweight-convolution block
-around ``LightweightConv1dTBC`` with ``padding_l = k - 1`` (causal, tested). The class is used
+in fairseq's ``TransformerDecoder`` (given a ``padding_mask``, it also keeps real tokens from
+attending to pads); ``lightconv_k`` is fairseq's lightweight-convolution block around
+``LightweightConv1dTBC`` with ``padding_l = k - 1`` (causal, tested; given a ``padding_mask``, its
+input is zeroed at pads). The network itself needs no mask: it moves left padding to the end
+(:class:`~mdnas_fairseq.cells.transformer.SearchableTransformerLM`). The class is used
 directly rather than through the ``LightweightConv`` factory, which on a CUDA machine switches to
 the ``lightconv_cuda`` extension when it is built and prints an ImportError for every module when
 it is not (fairseq-fixed ships it unbuilt); the two compute the same function. Positions are
@@ -34,7 +37,12 @@ from fairseq.modules import LightweightConv1dTBC, MultiheadAttention, Positional
 from fairseq.utils import safe_getattr
 
 from ..cells.transformer import SearchableTransformerLM
-from ..cells.transformer_ops import LightConvBlock, build_common_candidate, kernel_of
+from ..cells.transformer_ops import (
+    LightConvBlock,
+    attention_blocked,
+    build_common_candidate,
+    kernel_of,
+)
 from ..registry import register_once
 from ..search import transformer_lm_space
 from .language_model import LanguageModelSearchConfig, SearchableDecoder, SearchableLanguageModel
@@ -87,16 +95,29 @@ def kernel_sizes(cfg):
 
 
 class FairseqCausalSelfAttention(nn.Module):
-    """fairseq's ``MultiheadAttention`` as a causal self-attention candidate (T, B, C) -> (T, B, C)."""
+    """fairseq's ``MultiheadAttention`` as a causal self-attention candidate (T, B, C) -> (T, B, C).
+
+    Without padding the mask is fairseq's ``TransformerDecoder.buffered_future_mask`` (-inf above
+    the diagonal). With a ``padding_mask`` (B, T) it is one (T, T) mask per sample and head
+    (``attn_mask`` of shape (B H, T, T), which fairseq hands to PyTorch's attention): the future and,
+    for real queries, the pad keys (:func:`attention_blocked`). It is not fairseq's
+    ``key_padding_mask``, which also blocks every key of a pad query when the sentence is
+    left-padded: a row of -inf, whose softmax is NaN unless the attention kernel special-cases it
+    (PyTorch's CPU kernels of 2.5+ return 0; not every backend or version does).
+    """
 
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
+        self.heads = heads
         self.attn = MultiheadAttention(dim, heads, dropout=dropout, self_attention=True)
 
-    def forward(self, x):
-        steps = x.shape[0]
-        # fairseq's TransformerDecoder.buffered_future_mask: -inf above the diagonal
-        mask = torch.triu(torch.full((steps, steps), float("-inf"), device=x.device), 1).to(x.dtype)
+    def forward(self, x, padding_mask=None):
+        blocked = attention_blocked(x.shape[0], padding_mask, x.device)
+        mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(
+            blocked, float("-inf")
+        )
+        if padding_mask is not None:  # (B, T, T) -> (B H, T, T), sample-major as fairseq's heads
+            mask = mask.repeat_interleave(self.heads, dim=0)
         out, _ = self.attn(query=x, key=x, value=x, need_weights=False, attn_mask=mask)
         return out
 

@@ -20,7 +20,9 @@ from mdnas_fairseq.search import (
 )
 from tests.helpers.transformer import (
     assert_candidate_causal,
+    assert_candidate_ignores_pads,
     assert_network_causal,
+    assert_network_ignores_pads,
     uniform_genotype,
 )
 
@@ -71,6 +73,42 @@ def test_network_is_causal_in_search_and_derived_modes():
     for token_op, channel_op in zip(TOKEN_OPS, itertools.cycle(CHANNEL_OPS)):
         g = uniform_genotype(SPACE, ["en", "de"], token_op, channel_op)
         assert_network_causal(network(g), V)
+
+
+class PadAwarePositions(nn.Module):
+    """Positions counted from each sentence's first real token, pads at 0 (fairseq's make_positions)."""
+
+    def __init__(self, pad=1, n=64):
+        super().__init__()
+        self.pad, self.table = pad, nn.Embedding(n, C, padding_idx=0)
+
+    def forward(self, tokens):
+        real = tokens.ne(self.pad).long()
+        return self.table(torch.cumsum(real, 1) * real)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("op", WEIGHTED)
+def test_every_candidate_ignores_left_and_right_padding(op, side):
+    assert_candidate_ignores_pads(torch_candidates(C, H, F)(op), C, side)
+
+
+@pytest.mark.parametrize("positions", [Positions, PadAwarePositions])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_network_ignores_left_and_right_padding_in_search_and_derived_modes(side, positions):
+    """Every real position of a padded batch (domains mixed in it) computes what the sentence alone
+    does, with positions counted from the row's start (Positions) or from its first real token."""
+    net = network(alpha_init_scale=1.0)
+    net.positions = positions().double()
+    assert_network_ignores_pads(net, V, 1, side)
+    genotypes = [uniform_genotype(SPACE, ["en", "de"], op, "ffn_relu") for op in TOKEN_OPS]
+    genotypes.append(
+        derive_genotype(torch.randn(2, SPACE.num_edges, SPACE.num_ops), SPACE, ["en", "de"])
+    )
+    for g in genotypes:
+        derived = network(g)
+        derived.positions = positions().double()
+        assert_network_ignores_pads(derived, V, 1, side)
 
 
 def _copy_search_into_derived(search, derived, genotype):

@@ -23,7 +23,9 @@ from mdnas_fairseq.models.mdnas_transformer_lm import (
 from mdnas_fairseq.search import GenotypeError, derive_genotype, save_genotype, transformer_lm_space
 from tests.helpers.transformer import (
     assert_candidate_causal,
+    assert_candidate_ignores_pads,
     assert_network_causal,
+    assert_network_ignores_pads,
     uniform_genotype,
 )
 
@@ -102,6 +104,67 @@ def test_built_model_is_causal_in_search_and_derived_modes(learned, tmp_path):
         )
         assert not derived.is_search
         assert_network_causal(derived.lm, vocab)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("op", [op for op in transformer_lm_space(1).operations if op != "none"])
+def test_every_fairseq_candidate_ignores_left_and_right_padding(op, side):
+    assert_candidate_ignores_pads(fairseq_candidates(config())(op), C, side)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("learned", [False, True])
+def test_built_model_ignores_left_and_right_padding(learned, side, tmp_path):
+    """Search and derived models: the real positions of a padded batch compute what the sentence alone does
+    (fairseq's positions count from the first real token)."""
+    torch.manual_seed(0)
+    t = task()
+    vocab, pad = len(t.source_dictionary), t.source_dictionary.pad()
+    search = MDNASTransformerModel.build_model(
+        config(decoder_learned_pos=learned, alpha_init_scale=1.0), t
+    )
+    assert_network_ignores_pads(search.lm.double(), vocab, pad, side)
+    for token_op in ("attention", "lightconv_7", "dwconv_3"):
+        path = str(tmp_path / f"{token_op}.json")
+        save_genotype(
+            path, uniform_genotype(search.search_space, ["en", "de"], token_op, "ffn_relu")
+        )
+        derived = MDNASTransformerModel.build_model(
+            config(decoder_learned_pos=learned, genotype=path), t
+        )
+        assert_network_ignores_pads(derived.lm.double(), vocab, pad, side)
+    # float32 (the default precision) to ~1e-5
+    float_model = MDNASTransformerModel.build_model(config(alpha_init_scale=1.0), t)
+    assert_network_ignores_pads(float_model.lm, vocab, pad, side, atol=1e-5)
+
+
+def test_domain_representation_is_the_last_real_token_on_either_side():
+    """Left-padded and right-padded, the representation is the <eos> state, equal to the unpadded one."""
+    torch.manual_seed(0)
+    model = MDNASTransformerModel.build_model(config(), task()).double().eval()
+    sentences = [[5, 6, 7, 2], [8, 9, 2]]
+    alone = []
+    for s in sentences:
+        net_input = {
+            "src_tokens": torch.tensor([s]),
+            "src_lengths": torch.tensor([len(s)]),
+            "domain": torch.tensor([1]),
+        }
+        alone.append(model.domain_representation(model(**net_input), {"net_input": net_input})[0])
+    for padded in (
+        [[5, 6, 7, 2], [1, 8, 9, 2]],
+        [[5, 6, 7, 2], [8, 9, 2, 1]],
+        [[1, 5, 6, 7, 2], [1, 1, 8, 9, 2]],
+    ):
+        tokens = torch.tensor(padded)
+        net_input = {
+            "src_tokens": tokens,
+            "src_lengths": tokens.ne(1).sum(1),
+            "domain": torch.tensor([1, 1]),
+        }
+        rep = model.domain_representation(model(**net_input), {"net_input": net_input})
+        for b in range(2):
+            assert torch.allclose(rep[b], alone[b], rtol=0, atol=1e-10), padded
 
 
 def test_search_api_representation_at_eos_and_fp32_probabilities():
