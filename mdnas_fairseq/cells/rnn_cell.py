@@ -13,9 +13,20 @@ and every node ``j = 1..N`` applies highway-style operations to earlier states `
 
 (``none`` contributes zero). The cell output is ``h_t = mean(s_1 .. s_N)``.
 
-Each candidate operation of a node has its own weight matrix ``W_{j,k}`` (as in the authors'
-later code), so a derived multimodel holds one matrix per distinct (node, operation) that some
-domain chose: its size depends on how much the domains agree.
+Where this cell differs from DARTS (quark0/darts, ``rnn/model_search.py`` and ``rnn/model.py``):
+
+* Weights: each candidate operation of a node has its own matrix ``W_{j,k}`` (one per (node,
+  operation), shared by the node's inputs and by the domains). DARTS holds ONE matrix ``W_j`` per
+  node, shared by all candidate activations, in the search and in the derived cell. Ours lets a
+  derived multimodel hold one matrix per distinct (node, operation) that some domain chose, so its
+  size depends on how much the domains agree (the structural regularizer's point); it also makes
+  the search cost one product per candidate (``K`` times DARTS').
+* Normalisation: LayerNorm without affine parameters where DARTS' search cell uses BatchNorm
+  (also without affine parameters), and kept in the derived cell, which in DARTS has none.
+* Initial state: learned (a vector of ``hidden`` parameters, see :mod:`.rnn`), DARTS starts at 0.
+
+Everything else (the highway node, ``W_0`` on ``[x_t, h_{t-1}]``, the mean of the nodes' states
+as output, variational dropout on ``x`` and ``h``, word-type embedding dropout) follows DARTS.
 
 * Search mode: node ``j`` mixes every (input ``i``, operation ``k``) with softmax(alpha_d)
   weights; as in DARTS' search cell, the first state and each node's sum are normalised
