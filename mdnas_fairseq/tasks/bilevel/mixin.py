@@ -19,6 +19,7 @@ from ...search import BilevelArchitect, DomainSampler, architecture_parameters, 
 from . import distributed, epochs, outputs, partners, resume, step
 from .config import validate
 from .heldout import HeldoutBatches
+from .precision import AlphaLossScale
 
 
 class SearchState:
@@ -35,12 +36,20 @@ class SearchState:
         )  # p of the current epoch
         self.heldout = HeldoutBatches(host)
         self.last_alpha_update: Optional[int] = None
-        self.alpha_scale_factor = 1.0  # fp16: halved after an overflowed alpha gradient
+        self.alpha_scale = AlphaLossScale()  # fp16: the alpha step's factor on the loss scale
         self.penalty = None  # ParamPenalty of the model, for the logged expected cell sizes
         self.pending_architect: Optional[dict] = None  # state read before the model was built
         self.trained_epoch: Optional[int] = None  # the epoch this process is training
         self.model = None  # the trainer's model, for the files written at the end of an epoch
         self.written = None  # (epoch, update) of the last files written
+
+    @property
+    def alpha_scale_factor(self) -> float:
+        return self.alpha_scale.factor
+
+    @alpha_scale_factor.setter
+    def alpha_scale_factor(self, value: float) -> None:
+        self.alpha_scale.factor = float(value)
 
 
 class BilevelSearchMixin:
@@ -193,6 +202,7 @@ class BilevelSearchMixin:
             "domain_sampler": self.search.domain_sampler.state_dict(),
             "epoch_domain_probs": {int(k): list(v) for k, v in self.search.epoch_probs.items()},
             "heldout_iterators": self.search.heldout.state_dict(),
+            "alpha_loss_scale": self.search.alpha_scale.state_dict(),
         }
         if self.architect is not None:
             state["architect"] = self.architect.state_dict()
@@ -216,6 +226,8 @@ class BilevelSearchMixin:
             int(k): list(v) for k, v in state.get("epoch_domain_probs", {}).items()
         }
         self.search.heldout.load_state_dict(state.get("heldout_iterators", {}))
+        if "alpha_loss_scale" in state:
+            self.search.alpha_scale.load_state_dict(state["alpha_loss_scale"])
         if "architect" in state:
             if self.architect is not None:
                 self.architect.load_state_dict(state["architect"])

@@ -1,7 +1,8 @@
 """Reading the task state back from the checkpoint that ``fairseq-train`` resumes from.
 
-fairseq's trainer restores model, optimizer and iterator but not the task state, so the task
-reads it itself, from the file fairseq chose (``--restore-file``, by default
+fairseq's trainer restores model, optimizer and iterator but not the task state (the alpha
+optimizer, the fp16 alpha-step loss scale and its window counter, p, the held-out iterators), so
+the task reads it itself, from the file fairseq chose (``--restore-file``, by default
 ``<save-dir>/checkpoint_last.pt``), unless ``--reset-optimizer``.
 """
 
@@ -28,5 +29,7 @@ def saved_task_state(cfg) -> Optional[dict]:
 
     state = checkpoint_utils.load_checkpoint_to_cpu(path).get("task_state")
     if state:
-        logger.info(f"restoring alpha optimizer, p and search iterators from {path}")
+        logger.info(
+            f"restoring alpha optimizer, alpha-step loss scale, p and search iterators from {path}"
+        )
     return state or None

@@ -10,7 +10,8 @@ and is not counted), then one all-reduce on the model's device sums, in one buff
 gradients, the number of contributing workers and the per-domain held-out cross-entropies; the
 mean gradient is applied by every worker's Adam, so alpha stays identical on all workers. An
 fp16 step whose scaled gradient overflowed (on any worker) is skipped by all of them and the
-alpha-step loss scale halved.
+alpha-step loss scale halved; it doubles again after the fp16 scale window's steps without
+overflow (:class:`~.precision.AlphaLossScale`, logged as ``alpha_scale_factor``).
 """
 
 import logging
@@ -22,7 +23,7 @@ from ... import log_schema
 from ...search import ParamPenalty, architecture_logits, decisiveness, js_structural_loss
 from . import distributed, partners
 from .optimizers import virtual_step_for
-from .precision import is_fp16, loss_scale, to_model
+from .precision import is_fp16, loss_scale, scale_window, to_model
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,7 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
             if architect.order == 2
             else None
         )
-        scale = (
-            loss_scale(optimizer) * host.search.alpha_scale_factor if is_fp16(optimizer) else 1.0
-        )
+        scale = host.search.alpha_scale.scale(loss_scale(optimizer)) if is_fp16(optimizer) else 1.0
         result = architect.alpha_gradients(
             lambda: criterion.weight_objective(core, sample),
             lambda: criterion.alpha_objective(core, heldout),
@@ -80,15 +79,10 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
         + [alphas[0].new_full((1,), 0.0 if dummy else 1.0), ce_sum, ce_count]
     )
     distributed.all_reduce_sum_(flat)
-    if is_fp16(optimizer) and not bool(
-        torch.isfinite(flat).all()
-    ):  # fp16 only: one host read per update
-        host.search.alpha_scale_factor /= 2.0
-        logger.warning(
-            f"update {update_num}: alpha gradient overflowed in fp16; step skipped, "
-            f"alpha-step loss scale factor now {host.search.alpha_scale_factor:g}"
-        )
-        return loss, 0, 1
+    if is_fp16(optimizer):  # one host read per update, the same on every worker
+        overflow = not bool(torch.isfinite(flat).all())
+        if _update_alpha_scale(host, optimizer, overflow, update_num):
+            return loss, 0, 1
     sizes = [a.numel() for a in alphas]
     pieces = torch.split(flat, sizes + [1, num_domains, num_domains])
     workers = pieces[len(alphas)].clamp_min(1.0)
@@ -99,6 +93,27 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
         sampler.observe(sums / counts.clamp_min(1.0), counts > 0)
         sampler.update()
     return loss, (0 if dummy else 1), 0
+
+
+def _update_alpha_scale(host, optimizer, overflow: bool, update_num: int) -> bool:
+    """Halve the alpha step's loss-scale factor after an overflow, double it after a window without;
+    log it. True when this step overflowed (and is skipped)."""
+    from fairseq import metrics
+
+    alpha_scale = host.search.alpha_scale
+    changed = alpha_scale.update(overflow, loss_scale(optimizer), scale_window(optimizer))
+    if overflow:
+        logger.warning(
+            f"update {update_num}: alpha gradient overflowed in fp16; step skipped, "
+            f"alpha-step loss scale factor now {alpha_scale.factor:g}"
+        )
+    elif changed:
+        logger.info(
+            f"update {update_num}: {scale_window(optimizer)} alpha steps in a row with finite "
+            f"gradients; alpha-step loss scale factor now {alpha_scale.factor:g}"
+        )
+    metrics.log_scalar("alpha_scale_factor", alpha_scale.factor, weight=0, priority=710, round=4)
+    return overflow
 
 
 def search_statistics(
