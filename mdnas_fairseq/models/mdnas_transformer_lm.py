@@ -94,6 +94,24 @@ def kernel_sizes(cfg):
         ) from None
 
 
+class FutureMask:
+    """fairseq's ``TransformerDecoder.buffered_future_mask`` (-inf above the diagonal), shared by all
+    the attention modules of one model: one (N, N) mask, grown on demand and sliced to (T, T), so
+    the layers' attention keep one mask for the backward pass between them, as fairseq's
+    ``transformer_lm`` does, rather than one (T, T) mask each (4 T bytes per token per layer of a
+    batch of one T-token sentence)."""
+
+    def __init__(self):
+        self.mask = None
+
+    def __call__(self, steps: int, device, dtype) -> torch.Tensor:
+        mask = self.mask
+        if mask is None or mask.shape[0] < steps or mask.device != device or mask.dtype != dtype:
+            mask = torch.full((steps, steps), float("-inf"), device=device).triu(1).to(dtype)
+            self.mask = mask
+        return mask[:steps, :steps]
+
+
 class FairseqCausalSelfAttention(nn.Module):
     """fairseq's ``MultiheadAttention`` as a causal self-attention candidate (T, B, C) -> (T, B, C).
 
@@ -106,17 +124,20 @@ class FairseqCausalSelfAttention(nn.Module):
     (PyTorch's CPU kernels of 2.5+ return 0; not every backend or version does).
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, future_mask: FutureMask = None):
         super().__init__()
         self.heads = heads
+        self.future_mask = future_mask if future_mask is not None else FutureMask()
         self.attn = MultiheadAttention(dim, heads, dropout=dropout, self_attention=True)
 
     def forward(self, x, padding_mask=None):
-        blocked = attention_blocked(x.shape[0], padding_mask, x.device)
-        mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(
-            blocked, float("-inf")
-        )
-        if padding_mask is not None:  # (B, T, T) -> (B H, T, T), sample-major as fairseq's heads
+        if padding_mask is None:
+            mask = self.future_mask(x.shape[0], x.device, x.dtype)
+        else:  # (B, T, T) -> (B H, T, T), sample-major as fairseq's heads
+            blocked = attention_blocked(x.shape[0], padding_mask, x.device)
+            mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(
+                blocked, float("-inf")
+            )
             mask = mask.repeat_interleave(self.heads, dim=0)
         out, _ = self.attn(query=x, key=x, value=x, need_weights=False, attn_mask=mask)
         return out
@@ -125,6 +146,7 @@ class FairseqCausalSelfAttention(nn.Module):
 def fairseq_candidates(cfg):
     """The candidate factory of the fairseq model: fairseq's modules where fairseq has them."""
     dim, heads = cfg.decoder_embed_dim, cfg.decoder_attention_heads
+    future_mask = FutureMask()  # one causal mask for all the attention modules of the model
 
     def build(name: str) -> nn.Module:
         module = build_common_candidate(
@@ -133,7 +155,7 @@ def fairseq_candidates(cfg):
         if module is not None:
             return module
         if name == "attention":
-            return FairseqCausalSelfAttention(dim, heads, cfg.attention_dropout)
+            return FairseqCausalSelfAttention(dim, heads, cfg.attention_dropout, future_mask)
         if name.startswith("lightconv_"):
             k = kernel_of(name, "lightconv_")
             conv = LightweightConv1dTBC(

@@ -73,6 +73,22 @@ def test_fairseq_attention_and_lightconv_equal_the_plain_pytorch_ones(steps):
             assert torch.allclose(theirs(x), ours(x), atol=1e-12), name
 
 
+def test_the_attention_modules_of_a_model_share_one_causal_mask_of_any_length():
+    """As fairseq's transformer_lm: one (N, N) mask for every layer (autograd keeps it once), sliced
+    to each batch's length, grown when a longer batch comes."""
+    build = fairseq_candidates(config())
+    first, second = build("attention").double().eval(), build("attention").double().eval()
+    assert first.future_mask is second.future_mask
+    plain = torch_candidates(C, H, F)("attention").double().eval()
+    plain.load_state_dict({k.replace("attn.", ""): v for k, v in first.state_dict().items()})
+    with torch.no_grad():
+        for steps in (5, 3, 9):
+            x = torch.randn(steps, 2, C, dtype=torch.float64)
+            assert torch.allclose(first(x), plain(x), atol=1e-12)
+            assert first.future_mask.mask.shape[0] == max(5, steps)  # grown, never shrunk
+            assert second(x).shape == x.shape
+
+
 @pytest.mark.parametrize("op", [op for op in transformer_lm_space(1).operations if op != "none"])
 def test_every_fairseq_candidate_is_causal(op):
     token_mixer = op == "attention" or "conv" in op
