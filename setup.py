@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mdnas-derive=mdnas_fairseq.derive:main",
+            "mdnas-prepare=mdnas_fairseq.data.prepare.cli:main",
             "mdnas-draw=mdnas_fairseq.viz.draw:main",
             "mdnas-report=mdnas_fairseq.viz.report:main",
         ]

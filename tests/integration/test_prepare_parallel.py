@@ -1,4 +1,5 @@
-"""Tests of scripts/prepare_parallel.py and scripts/iwslt14_to_tsv.py (+ prepare_iwslt14.sh).
+"""Tests of scripts/prepare_parallel.py (= mdnas-prepare, mdnas_fairseq/data/prepare) and
+scripts/iwslt14_to_tsv.py (+ prepare_iwslt14.sh).
 
 References are independent of the code under test: the input TSV is re-read here with a plain
 ``split("\\t")``, token counts are recounted from the tok/ files, datasets are decoded with
@@ -10,6 +11,7 @@ import collections
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -406,7 +408,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulated binarization failure")
 
-    monkeypatch.setattr(pp, "run_fairseq_preprocess", boom)
+    monkeypatch.setattr("mdnas_fairseq.data.prepare.pipeline.run_fairseq_preprocess", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         pp.prepare(tsv, "en,de", str(out), vocab_size=300, force=True, workers=1, quiet=True)
     assert os.listdir(out) == ["keep.txt"]  # the old folder is untouched
@@ -433,6 +435,47 @@ def test_main_reports_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error:" in err and "language 'xx'" in err and "t.tsv line 1" in err
     assert_no_output(tmp_path, "o")
+
+
+def test_console_script_and_script_write_the_same_folder(tmp_path):
+    """``mdnas-prepare`` (the console script) and ``python scripts/prepare_parallel.py`` (the thin
+    entry point) run the same code: byte-identical files and the same summary. spm.model alone is
+    compared by its pieces and scores, since sentencepiece stores its (temporary) input path in it."""
+    import sentencepiece as spm
+
+    console = os.path.join(os.path.dirname(sys.executable), "mdnas-prepare")
+    assert os.path.isfile(console), f"{console} missing: reinstall with pip install -e ."
+    tsv = write_tsv(tmp_path / "tiny.tsv", ["en", "de"], embedded_rows(200))
+    opts = ["--tsv", tsv, "--langs", "en,de", "--vocab-size", "300", "--workers", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    summaries, files = {}, {}
+    for name, cmd in (
+        ("console", [console]),
+        ("script", [sys.executable, os.path.join(SCRIPTS, "prepare_parallel.py")]),
+    ):
+        out = tmp_path / name
+        res = subprocess.run(
+            cmd + opts + ["--out", str(out)], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        summaries[name] = re.sub(
+            r", [0-9.]+s$", "", res.stdout.replace(str(out), "OUT"), flags=re.M
+        )
+        files[name] = sorted(
+            os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
+        )
+    assert files["console"] == files["script"] and "data-bin/train.de.bin" in files["script"]
+    assert summaries["console"] == summaries["script"] and "train" in summaries["script"]
+    for rel in files["script"]:
+        a, b = (tmp_path / name / rel for name in ("console", "script"))
+        if rel == "spm.model":
+            pa, pb = (spm.SentencePieceProcessor(model_file=str(x)) for x in (a, b))
+            assert pa.get_piece_size() == pb.get_piece_size() == 300
+            assert [(pa.id_to_piece(i), pa.get_score(i)) for i in range(300)] == [
+                (pb.id_to_piece(i), pb.get_score(i)) for i in range(300)
+            ]
+        else:
+            assert a.read_bytes() == b.read_bytes(), rel
 
 
 # ---------------------------------------------------------------------------------------------
