@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Rebuild the embedded parallel corpora in examples/data/ from the offline Debian-derived TSVs.
 
-    python examples/data/make_embedded_corpus.py --source-dir /work/shared/data/parallel
+    python examples/data/make_embedded_corpus.py --source-dir ../shared/data/parallel
+
+(the source folder is the project's shared data, beside the repository: see its README).
 
 Writes (deterministic for a given --seed and source files):
   en_de_small.tsv     every handbook paragraph with 4..40 words in both en and de, plus a
@@ -71,9 +73,11 @@ def unique_by_en(rows):
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source-dir", default="/work/shared/data/parallel",
-                   help="folder with handbook.tsv and gettext.en-de.tsv")
-    p.add_argument("--out-dir", default=here)
+    repo = os.path.dirname(os.path.dirname(here))
+    p.add_argument("--source-dir", default=os.path.join(os.path.dirname(repo), "shared", "data", "parallel"),
+                   help="folder with handbook.tsv and gettext.en-de.tsv (default: shared/data/parallel beside "
+                   "the repository)")
+    p.add_argument("--out-dir", default=here, help="where the TSVs are written (default: examples/data)")
     p.add_argument("--seed", type=int, default=20221)
     p.add_argument("--total-rows", type=int, default=5000, help="rows of en_de_small.tsv")
     args = p.parse_args(argv)
