@@ -12,12 +12,15 @@ Modules, each one step (each imports only the ones above it):
 * :mod:`.outdir`: the output folder, built next to --out and renamed into place;
 * :mod:`.summary`: the printed summary;
 * :mod:`.pipeline`: :func:`prepare`, all the steps for one folder;
+* :mod:`.extension`: :func:`extend`, new languages added to a prepared folder (``--extend-data``),
+  the old languages' files and token ids unchanged;
 * :mod:`.cli`: the command line ``mdnas-prepare`` (``scripts/prepare_parallel.py`` is the same).
 
 fairseq is imported inside the functions that need it, never when these modules are imported.
 """
 
 from .errors import DataError
+from .extension import extend
 from .pipeline import prepare
 from .splits import SPLITS, drop_duplicate_rows, held_out_overlap, split_rows
 from .tsv import normalize, parse_langs, read_tsv
@@ -28,6 +31,7 @@ __all__ = [
     "SPLITS",
     "DataError",
     "drop_duplicate_rows",
+    "extend",
     "held_out_overlap",
     "normalize",
     "parse_langs",

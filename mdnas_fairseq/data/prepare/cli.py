@@ -3,6 +3,8 @@ r"""Prepare a parallel corpus (one TSV column per language) for --task multidoma
 example:
   mdnas-prepare --tsv examples/data/en_de_small.tsv --langs en,de --out build/demo-data \
       --vocab-size 4000
+  mdnas-prepare --extend-data build/demo-data/data-bin --tsv more.tsv --langs fr \
+      --out build/demo-data-fr
   (python scripts/prepare_parallel.py takes the same options and does the same)
 
 reads --tsv FILE:
@@ -34,18 +36,52 @@ writes under --out DIR:
   DIR/data-bin/mdnas_data.json                 metadata read by the multidomain_nas task
   DIR is built in a temporary folder next to it and renamed into place at the end, so a
   failed run leaves nothing behind; an existing non-empty DIR is replaced only with --force.
+
+with --extend-data OLD (a data-bin made by mdnas-prepare, or the folder holding it as data-bin/):
+  --langs names only NEW languages (a language OLD already has is an error). OLD is read, never
+  written; --out must lie outside OLD's folder. DIR gets the same layout, and:
+  - the old languages' {split}.{lang}.bin/.idx, raw/, tok/ and sentencepiece model(s) are copied
+    byte-identical, and their records in mdnas_data.json are kept as they were;
+  - data-bin/dict.txt is OLD's dict.txt with entries appended (its old lines unchanged, in
+    order), so a model trained on OLD keeps every token id: each piece a new language's train
+    split uses that the dictionary lacks is appended (most frequent first; pieces it shares with
+    OLD keep their old ids), then madeupwordNNNN entries pad the size to a multiple of 8;
+  - the new languages' rows: when the TSV has every old language's column and each row of OLD
+    (matched on its old-language text, OLD/../raw/) has text in every new language, the new
+    languages get exactly the old rows, split for split and line for line (parallel: the
+    contrastive term can pair them with the old languages); otherwise (or with --split-column)
+    their splits are drawn as without --extend-data (--seed, --max-rows and the split-size
+    options apply only then), and the summary says why;
+  - sentencepiece (--extend-spm auto): a new language whose train split the old model encodes
+    with under 1% unknown pieces (characters the old model lacks) is encoded with the old model;
+    any other gets a model of its own, DIR/spm.{lang}.model, trained on its train split with the
+    old model's type and character coverage (unless --spm-model-type/--character-coverage say
+    otherwise) and --vocab-size pieces (default: as many as an old language's train split uses,
+    scaled by sqrt(new/old train sentences); a size sentencepiece cannot make from the text
+    becomes the nearest one it can). --extend-spm old / own forces either choice;
+  - mdnas_data.json: langs = old + new in order; spm_models maps every language to the model
+    that encodes it (encode new text of a language with that model, then dict.txt); splits_by_lang
+    gives each language's sentence counts; extensions[-1] records the old dictionary's size and
+    sha256 and per new language the model chosen, its unknown rates and the entries appended;
+  - the summary prints, per new language, the unknown-token rate of its valid split (goal: under
+    1%) and how many dictionary entries were appended.
 """
 
 import argparse
 import sys
 
 from .errors import DataError
+from .extension import SPM_POLICIES, extend
 from .pipeline import prepare
 from .vocab import DEFAULT_VOCAB_SIZE
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Option defaults in the help, the description and epilog laid out as written."""
+    """Option defaults in the help (none for options without one), the description and epilog
+    laid out as written."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def build_parser(prog=None):
@@ -61,14 +97,37 @@ def build_parser(prog=None):
     )
     p.add_argument("--out", required=True, help="output folder DIR")
     p.add_argument(
-        "--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="sentencepiece vocabulary size"
+        "--extend-data",
+        metavar="OLD",
+        default=None,
+        help="data-bin made by mdnas-prepare to add the --langs (new languages) to (see above)",
     )
-    p.add_argument("--spm-model-type", choices=("bpe", "unigram"), default="bpe")
+    p.add_argument(
+        "--extend-spm",
+        choices=SPM_POLICIES,
+        default="auto",
+        help="with --extend-data: a new language's sentencepiece model (auto: the old one if it "
+        "leaves under 1%% of the language's train pieces unknown, else its own)",
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help=f"sentencepiece vocabulary size (default {DEFAULT_VOCAB_SIZE}; with --extend-data "
+        "the size of a new language's own model, default scaled to its data)",
+    )
+    p.add_argument(
+        "--spm-model-type",
+        choices=("bpe", "unigram"),
+        default=None,
+        help="sentencepiece model type (default bpe; with --extend-data the old model's)",
+    )
     p.add_argument(
         "--character-coverage",
         type=float,
-        default=0.9995,
-        help="sentencepiece character coverage (1.0 keeps every character of the train split)",
+        default=None,
+        help="sentencepiece character coverage, 1.0 keeps every character of the train split "
+        "(default 0.9995; with --extend-data the old model's)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the shuffle that draws the splits")
     p.add_argument(
@@ -116,27 +175,27 @@ def main(argv=None, prog=None):
     was started by, e.g. mdnas-prepare). Returns 0, or 2 after printing a DataError."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    try:
-        prepare(
-            args.tsv,
-            args.langs,
-            args.out,
+    common = {  # the options prepare() and extend() share
+        k: getattr(args, k)
+        for k in (
+            "seed max_rows heldout_fraction valid_fraction test_fraction heldout_rows valid_rows "
+            "test_rows split_column workers force quiet"
+        ).split()
+    }
+    if args.extend_data is not None:
+        run, old = extend, [args.extend_data]
+        vocab = dict(
             vocab_size=args.vocab_size,
-            seed=args.seed,
-            max_rows=args.max_rows,
-            heldout_fraction=args.heldout_fraction,
-            valid_fraction=args.valid_fraction,
-            test_fraction=args.test_fraction,
-            heldout_rows=args.heldout_rows,
-            valid_rows=args.valid_rows,
-            test_rows=args.test_rows,
-            split_column=args.split_column,
+            spm_policy=args.extend_spm,
             spm_model_type=args.spm_model_type,
             character_coverage=args.character_coverage,
-            workers=args.workers,
-            force=args.force,
-            quiet=args.quiet,
         )
+    else:  # prepare() has defaults of its own for these
+        run, old = prepare, []
+        given = ("vocab_size", "spm_model_type", "character_coverage")
+        vocab = {k: getattr(args, k) for k in given if getattr(args, k) is not None}
+    try:
+        run(*old, args.tsv, args.langs, args.out, **vocab, **common)
     except DataError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

@@ -31,6 +31,17 @@ def write_raw(work, splits, langs):
                 f.writelines(r[1][k] + "\n" for r in splits[s])
 
 
+def draw_splits(tsv, rows, info, seed, **options):
+    """:func:`.split_rows` (``options``: its keyword arguments) on the ``rows`` that
+    :func:`.read_tsv` read from ``tsv``; its errors say which rows were dropped."""
+    dropped = [f"{info['dropped_empty']} with an empty field"] if info["dropped_empty"] else []
+    dropped += [f"{info['dropped_duplicate']} duplicate rows"] if info["dropped_duplicate"] else []
+    note = f" (after dropping {' and '.join(dropped)})" if dropped else ""
+    if not rows:
+        raise DataError(f"{tsv}: no usable rows{note}")
+    return split_rows(rows, seed, tsv, dropped_note=note, **options)
+
+
 def prepare(
     tsv,
     langs,
@@ -66,23 +77,18 @@ def prepare(
     check_out(out, force, tsv)
 
     rows, info = read_tsv(tsv, langs, split_column)
-    dropped = [f"{info['dropped_empty']} with an empty field"] if info["dropped_empty"] else []
-    dropped += [f"{info['dropped_duplicate']} duplicate rows"] if info["dropped_duplicate"] else []
-    note = f" (after dropping {' and '.join(dropped)})" if dropped else ""
-    if not rows:
-        raise DataError(f"{tsv}: no usable rows{note}")
-    splits = split_rows(
-        rows,
-        seed,
+    splits = draw_splits(
         tsv,
-        heldout_fraction,
-        valid_fraction,
-        test_fraction,
-        heldout_rows,
-        valid_rows,
-        test_rows,
-        max_rows,
-        note,
+        rows,
+        info,
+        seed,
+        heldout_fraction=heldout_fraction,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        heldout_rows=heldout_rows,
+        valid_rows=valid_rows,
+        test_rows=test_rows,
+        max_rows=max_rows,
     )
 
     with staged_out(out, force, tsv) as work:

@@ -47,3 +47,76 @@ def print_summary(out, tsv, meta, info, seconds):
             f"  note: {100.0 * held_unk / held_out:.1f}% of valid/test tokens map to <unk> "
             "(pieces or characters not seen in the train split)"
         )
+
+
+def print_extension_summary(out, old_data, tsv, meta, seconds):
+    """The summary of ``mdnas-prepare --extend-data``: what was kept, and per new language its
+    splits, sentencepiece model, valid unknown-token rate and appended dictionary entries."""
+    ext = meta["extensions"][-1]
+    old, new = ext["old_langs"], ext["langs"]
+    print(
+        f"{out}: {old_data} ({', '.join(old)}) extended with {', '.join(new)} from {tsv} "
+        f"({ext['rows_read']} rows read), {seconds:.1f}s"
+    )
+    print(
+        f"  {', '.join(old)}: every split's .bin/.idx copied byte-identical from {old_data}, "
+        f"encoded with {_models_of(meta, old)}; "
+        f"the dictionary's first {ext['old_dict_size']} symbols unchanged (dict.txt's old lines "
+        "are the first lines of the new one, so every old token id stays)"
+    )
+    print(
+        f"  {'split':<6} {'lines':>8}"
+        + "".join(f" {x + ' tokens':>12} {x + ' unk':>8}" for x in new)
+    )
+    for s in SPLITS:
+        row = f"  {s:<6} {meta['splits_by_lang'][new[0]][s]:>8}"
+        for lang in new:
+            row += f" {meta['tokens'][s][lang]:>12} {meta['unk_tokens'][s][lang]:>8}"
+        print(row)
+    if ext["splits"] == "drawn":
+        how = f"column {ext['split_column']!r}" if ext["split_column"] else f"seed {ext['seed']}"
+        print(
+            f"  {', '.join(new)}: splits drawn from {how}, NOT line-aligned with {', '.join(old)} "
+            f"({ext['not_aligned']}): the contrastive term cannot pair them with the old languages"
+        )
+    else:
+        print(
+            f"  {', '.join(new)}: the old rows' text, split for split (line i is the translation "
+            f"of line i of {', '.join(old)})"
+        )
+    for lang in new:
+        info = ext["new"][lang]
+        rate = 100.0 * info["old_model_unknown_rate"]
+        if info["spm_policy"] == "own":
+            size = info["spm_vocab_size"]
+            asked = info["spm_vocab_size_requested"]
+            size = f"{size} pieces" + (f", {asked} asked" if asked != size else "")
+            why = f"the old model leaves {rate:.1f}% of its train pieces unknown"
+            print(
+                f"  {lang}: own sentencepiece model {info['spm_model'][3:]} ({ext['spm_model_type']}, {size}): {why}"
+            )
+        else:
+            print(
+                f"  {lang}: the old sentencepiece model {info['spm_model'][3:]} "
+                f"({rate:.2f}% of its train pieces unknown)"
+            )
+        n_unk, n_tok = meta["unk_tokens"]["valid"][lang], meta["tokens"]["valid"][lang]
+        flag = "" if info["valid_unk_rate"] < 0.01 else " (ABOVE the 1% goal)"
+        print(
+            f"  {lang}: valid unk {100.0 * info['valid_unk_rate']:.2f}% ({n_unk} of {n_tok} "
+            f"pieces){flag}; {info['appended']} dictionary entries appended"
+        )
+    parts = [f"+{ext['new'][lang]['appended']} {lang}" for lang in new]
+    parts.append(f"+{ext['appended_padding']} padding to x8")
+    print(
+        f"  dict.txt: {ext['old_dict_size']} -> {meta['dict_size']} symbols ({', '.join(parts)}); "
+        f"{ext['appended']} appended in all"
+    )
+
+
+def _models_of(meta, langs):
+    """'spm.model (en, de), spm.fr.model (fr)': the sentencepiece model of each language."""
+    by_model = {}
+    for lang in langs:
+        by_model.setdefault(meta["spm_models"][lang][3:], []).append(lang)
+    return ", ".join(f"{m} ({', '.join(x)})" for m, x in by_model.items())

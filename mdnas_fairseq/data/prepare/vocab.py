@@ -22,7 +22,13 @@ def _quiet_fairseq_import():
     )
 
 
-def train_spm(text_file, model_prefix, vocab_size, model_type, character_coverage, threads):
+def train_spm(
+    text_file, model_prefix, vocab_size, model_type, character_coverage, threads, fit=False
+):
+    """Train ``model_prefix``.model/.vocab on ``text_file``. With ``fit`` a ``vocab_size`` that
+    sentencepiece cannot make from this text becomes the nearest size it can (the most pieces it
+    can learn, or the fewest that hold every kept character) instead of a DataError; the size
+    trained is the returned model's ``get_piece_size()``."""
     import sentencepiece as spm
 
     try:
@@ -38,6 +44,13 @@ def train_spm(text_file, model_prefix, vocab_size, model_type, character_coverag
         )
     except RuntimeError as e:
         msg = str(e)
+        m = re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", msg) or re.search(
+            r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", msg
+        )
+        if fit and m and int(m.group(2)) != vocab_size:
+            return train_spm(
+                text_file, model_prefix, int(m.group(2)), model_type, character_coverage, threads
+            )
         m = re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", msg)
         if m:
             raise DataError(
