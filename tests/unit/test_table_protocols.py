@@ -32,6 +32,21 @@ def _without(argv, flags):
     return out
 
 
+def _assert_one_command(retrains):
+    """All retraining commands are one command but for the genotype and the folder; the one union
+    (shared-architecture) genotype's too, once the flag that says how to read it is left out."""
+    shape = {
+        tuple(_without(c, ["--genotype", "--save-dir"]))
+        for c in retrains
+        if "--shared-architecture" not in c
+    }
+    assert len(shape) == 1, shape
+    (union,) = [c for c in retrains if "--shared-architecture" in c]
+    union = [x for x in union if x != "--shared-architecture"]
+    assert tuple(_without(union, ["--genotype", "--save-dir"])) in shape
+    assert len({_flag_value(c, "--genotype") for c in retrains}) == len(retrains)
+
+
 # ------------------------------------------------------------------ language models
 def test_lm_pipeline_retrains_every_row_with_one_command(tmp_path, monkeypatch):
     lm = load_script("lm_pipeline")
@@ -63,16 +78,7 @@ def test_lm_pipeline_retrains_every_row_with_one_command(tmp_path, monkeypatch):
     assert any("--contrastive-coef" in c for c in searches)
     assert any("--struct-coef" in c for c in searches)
     assert any("--param-coef" in c for c in searches)
-    shape = {
-        tuple(_without(c, ["--genotype", "--save-dir"]))
-        for c in retrains
-        if "--shared-architecture" not in c
-    }
-    assert len(shape) == 1, shape
-    (union,) = [c for c in retrains if "--shared-architecture" in c]
-    union = [x for x in union if x != "--shared-architecture"]
-    assert tuple(_without(union, ["--genotype", "--save-dir"])) in shape
-    assert len({_flag_value(c, "--genotype") for c in retrains}) == len(retrains)
+    _assert_one_command(retrains)
 
 
 # ------------------------------------------------------------------ vision
@@ -99,7 +105,18 @@ def test_vision_table_retrains_every_row_with_one_command(tmp_path, monkeypatch)
 
     monkeypatch.setattr(table, "fairseq_train", fake_train)
     monkeypatch.setattr(table, "evaluate", fake_evaluate)
-    a = table.get_args(["--out", str(tmp_path / "out"), "--channels", "4", "--num-nodes", "2", "--random-count", "2"])
+    a = table.get_args(
+        [
+            "--out",
+            str(tmp_path / "out"),
+            "--channels",
+            "4",
+            "--num-nodes",
+            "2",
+            "--random-count",
+            "2",
+        ]
+    )
     work = str(tmp_path)
     for model in ("single", "struct", "contr", "param", "random"):
         table.run_one(a, work, 2, 0, model)
@@ -109,12 +126,4 @@ def test_vision_table_retrains_every_row_with_one_command(tmp_path, monkeypatch)
     assert any("--contrastive-coef" in c for c in searches)
     assert any("--struct-coef" in c for c in searches)
     assert any("--param-coef" in c for c in searches)
-    shape = {
-        tuple(_without(c, ["--genotype", "--save-dir"]))
-        for c in retrains
-        if "--shared-architecture" not in c
-    }
-    assert len(shape) == 1, shape
-    (single,) = [c for c in retrains if "--shared-architecture" in c]
-    single = [x for x in single if x != "--shared-architecture"]
-    assert tuple(_without(single, ["--genotype", "--save-dir"])) in shape
+    _assert_one_command(retrains)
