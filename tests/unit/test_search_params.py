@@ -46,7 +46,11 @@ def test_multimodel_count_by_hand_for_both_sharing_rules():
     assert node.multimodel_count(g) == 100 + 10 + 20 + 30 + 0
     # 'edge': (0,1,tanh) 10, (1,2,relu) 20, (0,2,relu) 20, (1,3,sigmoid) 30, (2,3,identity) 0
     assert edge.multimodel_count(g) == 100 + 10 + 20 + 20 + 30
-    assert node.param_counts(g) == {"domains": {"a": 160, "b": 130}, "multimodel": 160}
+    assert node.param_counts(g) == {
+        "domains": {"a": 160, "b": 130},
+        "multimodel": 160,
+        "multimodel_cells": 60,  # the four modules above, without the 100 shared
+    }
     assert edge.cell_count(g.cells["b"]) == 30
     # shared (domain, edge) pairs: 'node' -> a:(0,1),(1,2) and b:(0,1),(0,2) = 4; 'edge' -> only (0,1) twice
     assert node.shared_edges(g) == 4 and edge.shared_edges(g) == 2
