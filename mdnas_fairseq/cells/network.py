@@ -22,6 +22,8 @@ class MultiDomainNetwork(nn.Module, metaclass=abc.ABCMeta):
             concordant multimodel (no alpha).
         shared_architecture: one architecture for all domains (the union baseline).
         alpha_init_scale: std of the initial alpha.
+        frozen_architectures: search only: the first architectures' alpha rows are never trained
+            (the old domains of an extension, :mod:`.extension`).
 
     A subclass builds its modules and defines :meth:`param_table`; its ``forward`` gets the cell's
     routing keyword from :meth:`route`.
@@ -34,11 +36,14 @@ class MultiDomainNetwork(nn.Module, metaclass=abc.ABCMeta):
         genotype: Optional[MultiDomainGenotype] = None,
         shared_architecture: bool = False,
         alpha_init_scale: float = 1e-3,
+        frozen_architectures: int = 0,
     ):
         super().__init__()
         self.architectures = DomainArchitectures(domains, shared_architecture)
         self.space = space
-        self.alphas = self.architectures.alpha(space, genotype, alpha_init_scale)
+        self.alphas = self.architectures.alpha(
+            space, genotype, alpha_init_scale, frozen_architectures
+        )
         self.temperature, self.gumbel = 1.0, False
 
     @property

@@ -16,11 +16,12 @@ from torch import Tensor
 from ..search import GenotypeEdge, MultiDomainGenotype, ParamTable, darts_rnn_space
 from .network import MultiDomainNetwork
 from .rnn_cell import ACTIVATIONS, DartsRNNCell, rnn_share_key
+from .vocabulary import TiedVocabulary, VocabularyBlocks
 
 __all__ = ["ACTIVATIONS", "DartsRNNCell", "DartsRNNLanguageModel", "rnn_share_key"]
 
 
-class DartsRNNLanguageModel(MultiDomainNetwork):
+class DartsRNNLanguageModel(TiedVocabulary, MultiDomainNetwork):
     """Sentence-level recurrent LM over one DARTS cell, one architecture per domain.
 
     Args:
@@ -30,6 +31,9 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
         num_nodes: intermediate nodes of the cell (DARTS: 8).
         genotype, shared_architecture, alpha_init_scale: see :class:`MultiDomainNetwork`.
         compile_cell: the cell's ``compile`` mode (``"auto"``, ``"on"``, ``"off"``).
+        appended_vocabulary: (entries, first domain) of the dictionary blocks extensions appended
+            (:mod:`.vocabulary`); ``vocab_size`` counts them.
+        frozen_architectures: see :class:`MultiDomainNetwork`.
     """
 
     def __init__(
@@ -48,17 +52,28 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
         dropout_h: float = 0.0,
         alpha_init_scale: float = 1e-3,
         compile_cell: str = "auto",
+        appended_vocabulary: VocabularyBlocks = (),
+        frozen_architectures: int = 0,
     ):
         if embed_dim != hidden_dim:
             raise ValueError(
                 f"tied embeddings need embed_dim == hidden_dim, got {embed_dim} and {hidden_dim}"
             )
         super().__init__(
-            domains, darts_rnn_space(num_nodes), genotype, shared_architecture, alpha_init_scale
+            domains,
+            darts_rnn_space(num_nodes),
+            genotype,
+            shared_architecture,
+            alpha_init_scale,
+            frozen_architectures,
         )
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        base = self.base_vocabulary_size(vocab_size, appended_vocabulary)
+        self.embedding = nn.Embedding(base, embed_dim, padding_idx=padding_idx)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.output_bias = nn.Parameter(torch.zeros(base))
+        self.init_appended_vocabulary(
+            embed_dim, appended_vocabulary, True, lambda w: nn.init.uniform_(w, -0.1, 0.1)
+        )
         # Every sentence starts from this learned state. A zero start state with a dropped (zero)
         # first embedding makes every state of the first step exactly 0: the parameter-free
         # LayerNorm then multiplies gradients by 1/sqrt(eps) per node (an fp16 overflow, and
@@ -72,7 +87,7 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
     def _embed(self, tokens: Tensor) -> Tensor:
         """Input embeddings; in training, DARTS' embedding dropout drops whole word types (rows of the
         input embedding matrix, one mask per batch; the tied output projection is not masked)."""
-        weight = self.embedding.weight
+        weight = self.vocabulary_weight()
         if self.training and self.dropout_emb > 0:
             keep = torch.empty(weight.shape[0], 1, device=weight.device, dtype=weight.dtype)
             weight = weight * (keep.bernoulli_(1 - self.dropout_emb) / (1 - self.dropout_emb))
@@ -90,14 +105,12 @@ class DartsRNNLanguageModel(MultiDomainNetwork):
         states = self.cell(x, h0, **self.route(domain, batch_domain, tokens.shape[0], x.dtype))
         states = states.transpose(0, 1)  # (B, T, H)
         out = F.dropout(states, self.dropout, self.training)
-        logits = F.linear(out, self.embedding.weight, self.output_bias)
-        return logits, states
+        return self.output_logits(out, domain, batch_domain), states
 
     # ------------------------------------------------------------------ sizes
     def shared_param_count(self) -> int:
         return (
-            self.embedding.weight.numel()
-            + self.output_bias.numel()
+            self.vocabulary_param_count()
             + self.initial_state.numel()
             + self.cell.shared_param_count()
         )

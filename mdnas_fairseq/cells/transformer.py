@@ -53,13 +53,14 @@ from torch import Tensor
 from ..search import GenotypeEdge, MultiDomainGenotype, ParamTable, transformer_lm_space
 from .network import MultiDomainNetwork
 from .transformer_ops import CandidateFactory
+from .vocabulary import TiedVocabulary, VocabularyBlocks
 
 
 def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class SearchableTransformerLM(MultiDomainNetwork):
+class SearchableTransformerLM(TiedVocabulary, MultiDomainNetwork):
     """Decoder-only causal Transformer LM whose every slot is searched per domain.
 
     Args:
@@ -73,6 +74,9 @@ class SearchableTransformerLM(MultiDomainNetwork):
         genotype, shared_architecture, alpha_init_scale: see :class:`MultiDomainNetwork`.
         dropout: on the embeddings and on every slot's output (fairseq's ``--dropout``).
         scale_embedding: multiply the embeddings by sqrt(C) (fairseq's default).
+        appended_vocabulary: (entries, first domain) of the dictionary blocks extensions appended
+            (:mod:`.vocabulary`); ``vocab_size`` counts them.
+        frozen_architectures: see :class:`MultiDomainNetwork`.
     """
 
     def __init__(
@@ -90,6 +94,8 @@ class SearchableTransformerLM(MultiDomainNetwork):
         dropout: float = 0.0,
         scale_embedding: bool = True,
         alpha_init_scale: float = 1e-3,
+        appended_vocabulary: VocabularyBlocks = (),
+        frozen_architectures: int = 0,
     ):
         super().__init__(
             domains,
@@ -97,15 +103,23 @@ class SearchableTransformerLM(MultiDomainNetwork):
             genotype,
             shared_architecture,
             alpha_init_scale,
+            frozen_architectures,
         )
         self.embed_dim, self.dropout = embed_dim, dropout
         self.embed_scale = math.sqrt(embed_dim) if scale_embedding else 1.0
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        base = self.base_vocabulary_size(vocab_size, appended_vocabulary)
+        self.embedding = nn.Embedding(base, embed_dim, padding_idx=padding_idx)
         nn.init.normal_(
             self.embedding.weight, mean=0.0, std=embed_dim**-0.5
         )  # as fairseq's Embedding
         with torch.no_grad():
             self.embedding.weight[padding_idx].zero_()
+        self.init_appended_vocabulary(
+            embed_dim,
+            appended_vocabulary,
+            False,
+            lambda w: nn.init.normal_(w, mean=0.0, std=embed_dim**-0.5),
+        )
         self.positions = positions
         self.slot_norms = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in self.space.node_ids)
         self.final_norm = nn.LayerNorm(embed_dim)
@@ -174,7 +188,11 @@ class SearchableTransformerLM(MultiDomainNetwork):
 
     def embed(self, tokens: Tensor) -> Tensor:
         """Token (+ position) embeddings, (T, B, C)."""
-        x = self.embed_scale * self.embedding(tokens)
+        if self.appended_vocabulary is None:
+            x = self.embed_scale * self.embedding(tokens)
+        else:
+            weight = self.vocabulary_weight()
+            x = self.embed_scale * F.embedding(tokens, weight, self.embedding.padding_idx)
         if self.positions is not None:
             x = x + self.positions(tokens)
         return F.dropout(x, self.dropout, self.training).transpose(0, 1)
@@ -217,7 +235,7 @@ class SearchableTransformerLM(MultiDomainNetwork):
         x = x.transpose(0, 1)  # (B, T, C), each sentence back in its own positions
         x = x[torch.arange(x.shape[0], device=x.device)[:, None], back]
         features = self.final_norm(x)
-        return F.linear(features, self.embedding.weight), features
+        return self.output_logits(features, domain, batch_domain), features
 
     # ------------------------------------------------------------------ sizes
     def op_param_count(self, edge: GenotypeEdge) -> int:
@@ -226,10 +244,10 @@ class SearchableTransformerLM(MultiDomainNetwork):
 
     def shared_param_count(self) -> int:
         """Parameters every domain uses: embeddings, positions, the slots' and the final LayerNorms."""
-        shared = [self.embedding, self.slot_norms, self.final_norm]
+        shared = [self.slot_norms, self.final_norm]
         if self.positions is not None:
             shared.append(self.positions)
-        return sum(_numel(m) for m in shared)
+        return self.vocabulary_param_count() + sum(_numel(m) for m in shared)
 
     def param_table(self) -> ParamTable:
         """Parameter counts of this network's modules: one per (slot, operation) (share rule "edge";

@@ -10,7 +10,8 @@ Public API:
     VirtualStep, SGDVirtualStep, NAGVirtualStep, AdamVirtualStep -- the weight optimizer's rule (second order)
     DomainSampler                                            -- the domain distribution p, fixed or robust
     derive_genotype, MultiDomainGenotype, multimodel_param_count,
-    save_genotype, load_genotype, GenotypeError              -- genotypes and their files
+    save_genotype, load_genotype, GenotypeError,
+    check_extension                                          -- genotypes and their files
     ParamTable, ParamPenalty, DerivationError                -- parameter counts without the model
     random_genotype, random_matched_genotype                 -- the chance baseline
     derive_with_budget, budget_sequence, BUDGET_RULE         -- a parameter budget from one search
@@ -40,6 +41,7 @@ from .genotype import (
     GenotypeError,
     MultiDomainGenotype,
     check_compatible,
+    check_extension,
     derive_cell,
     derive_genotype,
     genotype_from_dict,

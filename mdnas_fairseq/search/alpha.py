@@ -21,13 +21,19 @@ toward 0) has nothing to act on. Checkpoints that stored :data:`MASKED_LOGIT` th
 model) whose ``requires_grad`` is False except inside :meth:`ArchitectureParameters.trainable`.
 Optimizers built from ``filter(lambda p: p.requires_grad, model.parameters())`` (fairseq's
 trainer does exactly this) therefore never see it; the alpha optimizer owns it.
+
+Frozen rows (an extension to more domains, :mod:`mdnas_fairseq.cells.extension`): the first
+``frozen`` architectures' rows live in a separate parameter ``frozen_alpha`` that never requires
+gradients, and ``alpha`` holds only the new rows. The alpha optimizer holds ``alpha`` alone, so
+neither its gradient nor its (coupled L2) weight decay can move an old row; every reader sees the
+rows together, old ones first, through :meth:`ArchitectureParameters.masked_logits`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, List, Union
+from typing import Dict, Iterator, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -44,11 +50,21 @@ class ArchitectureParameters(nn.Module):
     """Architecture parameters ``alpha`` (D, E, K) of one cell type."""
 
     def __init__(
-        self, num_domains: int, num_edges: int, num_ops: int, init_scale: float = 1e-3, allowed=None
+        self,
+        num_domains: int,
+        num_edges: int,
+        num_ops: int,
+        init_scale: float = 1e-3,
+        allowed=None,
+        frozen: int = 0,
     ):
         super().__init__()
         if min(num_domains, num_edges, num_ops) < 1:
             raise ValueError(f"need D, E, K >= 1, got D={num_domains} E={num_edges} K={num_ops}")
+        if not 0 <= frozen < num_domains:
+            raise ValueError(
+                f"{frozen} frozen rows of {num_domains}: an extension keeps at least one row to train"
+            )
         alpha = init_scale * torch.randn(num_domains, num_edges, num_ops)
         mask = None
         if allowed is not None:  # (E, K) booleans, see the module docstring
@@ -59,19 +75,28 @@ class ArchitectureParameters(nn.Module):
                 )
             alpha[:, ~mask] = 0.0  # never read: masked_logits() puts MASKED_LOGIT there
         self.register_buffer("allowed", mask, persistent=False)
-        self.alpha = nn.Parameter(alpha, requires_grad=False)
+        # the old architectures' rows of an extension (module docstring); never trained
+        frozen_alpha = nn.Parameter(alpha[:frozen].clone(), requires_grad=False) if frozen else None
+        self.register_parameter("frozen_alpha", frozen_alpha)
+        self.alpha = nn.Parameter(alpha[frozen:].clone(), requires_grad=False)
+
+    @property
+    def num_frozen(self) -> int:
+        """Rows that are never trained (the old architectures of an extension)."""
+        return 0 if self.frozen_alpha is None else self.frozen_alpha.shape[0]
 
     @property
     def num_domains(self) -> int:
-        return self.alpha.shape[0]
+        return self.num_frozen + self.alpha.shape[0]
 
     def _apply(self, fn, recurse=True):
         """Move alpha with the model, but keep it fp32: ``model.half()`` (fairseq's ``--fp16``)
         would make its Adam updates underflow. The mixed operation casts softmax(alpha) to the
         activations' dtype, so gradients still reach the fp32 alpha."""
         super()._apply(fn, recurse)
-        if self.alpha.dtype in (torch.float16, torch.bfloat16):
-            self.alpha.data = self.alpha.data.float()
+        for p in (self.alpha, self.frozen_alpha):
+            if p is not None and p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -80,7 +105,34 @@ class ArchitectureParameters(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.allowed is not None:
             with torch.no_grad():
+                for p in (self.alpha, self.frozen_alpha):
+                    if p is not None:
+                        p.masked_fill_(~self.allowed, 0.0)
+
+    @staticmethod
+    def rows_in_state(state: Dict[str, Tensor], prefix: str = "") -> Tensor:
+        """Every row (old ones first) stored in a state dict under ``prefix``."""
+        rows = state[prefix + "alpha"]
+        frozen = state.get(prefix + "frozen_alpha")
+        return rows if frozen is None else torch.cat([frozen, rows])
+
+    def extend(self, old_rows: Tensor, init_from: Optional[int] = None) -> None:
+        """Start an extension: the frozen rows become ``old_rows`` (A_old, E, K), exactly; the new
+        rows start at 0 (uniform mixing probabilities), or as a copy of old row ``init_from``."""
+        if old_rows.shape != (self.num_frozen,) + tuple(self.alpha.shape[1:]):
+            raise ValueError(
+                f"old architecture parameters of shape {tuple(old_rows.shape)}, this network keeps "
+                f"{self.num_frozen} frozen rows of shape {tuple(self.alpha.shape[1:])}"
+            )
+        with torch.no_grad():
+            self.frozen_alpha.copy_(old_rows)
+            if init_from is None:
+                self.alpha.zero_()
+            else:
+                self.alpha.copy_(old_rows[init_from].expand_as(self.alpha))
+            if self.allowed is not None:
                 self.alpha.masked_fill_(~self.allowed, 0.0)
+                self.frozen_alpha.masked_fill_(~self.allowed, 0.0)
 
     def masked_logits(self, fill: float = MASKED_LOGIT) -> Tensor:
         """alpha (D, E, K) with every disallowed entry at ``fill`` whatever is stored there.
@@ -88,11 +140,14 @@ class ArchitectureParameters(nn.Module):
         The one place the allowed-operation mask is applied: every reader of alpha (mixing, the JS
         regularizer, logged statistics, genotype files, heatmaps) goes through it. The disallowed
         entries get no gradient. ``fill`` is :data:`MASKED_LOGIT` (finite, for code working in log
-        space) or ``-inf``. Without a mask it returns ``alpha`` itself.
+        space) or ``-inf``. Without a mask (and without frozen rows) it returns ``alpha`` itself.
         """
+        alpha = (
+            self.alpha if self.frozen_alpha is None else torch.cat([self.frozen_alpha, self.alpha])
+        )
         if self.allowed is None:
-            return self.alpha
-        return self.alpha.masked_fill(~self.allowed, fill)
+            return alpha
+        return alpha.masked_fill(~self.allowed, fill)
 
     @contextlib.contextmanager
     def trainable(self) -> Iterator[Tensor]:
@@ -168,7 +223,8 @@ def annealed_temperature(
 
 
 def architecture_parameters(module: nn.Module) -> List[nn.Parameter]:
-    """All ``alpha`` tensors of the :class:`ArchitectureParameters` inside ``module``, found by kind."""
+    """All ``alpha`` tensors of the :class:`ArchitectureParameters` inside ``module``, found by kind:
+    what the alpha optimizer holds (an extension's frozen rows are not among them)."""
     return [m.alpha for m in module.modules() if isinstance(m, ArchitectureParameters)]
 
 
@@ -180,8 +236,13 @@ def architecture_logits(module: nn.Module) -> List[Tensor]:
 
 
 def weight_parameters(module: nn.Module) -> List[nn.Parameter]:
-    """The parameters of ``module`` that are not architecture parameters."""
-    alphas = {id(p) for p in architecture_parameters(module)}
+    """The parameters of ``module`` that are not architecture parameters (trained or frozen rows)."""
+    alphas = {
+        id(p)
+        for m in module.modules()
+        if isinstance(m, ArchitectureParameters)
+        for p in m.parameters()
+    }
     return [p for p in module.parameters() if id(p) not in alphas]
 
 

@@ -60,13 +60,15 @@ class DomainArchitectures:
         space: SearchSpace,
         genotype: Optional[MultiDomainGenotype] = None,
         init_scale: float = 1e-3,
+        frozen: int = 0,
     ) -> Optional[ArchitectureParameters]:
         """New alpha, one row per architecture, for a search model (``genotype`` None); None for a
-        derived model, after checking its genotype."""
+        derived model, after checking its genotype. ``frozen``: the first rows are never trained
+        (the old domains of an extension)."""
         if genotype is not None:
             self.check_genotype(genotype, space)
             return None
         allowed = space.allowed_mask() if space.allowed_ops is not None else None
         return ArchitectureParameters(
-            len(self.names), space.num_edges, space.num_ops, init_scale, allowed
+            len(self.names), space.num_edges, space.num_ops, init_scale, allowed, frozen
         )

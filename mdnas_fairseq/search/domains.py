@@ -44,6 +44,9 @@ class DomainSampler:
         if not 0.0 <= loss_ema < 1.0:
             raise ValueError(f"loss_ema must be in [0, 1), got {loss_ema}")
         self.probs = p
+        # the domains that are ever drawn: a domain given probability 0 (e.g. an old domain of an
+        # extension, which is not trained) stays at 0 under the robust update too
+        self.support = p > 0
         self.eta_p = float(eta_p)
         self.loss_ema = float(loss_ema)
         self.loss_estimates = torch.full((num_domains,), float("nan"), dtype=torch.float64)
@@ -55,6 +58,7 @@ class DomainSampler:
     def to(self, device) -> DomainSampler:
         """Keep p and the loss estimates on ``device`` (the model's), so updates need no host sync."""
         self.probs = self.probs.to(device)
+        self.support = self.support.to(device)
         self.loss_estimates = self.loss_estimates.to(device)
         return self
 
@@ -73,10 +77,15 @@ class DomainSampler:
         self.loss_estimates = torch.where(seen, averaged, old)
 
     def update(self) -> torch.Tensor:
-        """Robust update ``p = softmax(eta_p * L_hat)``; no change while eta_p = 0 or a domain is unseen."""
+        """Robust update ``p = softmax(eta_p * L_hat)`` over the domains that are drawn (given a
+        positive probability); no change while eta_p = 0 or one of them is unseen."""
         if self.eta_p > 0:
-            all_seen = ~torch.isnan(self.loss_estimates).any()
-            robust = torch.softmax(self.eta_p * self.loss_estimates.nan_to_num(0.0), dim=0)
+            support = self.support.to(self.loss_estimates.device)
+            all_seen = ~(torch.isnan(self.loss_estimates) & support).any()
+            scores = (self.eta_p * self.loss_estimates.nan_to_num(0.0)).masked_fill(
+                ~support, float("-inf")
+            )
+            robust = torch.softmax(scores, dim=0)
             self.probs = torch.where(all_seen, robust, self.probs)
         return self.probs
 

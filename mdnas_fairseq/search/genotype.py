@@ -298,6 +298,28 @@ def check_compatible(
         )
 
 
+def check_extension(
+    old: MultiDomainGenotype, new: MultiDomainGenotype, source: str = "genotype"
+) -> None:
+    """Raise a :class:`GenotypeError` unless ``new`` extends ``old``: the same search space, the
+    old domains first and in order, each with exactly its old cell, then at least one new domain."""
+    check_compatible(new, source, space=old.space)
+    n = old.num_domains
+    if list(new.domains[:n]) != list(old.domains) or new.num_domains <= n:
+        raise GenotypeError(
+            f"{source}: domains {list(new.domains)} do not extend {list(old.domains)} (the old domains "
+            "first, in their order, then at least one new one)"
+        )
+    for d in old.domains:
+        if new.cells[d] != old.cells[d]:
+            moved = sorted(set(new.cells[d]) ^ set(old.cells[d]))
+            raise GenotypeError(
+                f"{source}: changes the architecture of old domain {d!r} "
+                f"({', '.join(f'node {e.node}: {e.input}->{e.op}' for e in moved)} differ); an "
+                "extension keeps every old domain's cell as it was"
+            )
+
+
 def save_genotype(
     path: str, genotype: MultiDomainGenotype, extra: Optional[Dict[str, Any]] = None
 ) -> None:
