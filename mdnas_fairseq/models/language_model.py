@@ -30,7 +30,12 @@ class LanguageModelSearchConfig(ArchitectureConfig):
 
 def dictionary_fingerprint(dictionary) -> int:
     """A stable 63-bit fingerprint of the dictionary's symbols (to detect a mismatched dict.txt)."""
-    digest = hashlib.sha1("\n".join(dictionary.symbols).encode("utf-8")).digest()
+    return symbols_fingerprint(dictionary.symbols)
+
+
+def symbols_fingerprint(symbols) -> int:
+    """:func:`dictionary_fingerprint` of a list of symbols (e.g. the first entries of a dictionary)."""
+    digest = hashlib.sha1("\n".join(symbols).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -57,13 +62,28 @@ class SearchableDecoder(FairseqDecoder):
         logits, states = self.lm(
             prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain
         )
-        return logits, {"states": states, "src_lengths": src_lengths, "attn": [None]}
+        extra = {"states": states, "src_lengths": src_lengths, "attn": [None]}
+        if batch_domain is not None:  # the entries the batch's domain may emit (a prefix)
+            extra["vocabulary_limit"] = self.lm.vocabulary_limit(batch_domain)
+        return logits, extra
 
     def max_positions(self):
         return self.max_target_positions
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
+        """(Log-)softmax over the entries the batch's domain may emit: over all of them unless the
+        dictionary was extended after the domain was added; then over the domain's own prefix
+        alone, the appended entries getting probability 0. The prefix is normalised with the
+        old model's own computation (same values, same shape), so an old domain's scores are
+        bitwise the old checkpoint's (``mdnas_fairseq.cells.vocabulary``); a batch of several
+        domains has -inf logits there and is normalised over the whole vocabulary."""
         logits = net_output[0].float()
+        limit = net_output[1].get("vocabulary_limit", logits.shape[-1])
+        if limit < logits.shape[-1]:
+            own = logits[..., :limit].contiguous()
+            norm = torch.log_softmax(own, dim=-1) if log_probs else torch.softmax(own, dim=-1)
+            rest = norm.new_full(norm.shape[:-1] + (logits.shape[-1] - limit,), 0.0)
+            return torch.cat([norm, rest.fill_(float("-inf")) if log_probs else rest], dim=-1)
         return torch.log_softmax(logits, dim=-1) if log_probs else torch.softmax(logits, dim=-1)
 
 

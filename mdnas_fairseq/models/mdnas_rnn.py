@@ -24,7 +24,7 @@ from ..cells.rnn import DartsRNNLanguageModel
 from ..registry import register_once
 from ..search import darts_rnn_space
 from .language_model import LanguageModelSearchConfig, SearchableDecoder, SearchableLanguageModel
-from .searchable import genotype_for_model
+from .searchable import ModelExtension, genotype_for_model
 
 
 @dataclass
@@ -78,6 +78,7 @@ class MDNASRNNModel(SearchableLanguageModel):
             dropout_h=cfg.dropout_h,
             alpha_init_scale=cfg.alpha_init_scale,
             compile_cell=str(safe_getattr(cfg, "compile_cell", "auto")),
+            **ModelExtension.of(cfg).network_options(cfg),
         )
         return cls(SearchableDecoder(dictionary, lm, cfg.max_target_positions, "mdnas_rnn"), cfg)
 

@@ -46,7 +46,7 @@ from ..cells.transformer_ops import (
 from ..registry import register_once
 from ..search import transformer_lm_space
 from .language_model import LanguageModelSearchConfig, SearchableDecoder, SearchableLanguageModel
-from .searchable import genotype_for_model
+from .searchable import ModelExtension, genotype_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,7 @@ class MDNASTransformerModel(SearchableLanguageModel):
             dropout=cfg.dropout,
             scale_embedding=not cfg.no_scale_embedding,
             alpha_init_scale=cfg.alpha_init_scale,
+            **ModelExtension.of(cfg).network_options(cfg),
         )
         model = cls(
             SearchableDecoder(dictionary, lm, cfg.max_target_positions, "mdnas_transformer_lm"), cfg

@@ -3,7 +3,7 @@ built from, and the search API the task and the criterion call (delegated to the
 
 import json
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from fairseq.dataclass import FairseqDataclass
 
@@ -37,6 +37,14 @@ class ArchitectureConfig(FairseqDataclass):
             "evaluation does not need the file"
         },
     )
+    extension_data: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "set automatically by the task's --extend-from: the old domains and the "
+            "dictionary blocks the extensions appended (JSON), kept in the checkpoint so the "
+            "extended model is rebuilt without the old checkpoint"
+        },
+    )
 
 
 def genotype_for_model(
@@ -60,6 +68,46 @@ def genotype_for_model(
         cfg.genotype_data = json.dumps(genotype.to_dict())
     DomainArchitectures(domains, cfg.shared_architecture).check_genotype(genotype, space, source)
     return genotype
+
+
+@dataclass(frozen=True)
+class ModelExtension:
+    """What an extended model is built with (``cfg.extension_data``): the domains it was extended
+    from (their alpha rows frozen while searching) and the appended dictionary blocks, (entries,
+    first domain) each."""
+
+    old_domains: Tuple[str, ...] = ()
+    appended_vocabulary: Tuple[Tuple[int, int], ...] = ()
+    source: Optional[str] = None
+
+    @classmethod
+    def of(cls, cfg) -> "ModelExtension":
+        data = getattr(cfg, "extension_data", None)
+        if not data:
+            return cls()
+        raw = json.loads(data)
+        return cls(
+            tuple(raw["old_domains"]),
+            tuple((int(n), int(d)) for n, d in raw["appended_vocabulary"]),
+            raw.get("from"),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "old_domains": list(self.old_domains),
+                "appended_vocabulary": [list(b) for b in self.appended_vocabulary],
+                "from": self.source,
+            }
+        )
+
+    def network_options(self, cfg) -> dict:
+        """The keyword arguments of the network for this extension."""
+        search = not (cfg.genotype or cfg.genotype_data)
+        return {
+            "appended_vocabulary": self.appended_vocabulary,
+            "frozen_architectures": len(self.old_domains) if search else 0,
+        }
 
 
 def unwrap_model(model):

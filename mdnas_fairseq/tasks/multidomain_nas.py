@@ -7,6 +7,9 @@ training data that the alpha step uses. Every sample is one sentence ending in <
 
 Subsets: ``train``/``valid``/``test`` load every domain; ``test.de`` (any ``{split}.{domain}``)
 or ``--eval-domain de`` loads one, e.g. for ``fairseq-eval-lm --gen-subset test --eval-domain de``.
+
+``--extend-from``: extend a trained search or multimodel to more domains, the old ones untouched
+(:mod:`.extension`, ``docs/extend.md``).
 """
 
 import json
@@ -27,6 +30,7 @@ from fairseq.tasks.language_modeling import (
 from ..data import MultiDomainDataset
 from ..registry import register_once
 from .bilevel import BilevelSearchConfig, BilevelSearchMixin, parse_domains
+from .extension import ExtensionConfig, ModelExtender
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ DATA_METADATA = "mdnas_data.json"
 
 
 @dataclass
-class MultiDomainNASConfig(BilevelSearchConfig, LanguageModelingConfig):
+class MultiDomainNASConfig(ExtensionConfig, BilevelSearchConfig, LanguageModelingConfig):
     sample_break_mode: SAMPLE_BREAK_MODE_CHOICES = field(
         default="eos",
         metadata={"help": "multidomain_nas works on sentences: every sample is one line (eos)"},
@@ -62,6 +66,7 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
     def __init__(self, args, dictionary, output_dictionary=None, targets=None):
         super().__init__(args, dictionary, output_dictionary, targets)
         self.cfg = args
+        self.extension = None  # the ModelExtender of --extend-from, once the model is built
         self.domains_from_metadata = not args.domains
         if args.domains:
             domains = parse_domains(args.domains)
@@ -180,8 +185,16 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
 
     # ------------------------------------------------------------------ fairseq hooks
     def build_model(self, args, from_checkpoint=False):
+        """The model; with ``--extend-from`` (training, not a model read back from a checkpoint)
+        the old checkpoint is checked first, then copied into the model (:mod:`.extension`)."""
         self.require_domains()
-        return super().build_model(args, from_checkpoint)
+        extender = None
+        if self.cfg.extend_from and not from_checkpoint:
+            extender = ModelExtender(self, args)
+        model = super().build_model(args, from_checkpoint)
+        if extender is not None:
+            extender.apply(model)
+        return model
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if self.uses_contrastive(criterion) and not getattr(self, "_parallel_checked", False):

@@ -1,5 +1,8 @@
 """Training epochs whose batches are drawn by domain: every batch holds one domain d ~ Categorical(p).
 
+An epoch has as many batches as the trained domains have together (every domain, except the old,
+frozen domains of an extension).
+
 fairseq freezes an epoch's batch list (so it can be sharded over workers and resumed mid-epoch),
 so an epoch's draws use p as it stands when the epoch's batches are laid out; the p used for
 every epoch is kept in the task state, so a resumed run lays out the same batches.
@@ -40,6 +43,9 @@ def domain_drawn_iterator(
         per_entry = ds.batches_per_entry(
             indices, max_tokens, max_sentences, required_batch_size_multiple
         )
+        trained = host.search.trained_domains  # an extension: the old domains are not trained
+        if trained is not None:
+            per_entry = [b if d in trained else [] for b, d in zip(per_entry, ds.domain_indices)]
         probs = epoch_probs(ep)
         entry_probs = [probs[d] for d in ds.domain_indices]
         rng = np.random.RandomState((seed * 100003 + ep) % (2**32))

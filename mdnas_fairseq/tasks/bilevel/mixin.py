@@ -42,6 +42,13 @@ class SearchState:
         self.trained_epoch: Optional[int] = None  # the epoch this process is training
         self.model = None  # the trainer's model, for the files written at the end of an epoch
         self.written = None  # (epoch, update) of the last files written
+        self.architecture_names: Optional[List[str]] = None  # the model's, once it is built
+        # an extension (BilevelSearchMixin.train_only): the domains training batches are drawn
+        # from (None: all), and p of the contrastive partner draws (None: the epoch's p)
+        self.trained_domains: Optional[List[int]] = None
+        self.partner_probs: Optional[List[float]] = None
+        # an extension: architecture name -> genotype cell every genotype written must keep
+        self.fixed_cells: Optional[Dict[str, tuple]] = None
 
     @property
     def alpha_scale_factor(self) -> float:
@@ -72,6 +79,8 @@ class BilevelSearchMixin:
         model = super().build_model(cfg, *args, **kwargs)
         core = unwrap_model(model)
         self.check_data_parallel(core)
+        names = getattr(core, "architecture_names", None)  # a plain fairseq baseline has none
+        self.search.architecture_names = list(names) if names is not None else None
         alphas = architecture_parameters(core)
         if alphas:
             self.search.architect = BilevelArchitect(
@@ -117,6 +126,27 @@ class BilevelSearchMixin:
     def uses_contrastive(self, criterion) -> bool:
         return getattr(criterion, "contrastive_coef", 0) > 0 and len(self.domain_names) > 1
 
+    def train_only(self, domains: List[int]) -> None:
+        """Draw training and alpha-step batches of ``domains`` only, the others getting p = 0 (the
+        old, frozen domains of an extension): an epoch is their batches; ``--domain-probs``, if
+        given, weighs them. The contrastive partners still come from every other domain, uniformly."""
+        n = len(self.domain_names)
+        given = list(self.cfg.domain_probs) if self.cfg.domain_probs else [1.0] * n
+        probs = [float(given[d]) if d in domains else 0.0 for d in range(n)]
+        if sum(probs) <= 0:
+            raise ValueError(
+                f"--domain-probs {given} gives the trained domains "
+                f"{[self.domain_names[d] for d in domains]} no probability"
+            )
+        self.search.domain_sampler = DomainSampler(n, probs, self.cfg.eta_p)
+        self.search.epoch_probs_host = self.search.domain_sampler.probs.tolist()
+        self.search.trained_domains = sorted(domains)
+        self.search.partner_probs = [1.0] * n
+
+    def partner_probs(self) -> List[float]:
+        """p of the contrastive partner draws."""
+        return self.search.partner_probs or self.search.epoch_probs_host
+
     # ------------------------------------------------------------------ the bilevel step
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """One alpha step per update (on its first sub-batch, :mod:`.step`), then the weight step."""
@@ -127,7 +157,7 @@ class BilevelSearchMixin:
             self.uses_contrastive(criterion) and not ignore_grad
         ):  # one partner batch serves both steps
             other = partners.partner_domain(
-                sample["domain"], self.search.epoch_probs_host, self.cfg.seed, update_num
+                sample["domain"], self.partner_probs(), self.cfg.seed, update_num
             )
             partners.attach_partner(sample, self.datasets[self.train_subset_name()], other, core)
         search_log = {}
@@ -157,13 +187,8 @@ class BilevelSearchMixin:
             step.log_search_metrics(logging_outputs, self.domain_names, names)
 
     def architecture_names_for_logging(self) -> List[str]:
-        architect = self.architect
-        if (
-            architect is not None
-            and architect.alphas[0].shape[0] == 1
-            and len(self.domain_names) > 1
-        ):
-            return ["+".join(self.domain_names)]
+        if self.search is not None and self.search.architecture_names is not None:
+            return list(self.search.architecture_names)
         return list(self.domain_names)
 
     # ------------------------------------------------------------------ training batches
@@ -278,6 +303,7 @@ class BilevelSearchMixin:
             epoch,
             self.search_settings(core),
             heatmaps=not self.cfg.no_alpha_heatmaps,
+            fixed_cells=search.fixed_cells,
         )
 
     def search_settings(self, core) -> Dict[str, object]:
@@ -292,4 +318,7 @@ class BilevelSearchMixin:
             "seed": cfg.seed,
         }
         settings.update(getattr(self, "criterion_settings", {}))
+        extension = getattr(self, "extension", None)  # the language task's --extend-from
+        if extension is not None:
+            settings.update(extension.settings())
         return settings

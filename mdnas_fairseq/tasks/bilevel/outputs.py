@@ -42,11 +42,25 @@ def append_history(path: str, record: dict) -> None:
 
 
 def write_search_outputs(
-    core, save_dir: str, epoch: int, settings: dict, heatmaps: bool = True
+    core,
+    save_dir: str,
+    epoch: int,
+    settings: dict,
+    heatmaps: bool = True,
+    fixed_cells: Optional[Dict[str, tuple]] = None,
 ) -> Optional[str]:
-    """Derive the genotype of ``core``'s alpha and write the files; returns genotype.json's path."""
+    """Derive the genotype of ``core``'s alpha and write the files; returns genotype.json's path.
+
+    ``fixed_cells`` (an extension): the old architectures' cells, which must not have moved (their
+    alpha rows are frozen): a different cell is a bug, raised before anything is written."""
     alpha = architecture_logits(core)[0].detach().float().cpu()  # disallowed ops masked
     genotype = derive_genotype(alpha, core.search_space, core.architecture_names)
+    moved = [name for name, cell in (fixed_cells or {}).items() if genotype.cells[name] != cell]
+    if moved:
+        raise RuntimeError(
+            f"bug: the frozen architecture of old domain(s) {moved} changed during the extension "
+            "(their alpha rows must never move)"
+        )
     probs = torch.softmax(alpha.double(), dim=-1)
     table = core.network.param_table()
     extra = {

@@ -54,7 +54,7 @@ def _step(host, sample, core, criterion, optimizer, update_num, dummy):
         heldout = to_model(host.search.heldout.next(domain), core)
         if host.uses_contrastive(criterion):
             other = partners.partner_domain(
-                domain, host.search.epoch_probs_host, host.cfg.seed, update_num, salt=1
+                domain, host.partner_probs(), host.cfg.seed, update_num, salt=1
             )
             partners.attach_partner(heldout, host.search.heldout.dataset(), other, core)
         virtual = (
