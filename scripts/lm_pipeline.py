@@ -336,7 +336,12 @@ def run_random(domains, args, base):
         result = retrain_and_test(args, domains, path, os.path.join(base, f"random{k}"), [])
         cells = table.multimodel_cell_count(genotype)
         runs.append(
-            {"genotype": display_path(path), "draws": record["draws"], "cell_params": cells, **result}
+            {
+                "genotype": display_path(path),
+                "draws": record["draws"],
+                "cell_params": cells,
+                **result,
+            }
         )
         print(
             f"   random {k}: test ppl {result['test_ppl']}, params {result['params']:,} "
