@@ -1,4 +1,5 @@
-r"""Prepare a parallel corpus (one TSV column per language) for --task multidomain_nas.
+r"""Prepare a parallel corpus (one TSV column per language), or the domains of one language
+(the values of a column), for --task multidomain_nas.
 
 example:
   mdnas-prepare --tsv examples/data/en_de_small.tsv --langs en,de --out build/demo-data \
@@ -18,6 +19,10 @@ reads --tsv FILE:
   valid, test, and optionally heldout) instead of being drawn at random; if no row says
   heldout, the heldout rows are drawn from the train rows (--heldout-fraction of them, or
   --heldout-rows).
+  With --domain-column NAME (and exactly one language in --langs, e.g. --langs en) the domains
+  are not languages but the distinct values of column NAME (e.g. a genre or program name), each
+  domain's text being that language's column of its rows; --min-domain-rows N drops the
+  domains with fewer than N rows (see "with --domain-column" below).
 
 steps:
   shuffle the rows with --seed and split them into train / heldout (held-out part of the
@@ -34,8 +39,31 @@ writes under --out DIR:
   DIR/data-bin/dict.txt                        shared fairseq dictionary
   DIR/data-bin/{split}.{lang}.bin/.idx         fairseq mmap datasets
   DIR/data-bin/mdnas_data.json                 metadata read by the multidomain_nas task
+  (with --domain-column every {lang} above is a domain, a value of the column)
   DIR is built in a temporary folder next to it and renamed into place at the end, so a
   failed run leaves nothing behind; an existing non-empty DIR is replaced only with --force.
+
+with --domain-column NAME --langs LANG (domains from a column, e.g. genres of one language):
+  - every distinct value of column NAME is a domain, named exactly as written: a value must be
+    a valid domain name (letters, digits, '_' and '-', the rule of language codes) and must not
+    be empty; otherwise it is an error naming the value (or the empty row) and the column,
+    never silently renamed. An unknown column is an error naming the TSV and its columns;
+  - --min-domain-rows N (default 1) drops every domain with fewer than N usable rows (after
+    dropping empty and duplicate rows), printing each dropped domain and its row count; a kept
+    domain too small for its splits is an error naming it;
+  - duplicate rows are the same text in the same domain (one copy kept); the same text in two
+    domains stays in both;
+  - the splits are drawn per domain, as above (--seed, the fractions or row counts, --max-rows
+    per domain) or read from --split-column; ONE sentencepiece model and ONE dictionary are
+    trained on the train splits of all domains;
+  - DIR gets the same layout with the domains in place of languages ({split}.{domain}.bin/.idx,
+    raw/{split}.{domain}, ...). mdnas_data.json: langs = the domains (sorted), which the
+    multidomain_nas task takes as its domains without --domains; domain_column and lang say
+    where they came from; splits_by_lang gives each domain's sentence counts (splits: their
+    sums); rows_by_domain and domains_dropped the row counts; parallel is false: line i of one
+    domain is NOT a translation of line i of another, so the contrastive term
+    (--contrastive-coef) does not apply (the task refuses it when the domains' sizes differ);
+  - the summary prints per domain its rows per split, train tokens and valid+test <unk>.
 
 with --extend-data OLD (a data-bin made by mdnas-prepare, or the folder holding it as data-bin/):
   --langs names only NEW languages (a language OLD already has is an error). OLD is read, never
@@ -161,6 +189,21 @@ def build_parser(prog=None):
         help="column holding each row's split (train/valid/test[/heldout]) instead of a random split",
     )
     p.add_argument(
+        "--domain-column",
+        metavar="NAME",
+        default=None,
+        help="column whose distinct values are the domains (with exactly one language in --langs, "
+        "whose column holds the text); see above",
+    )
+    p.add_argument(
+        "--min-domain-rows",
+        type=int,
+        metavar="N",
+        default=None,
+        help="with --domain-column: drop domains with fewer than N usable rows, naming each "
+        "(default 1: keep all)",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="threads/processes (default: min(8, CPUs))"
     )
     p.add_argument(
@@ -182,6 +225,15 @@ def main(argv=None, prog=None):
             "test_rows split_column workers force quiet"
         ).split()
     }
+    if args.domain_column is not None or args.min_domain_rows is not None:
+        if args.extend_data is not None:
+            print(
+                f"{parser.prog}: error: --domain-column/--min-domain-rows do not apply with "
+                "--extend-data",
+                file=sys.stderr,
+            )
+            return 2
+        common.update(domain_column=args.domain_column, min_domain_rows=args.min_domain_rows)
     if args.extend_data is not None:
         run, old = extend, [args.extend_data]
         vocab = dict(

@@ -9,7 +9,7 @@ from .binarize import run_fairseq_preprocess, verify
 from .errors import DataError
 from .outdir import check_out, staged_out
 from .splits import SPLITS, held_out_overlap, split_rows
-from .summary import print_summary
+from .summary import print_domain_summary, print_summary
 from .tsv import parse_langs, read_tsv
 from .vocab import (
     DEFAULT_VOCAB_SIZE,
@@ -61,13 +61,43 @@ def prepare(
     workers=None,
     force=False,
     quiet=False,
+    domain_column=None,
+    min_domain_rows=None,
 ):
     """Build the data folder ``out`` (see ``mdnas-prepare --help``); returns the metadata dict.
 
-    Raises DataError for bad input or options; nothing is left in ``out`` or next to it on failure.
+    With ``domain_column`` the domains are the values of that column and ``langs`` names the one
+    text column (:func:`prepare_domains`). Raises DataError for bad input or options; nothing is
+    left in ``out`` or next to it on failure.
     """
     t0 = time.time()
     langs = parse_langs(langs)
+    if domain_column is not None or min_domain_rows is not None:
+        return prepare_domains(
+            tsv,
+            langs,
+            out,
+            domain_column,
+            1 if min_domain_rows is None else min_domain_rows,
+            t0,
+            vocab_size=vocab_size,
+            seed=seed,
+            split_column=split_column,
+            spm_model_type=spm_model_type,
+            character_coverage=character_coverage,
+            workers=workers,
+            force=force,
+            quiet=quiet,
+            split_options=dict(
+                heldout_fraction=heldout_fraction,
+                valid_fraction=valid_fraction,
+                test_fraction=test_fraction,
+                heldout_rows=heldout_rows,
+                valid_rows=valid_rows,
+                test_rows=test_rows,
+                max_rows=max_rows,
+            ),
+        )
     if spm_model_type not in ("bpe", "unigram"):
         raise DataError(f"--spm-model-type must be bpe or unigram, got {spm_model_type!r}")
     if vocab_size < 1:
@@ -133,4 +163,146 @@ def prepare(
 
     if not quiet:
         print_summary(out, tsv, meta, info, time.time() - t0)
+    return meta
+
+
+def check_domain_options(langs, domain_column, min_domain_rows):
+    if domain_column is None:
+        raise DataError("--min-domain-rows applies only with --domain-column")
+    if len(langs) != 1:
+        raise DataError(
+            f"--domain-column {domain_column!r} takes exactly one language in --langs (the column "
+            f"holding every domain's text), got {len(langs)}: {','.join(langs)}"
+        )
+    if min_domain_rows < 1:
+        raise DataError(f"--min-domain-rows must be at least 1, got {min_domain_rows}")
+
+
+def group_by_domain(rows, min_domain_rows, quiet):
+    """{domain: [(line, [text], label), ...]} in sorted domain order from the rows of
+    :func:`.read_tsv` with a domain column, and {domain: rows} of the domains dropped for having
+    fewer than ``min_domain_rows`` rows (each dropped domain printed unless ``quiet``)."""
+    groups = {}
+    for lineno, (text, domain), label in rows:
+        groups.setdefault(domain, []).append((lineno, [text], label))
+    dropped = {d: len(r) for d, r in sorted(groups.items()) if len(r) < min_domain_rows}
+    if not quiet:
+        for d, n in dropped.items():
+            print(
+                f"dropping domain {d!r}: {n} usable row{'s' if n != 1 else ''}, fewer than "
+                f"--min-domain-rows {min_domain_rows}"
+            )
+    return {d: groups[d] for d in sorted(groups) if d not in dropped}, dropped
+
+
+def prepare_domains(
+    tsv,
+    langs,
+    out,
+    domain_column,
+    min_domain_rows,
+    t0,
+    vocab_size,
+    seed,
+    split_column,
+    spm_model_type,
+    character_coverage,
+    workers,
+    force,
+    quiet,
+    split_options,
+):
+    """:func:`prepare` with ``--domain-column``: every value of the column is a domain of the one
+    language ``langs[0]``; splits drawn per domain (or read from ``split_column``), one shared
+    sentencepiece model and dictionary over every domain's train split. Domains are not
+    translations of each other: the metadata says ``"parallel": false``."""
+    check_domain_options(langs, domain_column, min_domain_rows)
+    lang = langs[0]
+    if spm_model_type not in ("bpe", "unigram"):
+        raise DataError(f"--spm-model-type must be bpe or unigram, got {spm_model_type!r}")
+    if vocab_size < 1:
+        raise DataError(f"--vocab-size must be positive, got {vocab_size}")
+    workers = workers or min(8, os.cpu_count() or 1)
+    out = os.path.abspath(out)
+    check_out(out, force, tsv)
+
+    rows, info = read_tsv(tsv, langs, split_column, domain_column)
+    if not rows:
+        raise DataError(f"{tsv}: no usable rows")
+    groups, dropped = group_by_domain(rows, min_domain_rows, quiet)
+    if not groups:
+        raise DataError(
+            f"{tsv}: every domain of --domain-column {domain_column!r} has fewer than "
+            f"--min-domain-rows {min_domain_rows} rows ({dropped})"
+        )
+    splits, rows_by_domain = {}, {d: len(r) for d, r in groups.items()}
+    for d, domain_rows in groups.items():
+        where = f"{tsv} (domain {d!r} of --domain-column {domain_column!r})"
+        try:
+            splits[d] = split_rows(domain_rows, seed, where, **split_options)
+        except DataError as e:
+            if "usable rows" not in str(e):  # an option error, not a small domain
+                raise
+            raise DataError(
+                f"{e} (or drop domains this small with --min-domain-rows {len(domain_rows) + 1})"
+            ) from None
+    domains = list(groups)
+
+    with staged_out(out, force, tsv) as work:
+        for sub in ("raw", "tok", "data-bin"):
+            os.makedirs(os.path.join(work, sub))
+        lines = {d: {s: len(splits[d][s]) for s in SPLITS} for d in domains}
+        for d in domains:
+            write_raw(work, splits[d], [d])
+        sp = train_shared_spm(
+            work, domains, vocab_size, spm_model_type, character_coverage, workers
+        )
+        ntokens = {s: {} for s in SPLITS}
+        for d in domains:
+            counts = encode_splits(sp, splits[d], [d], work, workers)
+            for s in SPLITS:
+                ntokens[s][d] = counts[s][d]
+        dictionary = build_dictionary([os.path.join(work, "tok", f"train.{d}") for d in domains])
+        dictionary.save(os.path.join(work, "data-bin", "dict.txt"))
+        run_fairseq_preprocess(work, domains, workers)
+        for d in domains:
+            dictionary = verify(work, [d], lines[d], ntokens)
+        unk = count_unk(work, domains, dictionary)
+        overlap = {}
+        for d in domains:
+            overlap.update(held_out_overlap(splits[d], [d]))
+
+        meta = {
+            "format": "mdnas-data",
+            "version": 1,
+            "langs": domains,
+            "parallel": False,
+            "domain_column": domain_column,
+            "lang": lang,
+            "rows_by_domain": rows_by_domain,
+            "min_domain_rows": min_domain_rows,
+            "domains_dropped": dropped,
+            "splits": {s: sum(lines[d][s] for d in domains) for s in SPLITS},
+            "splits_by_lang": lines,
+            "spm_model": "../spm.model",
+            "spm_model_type": spm_model_type,
+            "spm_vocab_size": sp.get_piece_size(),
+            "spm_trained_on": [f"raw/train.{d}" for d in domains],
+            "dict_size": len(dictionary),
+            "tokens": ntokens,
+            "unk_tokens": unk,
+            "source_tsv": os.path.basename(tsv),
+            "split_column": split_column,
+            "seed": seed,
+            "rows_read": info["rows_read"],
+            "rows_dropped_empty": info["dropped_empty"],
+            "rows_dropped_duplicate": info["dropped_duplicate"],
+            "held_out_sentences_also_in_train": overlap,
+        }
+        with open(os.path.join(work, "data-bin", "mdnas_data.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    if not quiet:
+        print_domain_summary(out, tsv, meta, info, time.time() - t0)
     return meta

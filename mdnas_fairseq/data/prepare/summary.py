@@ -120,3 +120,60 @@ def _models_of(meta, langs):
     for lang in langs:
         by_model.setdefault(meta["spm_models"][lang][3:], []).append(lang)
     return ", ".join(f"{m} ({', '.join(x)})" for m, x in by_model.items())
+
+
+def print_domain_summary(out, tsv, meta, info, seconds):
+    """The summary of ``mdnas-prepare --domain-column``: per domain its rows per split, its
+    train tokens and its valid/test <unk>, then the shared vocabulary."""
+    domains, col, lang = meta["langs"], meta["domain_column"], meta["lang"]
+    dropped = f", {info['dropped_empty']} dropped (empty text)" if info["dropped_empty"] else ""
+    dropped += (
+        f", {info['dropped_duplicate']} dropped (duplicate text within a domain)"
+        if info["dropped_duplicate"]
+        else ""
+    )
+    print(
+        f"{out}: from {tsv} ({info['rows_read']} rows read{dropped}), seed {meta['seed']}, {seconds:.1f}s"
+    )
+    print(
+        f"  {len(domains)} domains = the values of column {col!r}, text of column {lang!r}; "
+        "not parallel (rows of different domains are not translations of each other: the "
+        "contrastive term does not apply)"
+    )
+    for d, n in meta["domains_dropped"].items():
+        print(f"  dropped domain {d!r}: {n} rows (--min-domain-rows {meta['min_domain_rows']})")
+    width = max(8, *(len(d) for d in domains))
+    print(
+        f"  {'domain':<{width}}"
+        + "".join(f" {s:>8}" for s in SPLITS)
+        + f" {'train tokens':>13} {'valid+test unk':>15}"
+    )
+    total = {s: 0 for s in SPLITS}
+    for d in domains:
+        lines = meta["splits_by_lang"][d]
+        unk = meta["unk_tokens"]["valid"][d] + meta["unk_tokens"]["test"][d]
+        print(
+            f"  {d:<{width}}"
+            + "".join(f" {lines[s]:>8}" for s in SPLITS)
+            + f" {meta['tokens']['train'][d]:>13} {unk:>15}"
+        )
+        for s in SPLITS:
+            total[s] += lines[s]
+    train_tokens = sum(meta["tokens"]["train"].values())
+    print(
+        f"  {'(all)':<{width}}"
+        + "".join(f" {total[s]:>8}" for s in SPLITS)
+        + f" {train_tokens:>13}"
+    )
+    print(
+        f"  sentencepiece {meta['spm_model_type']}: {meta['spm_vocab_size']} pieces and fairseq "
+        f"dict.txt: {meta['dict_size']} symbols, shared by all domains (trained on their train "
+        "splits only)"
+    )
+    small = [d for d in domains if min(meta["splits_by_lang"][d][s] for s in ("valid", "test")) < 8]
+    if small:
+        print(
+            f"  note: {', '.join(small)}: valid or test under 8 sentences; fairseq's batching "
+            "(--required-batch-size-multiple 8, its default) makes no batch of them, so pass "
+            "--required-batch-size-multiple 1 to fairseq-train / fairseq-eval-lm"
+        )

@@ -1,5 +1,6 @@
 """Reading the input TSV: language codes, whitespace normalisation, the header and every row
-checked, rows with an empty chosen field and duplicate rows dropped."""
+checked, rows with an empty chosen field and duplicate rows dropped; with a domain column, each
+row's domain name checked (the rule of language codes)."""
 
 import collections
 import os
@@ -35,11 +36,31 @@ def parse_langs(langs):
     return langs
 
 
-def read_tsv(path, langs, split_column=None):
+def check_domain_name(value, column, path, lineno):
+    """A value of --domain-column becomes a domain name (file names such as train.{domain}.bin):
+    the rule of language codes. Invalid or empty values are errors, never sanitized, so a domain
+    is always named exactly as in the TSV."""
+    if not value:
+        raise DataError(
+            f"{path} line {lineno}: empty value in --domain-column {column!r} "
+            "(every row needs the name of its domain)"
+        )
+    if not LANG_RE.match(value):
+        raise DataError(
+            f"{path} line {lineno}: --domain-column {column!r} value {value!r} is not a valid domain "
+            "name: it may only contain letters, digits, '_' and '-' (it becomes part of file names "
+            f"such as train.{{domain}}.bin)"
+        )
+    return value
+
+
+def read_tsv(path, langs, split_column=None, domain_column=None):
     """Read the chosen columns of a TSV file.
 
     Returns (rows, info): rows is a list of (line_number, [field per lang], split_label_or_None)
-    for the rows kept; info counts what was read and dropped.
+    for the rows kept; info counts what was read and dropped. With ``domain_column`` the row's
+    domain name (checked by :func:`check_domain_name`) is appended to the fields, so duplicate
+    rows are those with the same text in the same domain.
     """
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
@@ -86,8 +107,21 @@ def read_tsv(path, langs, split_column=None):
             )
         if split_column in langs:
             raise DataError(f"--split-column {split_column!r} is also one of --langs")
+    if domain_column is not None:
+        if domain_column not in columns:
+            raise DataError(
+                f"{path} line 1: --domain-column {domain_column!r} is not a column of the header "
+                f"{columns}"
+            )
+        if domain_column in langs:
+            raise DataError(f"--domain-column {domain_column!r} is also one of --langs")
+        if domain_column == split_column:
+            raise DataError(
+                f"--domain-column and --split-column are the same column {domain_column!r}"
+            )
     col = [columns.index(lang) for lang in langs]
     split_col = columns.index(split_column) if split_column is not None else None
+    domain_col = columns.index(domain_column) if domain_column is not None else None
 
     rows, n_empty = [], 0
     for lineno, raw in enumerate(lines[1:], start=2):
@@ -106,9 +140,13 @@ def read_tsv(path, langs, split_column=None):
                     f"{path} line {lineno}: column {split_column!r} is {label!r}, expected one of {list(SPLITS)}"
                 )
         texts = [normalize(fields[i]) for i in col]
+        if domain_col is not None:
+            domain = check_domain_name(fields[domain_col].strip(), domain_column, path, lineno)
         if not all(texts):
             n_empty += 1
             continue
+        if domain_col is not None:
+            texts.append(domain)
         rows.append((lineno, texts, label))
     rows, n_duplicate = drop_duplicate_rows(rows)
     info = {
