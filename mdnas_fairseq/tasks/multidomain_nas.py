@@ -196,8 +196,25 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
             extender.apply(model)
         return model
 
+    def require_parallel_data(self) -> None:
+        """A data-bin whose ``mdnas_data.json`` says ``"parallel": false`` (domains from a column,
+        or a new language drawn apart from the old rows) has no translations to pair."""
+        data_dir = utils.split_paths(self.cfg.data)[0]
+        meta = read_data_metadata(data_dir)
+        if meta is not None and meta.get("parallel") is False:
+            why = (
+                f"its domains are the values of column {meta['domain_column']!r}"
+                if meta.get("domain_column")
+                else "its rows are not line-aligned across domains"
+            )
+            raise ValueError(
+                f"--contrastive-coef needs parallel data (line i of every domain a translation of the others), "
+                f"but {os.path.join(data_dir, DATA_METADATA)} says the data is not parallel: {why}"
+            )
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if self.uses_contrastive(criterion) and not getattr(self, "_parallel_checked", False):
+            self.require_parallel_data()
             self.require_parallel(self.datasets[self.train_subset_name()], self.train_subset_name())
             if self.architect is not None:
                 self.require_parallel(self.search.heldout.dataset(), self.cfg.heldout_subset)

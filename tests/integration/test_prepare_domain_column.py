@@ -241,5 +241,58 @@ def test_fairseq_train_on_the_domains(data, tmp_path):
     assert "num_updates 4" in log and "done training" in log, log[-3000:]
 
 
+def test_contrastive_term_is_refused_on_domains_from_a_column(tmp_path):
+    """Two sources of equal size: the sentence counts match, so only the data-bin's own word that
+    it is not parallel can stop the contrastive term from pairing unrelated sentences."""
+    rows = [r for r in make_rows() if r[3] == "gcc"]
+    rows += [(r[0], r[1].replace("gcc", "gcc2"), r[2], "gcc2") for r in rows]
+    out = tmp_path / "out"
+    tsv = write_tsv(tmp_path / "in.tsv", rows)
+    argv = ["--tsv", tsv, "--domain-column", "source", "--langs", "en", "--out", str(out)]
+    proc = prepare(argv + ["--vocab-size", "80", "--workers", "1"])
+    assert proc.returncode == 0, proc.stderr
+    cmd = [
+        os.path.join(BIN, "fairseq-train"),
+        str(out / "data-bin"),
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "multidomain_nas",
+        "--arch",
+        "mdnas_rnn_tiny",
+        "--embed-dim",
+        "16",
+        "--hidden-dim",
+        "16",
+        "--num-nodes",
+        "3",
+        "--criterion",
+        "multidomain_nas_loss",
+        "--contrastive-coef",
+        "0.1",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--batch-size",
+        "16",
+        "--max-update",
+        "2",
+        "--cpu",
+        "--num-workers",
+        "0",
+        "--save-dir",
+        str(tmp_path / "ckpt"),
+        "--required-batch-size-multiple",
+        "1",
+        "--no-alpha-heatmaps",
+    ]
+    proc = run(cmd, check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-2000:]
+    assert "says the data is not parallel: its domains are the values of column 'source'" in log
+    assert not os.path.exists(tmp_path / "ckpt" / "checkpoint_last.pt")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
