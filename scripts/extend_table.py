@@ -291,8 +291,8 @@ def main(argv=None):
         "test_ppl": {d: singles[d]["test_ppl"][d] for d in langs},
         "test_tokens": {d: singles[d]["test_tokens"][d] for d in langs},
         "params": sum(s["params"] for s in singles.values()),
-        "search_seconds": sum(s["search_seconds"] for s in singles.values()),
-        "retrain_seconds": sum(s["retrain_seconds"] for s in singles.values()),
+        "search_seconds": round(sum(s["search_seconds"] for s in singles.values()), 1),
+        "retrain_seconds": round(sum(s["retrain_seconds"] for s in singles.values()), 1),
     }
     params_added = ext["params"] - base["params"]
     ext["params_added"] = params_added
