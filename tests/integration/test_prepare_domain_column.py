@@ -194,10 +194,11 @@ def test_errors_write_nothing(data, tmp_path, case, argv_extra, needle):
     assert sorted(os.listdir(tmp_path)) == ["in.tsv"]
 
 
-def test_fairseq_train_on_the_domains(data, tmp_path):
-    cmd = [
+def train_command(data_bin, save_dir, extra=()):
+    """A tiny fairseq-train search on a data-bin (3 small domains)."""
+    return [
         os.path.join(BIN, "fairseq-train"),
-        str(data["out"] / "data-bin"),
+        str(data_bin),
         "--user-dir",
         USER_DIR,
         "--task",
@@ -218,14 +219,11 @@ def test_fairseq_train_on_the_domains(data, tmp_path):
         "0.003",
         "--batch-size",
         "16",
-        "--max-update",
-        "4",
         "--cpu",
         "--num-workers",
         "0",
         "--save-dir",
-        str(tmp_path / "ckpt"),
-        "--no-save",
+        str(save_dir),
         # a domain's valid split here is 1 sentence: fairseq's batch_by_size with its default
         # multiple of 8 makes no batch of fewer than 8 sentences (and drops the remainder)
         "--required-batch-size-multiple",
@@ -233,7 +231,14 @@ def test_fairseq_train_on_the_domains(data, tmp_path):
         "--no-alpha-heatmaps",
         "--log-format",
         "simple",
+        *extra,
     ]
+
+
+def test_fairseq_train_on_the_domains(data, tmp_path):
+    cmd = train_command(
+        data["out"] / "data-bin", tmp_path / "ckpt", ["--max-update", "4", "--no-save"]
+    )
     proc = run(cmd)
     log = proc.stdout + proc.stderr
     assert "train: gcc 16 sentences, libre 21 sentences, wes-n 11 sentences" in log, log[-3000:]
@@ -251,42 +256,9 @@ def test_contrastive_term_is_refused_on_domains_from_a_column(tmp_path):
     argv = ["--tsv", tsv, "--domain-column", "source", "--langs", "en", "--out", str(out)]
     proc = prepare(argv + ["--vocab-size", "80", "--workers", "1"])
     assert proc.returncode == 0, proc.stderr
-    cmd = [
-        os.path.join(BIN, "fairseq-train"),
-        str(out / "data-bin"),
-        "--user-dir",
-        USER_DIR,
-        "--task",
-        "multidomain_nas",
-        "--arch",
-        "mdnas_rnn_tiny",
-        "--embed-dim",
-        "16",
-        "--hidden-dim",
-        "16",
-        "--num-nodes",
-        "3",
-        "--criterion",
-        "multidomain_nas_loss",
-        "--contrastive-coef",
-        "0.1",
-        "--optimizer",
-        "adam",
-        "--lr",
-        "0.003",
-        "--batch-size",
-        "16",
-        "--max-update",
-        "2",
-        "--cpu",
-        "--num-workers",
-        "0",
-        "--save-dir",
-        str(tmp_path / "ckpt"),
-        "--required-batch-size-multiple",
-        "1",
-        "--no-alpha-heatmaps",
-    ]
+    cmd = train_command(
+        out / "data-bin", tmp_path / "ckpt", ["--contrastive-coef", "0.1", "--max-update", "2"]
+    )
     proc = run(cmd, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-2000:]
