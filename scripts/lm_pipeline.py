@@ -472,7 +472,7 @@ def build_parser():
         type=float,
         default=0.1,
         help="alpha learning rate (the most decided of the settings in "
-        "benchmarks/results/decisive_lm.md within the demo's budget)",
+        "results/decisive_lm.md within the demo's budget)",
     )
     p.add_argument("--struct-coef", type=float, default=0.1)
     p.add_argument("--contrastive-coef", type=float, default=0.1)

@@ -20,7 +20,7 @@ into ``--out``; the MNIST source used is recorded in both.
 Example (the committed results)::
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/rotated_mnist_table.py --mnist-root ../shared/data/mnist \\
-        --domains 1,2,3,4 --seeds 0,1,2 --out benchmarks/results/rotated_mnist
+        --domains 1,2,3,4 --seeds 0,1,2 --out results/rotated_mnist
 """
 
 import argparse
@@ -108,7 +108,7 @@ def build_parser():
         type=float,
         default=0.3,
         help="alpha learning rate (5x the margin of 0.03 at the same cost: "
-        "benchmarks/results/decisive_vision.md)",
+        "results/decisive_vision.md)",
     )
     p.add_argument("--alpha-order", type=int, default=1, choices=(1, 2))
     p.add_argument("--channels", type=int, default=8)

@@ -14,9 +14,7 @@ from mdnas_fairseq.derive import write_derived
 from mdnas_fairseq.search import random_genotype
 from tests.helpers.fairseq_runs import ROOT, load_script
 
-LM_GENOTYPE = os.path.join(
-    ROOT, "benchmarks", "results", "lm_random", "genotypes", "seed1_multi_struct.json"
-)
+LM_GENOTYPE = os.path.join(ROOT, "results", "lm_random", "genotypes", "seed1_multi_struct.json")
 
 
 def _flag_value(argv, flag):

@@ -40,7 +40,7 @@ class BilevelSearchConfig(FairseqDataclass):
         default=0.1,
         metadata={
             "help": "learning rate of the alpha optimizer (Adam); DARTS' 3e-4 leaves a short search "
-            "undecided (benchmarks/results/decisive_lm.md, decisive_vision.md)"
+            "undecided (results/decisive_lm.md, decisive_vision.md)"
         },
     )
     alpha_betas: List[float] = field(
