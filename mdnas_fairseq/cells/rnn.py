@@ -15,10 +15,16 @@ from torch import Tensor
 
 from ..search import GenotypeEdge, MultiDomainGenotype, ParamTable, darts_rnn_space
 from .network import MultiDomainNetwork
-from .rnn_cell import ACTIVATIONS, DartsRNNCell, rnn_share_key
+from .rnn_cell import ACTIVATIONS, SEARCH_WEIGHTS, DartsRNNCell, rnn_share_key
 from .vocabulary import TiedVocabulary, VocabularyBlocks
 
-__all__ = ["ACTIVATIONS", "DartsRNNCell", "DartsRNNLanguageModel", "rnn_share_key"]
+__all__ = [
+    "ACTIVATIONS",
+    "SEARCH_WEIGHTS",
+    "DartsRNNCell",
+    "DartsRNNLanguageModel",
+    "rnn_share_key",
+]
 
 
 class DartsRNNLanguageModel(TiedVocabulary, MultiDomainNetwork):
@@ -31,6 +37,9 @@ class DartsRNNLanguageModel(TiedVocabulary, MultiDomainNetwork):
         num_nodes: intermediate nodes of the cell (DARTS: 8).
         genotype, shared_architecture, alpha_init_scale: see :class:`MultiDomainNetwork`.
         compile_cell: the cell's ``compile`` mode (``"auto"``, ``"on"``, ``"off"``).
+        search_weights: the search cell's weight layout, ``"op"`` or ``"node"`` (DARTS'; see
+            :mod:`.rnn_cell`); the derived multimodel has one matrix per chosen (node, operation)
+            either way.
         appended_vocabulary: (entries, first domain) of the dictionary blocks extensions appended
             (:mod:`.vocabulary`); ``vocab_size`` counts them.
         frozen_architectures: see :class:`MultiDomainNetwork`.
@@ -52,6 +61,7 @@ class DartsRNNLanguageModel(TiedVocabulary, MultiDomainNetwork):
         dropout_h: float = 0.0,
         alpha_init_scale: float = 1e-3,
         compile_cell: str = "auto",
+        search_weights: str = "op",
         appended_vocabulary: VocabularyBlocks = (),
         frozen_architectures: int = 0,
     ):
@@ -81,7 +91,14 @@ class DartsRNNLanguageModel(TiedVocabulary, MultiDomainNetwork):
         self.initial_state = nn.Parameter(torch.empty(hidden_dim).uniform_(-1.0, 1.0))
         self.dropout, self.dropout_emb = dropout, dropout_emb
         self.cell = DartsRNNCell(
-            embed_dim, hidden_dim, self.space, genotype, dropout_x, dropout_h, compile_cell
+            embed_dim,
+            hidden_dim,
+            self.space,
+            genotype,
+            dropout_x,
+            dropout_h,
+            compile_cell,
+            search_weights,
         )
 
     def _embed(self, tokens: Tensor) -> Tensor:

@@ -15,12 +15,14 @@ and every node ``j = 1..N`` applies highway-style operations to earlier states `
 
 Where this cell differs from DARTS (quark0/darts, ``rnn/model_search.py`` and ``rnn/model.py``):
 
-* Weights: each candidate operation of a node has its own matrix ``W_{j,k}`` (one per (node,
-  operation), shared by the node's inputs and by the domains). DARTS holds ONE matrix ``W_j`` per
-  node, shared by all candidate activations, in the search and in the derived cell. Ours lets a
-  derived multimodel hold one matrix per distinct (node, operation) that some domain chose, so its
-  size depends on how much the domains agree (the structural regularizer's point); it also makes
-  the search cost one product per candidate (``K`` times DARTS').
+* Weights: the derived multimodel holds one matrix ``W_{j,k}`` per distinct (node, operation)
+  that some domain chose (shared by the node's inputs and by the domains), so its size depends on
+  how much the domains agree (the structural regularizer's point); DARTS' derived cell has one
+  matrix per node. The search cell has two layouts (``search_weights``): ``"op"`` (the default),
+  one matrix per (node, operation), each candidate its own product (``K'`` times DARTS' cost);
+  ``"node"``, DARTS' own: ONE matrix ``W_j`` per node, shared by all candidate activations (and
+  all domains), so the candidates differ only in the activation applied to the same
+  pre-activation, ``[c, g] = s_i W_j``, ``op_k(s_i) = s_i + sigmoid(c) * (act_k(g) - s_i)``.
 * Normalisation: LayerNorm without affine parameters where DARTS' search cell uses BatchNorm
   (also without affine parameters), and kept in the derived cell, which in DARTS has none.
 * Initial state: learned (a vector of ``hidden`` parameters, see :mod:`.rnn`), DARTS starts at 0.
@@ -54,7 +56,9 @@ from .compiled import CompiledStep, mark_batch_dynamic
 from .deferred import DeferredWeightGrads
 from .rnn_steps import ACTIVATIONS, derived_step, domains_step, search_step
 
-__all__ = ["ACTIVATIONS", "DartsRNNCell", "rnn_share_key"]
+__all__ = ["ACTIVATIONS", "SEARCH_WEIGHTS", "DartsRNNCell", "rnn_share_key"]
+
+SEARCH_WEIGHTS = ("op", "node")  # the search cell's weight layouts, see the module docstring
 
 
 def _init_uniform(t: Tensor, bound: float = 0.04) -> Tensor:
@@ -79,6 +83,8 @@ class DartsRNNCell(nn.Module):
             entering the node matrices, active in training mode.
         compile: ``"auto"`` (compile the per-step function with ``torch.compile`` once eager steps
             have cost as much as a compilation, see :mod:`.compiled`), ``"on"`` or ``"off"``.
+        search_weights: search mode only: ``"op"``, one matrix per (node, operation), or
+            ``"node"``, one per node shared by the candidate activations (DARTS).
     """
 
     def __init__(
@@ -90,8 +96,13 @@ class DartsRNNCell(nn.Module):
         dropout_x: float = 0.0,
         dropout_h: float = 0.0,
         compile: str = "auto",
+        search_weights: str = "op",
     ):
         super().__init__()
+        if search_weights not in SEARCH_WEIGHTS:
+            raise ValueError(
+                f"search_weights must be one of {SEARCH_WEIGHTS}, got {search_weights!r}"
+            )
         self.space = space or (genotype.space if genotype is not None else darts_rnn_space())
         if self.space.num_input_nodes != 1 or self.space.edges_per_node != 1:
             raise ValueError(
@@ -121,11 +132,13 @@ class DartsRNNCell(nn.Module):
         # (F.layer_norm without parameters, eps 1e-5, in rnn_steps).
         # The derived cell keeps the same normalisation (no parameters), so it computes the
         # function that was searched, and its unbounded relu/identity highways stay stable.
+        self.search_weights = search_weights if genotype is None else None
         if genotype is None:
-            k = len(self.weighted_ops)
+            # "op": (K', H, 2H) per node; "node": (H, 2H) per node, shared by the K' activations
+            k = (len(self.weighted_ops),) if search_weights == "op" else ()
             self.node_weights = nn.ParameterList(
                 [
-                    nn.Parameter(_init_uniform(torch.empty(k, hidden_size, 2 * hidden_size)))
+                    nn.Parameter(_init_uniform(torch.empty(*k, hidden_size, 2 * hidden_size)))
                     for _ in self.space.node_ids
                 ]
             )
@@ -170,7 +183,10 @@ class DartsRNNCell(nn.Module):
         return mask(self.dropout_x, self.input_size), mask(self.dropout_h, self.hidden_size)
 
     def _packed_node_weights(self) -> Tuple[Tensor, ...]:
-        """Per node (H, K' * 2H): its K' candidate matrices side by side (one product per node)."""
+        """Per node (H, K' * 2H): its K' candidate matrices side by side (one product per node); in
+        the ``"node"`` layout the node's one (H, 2H) matrix."""
+        if self.search_weights == "node":
+            return tuple(self.node_weights)
         return tuple(w.permute(1, 0, 2).reshape(self.hidden_size, -1) for w in self.node_weights)
 
     def _chain(self, cell: str, device, as_tensors: bool):

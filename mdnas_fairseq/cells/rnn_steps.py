@@ -118,6 +118,47 @@ class MixedNode(torch.autograd.Function):
         return d_z, d_s, d_mix, None
 
 
+class SharedMixedNode(torch.autograd.Function):
+    """DARTS' mixed node, one matrix per node shared by the candidate activations (``search_weights
+    = "node"``): ``sum_{i,k} w_ik * (s_i + c_i * (act_k(g_i) - s_i))`` with ``[c_i | g_i] = z_i``
+    (j, B, 2, H), one pre-activation per input state ``s_i`` (j, B, H). The sum over ``k`` is done
+    once per input, as ``P_i s_i + c_i * (A_i - P_i s_i)`` with ``A_i = sum_k w_ik act_k(g_i)`` (one
+    weighted sum of the stacked activations) and ``P_i = sum_k w_ik``; the hand-written backward
+    recomputes the gate and the activations from ``z``, as :class:`MixedNode`'s.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, s: Tensor, mix: Tensor, ops: Sequence[str]) -> Tensor:
+        ctx.save_for_backward(z, s, mix)
+        ctx.ops = ops
+        gate, value = z.unbind(2)
+        act, _ = _activations(value.unsqueeze(2).expand(-1, -1, len(ops), -1), ops, False)
+        w = _weights(mix)  # (j, 1 or B, K', 1)
+        ps = w.sum(2) * s  # P_i s_i
+        mixed = (act * w).sum(2)  # A_i
+        return (ps + torch.sigmoid(gate) * (mixed - ps)).sum(0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, s, mix = ctx.saved_tensors
+        gate, value = z.unbind(2)
+        c = torch.sigmoid(gate)
+        act, d_act = _activations(
+            value.unsqueeze(2).expand(-1, -1, len(ctx.ops), -1), ctx.ops, True
+        )
+        w = _weights(mix)
+        p = w.sum(2)
+        g = grad.unsqueeze(0)  # (1, B, H)
+        gc = g * c
+        d_gate = g * ((act * w).sum(2) - p * s) * c * (1 - c)
+        d_value = (d_act * w).sum(2) * gc
+        d_s = p * (g - gc)
+        # d w_ik = sum_h g (s_i (1 - c_i) + c_i act_k)
+        out_g = (gc.unsqueeze(2) * act).sum(3) + (s * (g - gc)).sum(2, keepdim=True)
+        d_mix = out_g.sum(1) if mix.dim() == 2 else out_g.permute(1, 0, 2)
+        return torch.stack([d_gate, d_value], 2), d_s, d_mix, None
+
+
 def search_step(
     xw: Tensor,
     h: Tensor,
@@ -134,8 +175,10 @@ def search_step(
         xw: (B, 2H) the input projection ``x_t W_0x`` of this step.
         h: (B, H) the previous state. w0h: (H, 2H) the state half of ``W_0``.
         node_mats: N matrices (H, K' * 2H), node ``n``'s candidate matrices side by side, column
-            blocks ordered (operation, [gate | value], H). (Separate tensors, not one stacked
-            tensor: the backward then writes each node's gradient once, with no scatter.)
+            blocks ordered (operation, [gate | value], H) (``search_weights="op"``); or N matrices
+            (H, 2H), one per node shared by its candidate activations (``"node"``, DARTS).
+            (Separate tensors, not one stacked tensor: the backward then writes each node's
+            gradient once, with no scatter.)
         mix: mixing weights of the K' weighted operations, (E, K') for the whole batch or
             (B, E, K') per sample, edges grouped by node as in :class:`SearchSpace`.
         mask_h: (B, H) variational dropout mask on states entering a matrix, or None.
@@ -144,6 +187,8 @@ def search_step(
     """
     hidden = h.shape[-1]
     k = len(ops)
+    # node matrices (H, 2H): one per node shared by the candidates (DARTS); else (H, K' * 2H)
+    shared = k > 1 and node_mats[0].shape[-1] == 2 * hidden
     s0, hm = first_state(xw, h, w0h, mask_h, None if probes is None else probes[0])
     states, lefts = [s0], [hm]
     start = 0
@@ -151,12 +196,14 @@ def search_step(
         j = n + 1
         prev = torch.stack(states)  # (j, B, H)
         src = (prev if mask_h is None else prev * mask_h).reshape(-1, hidden)
-        z = _product(src, node_mats[n], None if probes is None else probes[j]).view(
-            j, -1, k, 2, hidden
-        )
+        z = _product(src, node_mats[n], None if probes is None else probes[j])
         w = mix[..., start : start + j, :]
         start += j
-        states.append(_norm(MixedNode.apply(z, prev, w, ops)))
+        if shared:
+            node = SharedMixedNode.apply(z.view(j, -1, 2, hidden), prev, w, ops)
+        else:
+            node = MixedNode.apply(z.view(j, -1, k, 2, hidden), prev, w, ops)
+        states.append(_norm(node))
         lefts.append(src)
     return torch.stack(states[1:]).mean(0), tuple(lefts)
 

@@ -20,7 +20,7 @@ from fairseq.models import (
 )
 from fairseq.utils import safe_getattr
 
-from ..cells.rnn import DartsRNNLanguageModel
+from ..cells.rnn import SEARCH_WEIGHTS, DartsRNNLanguageModel
 from ..registry import register_once
 from ..search import darts_rnn_space
 from .language_model import LanguageModelSearchConfig, SearchableDecoder, SearchableLanguageModel
@@ -55,6 +55,16 @@ class MDNASRNNConfig(LanguageModelSearchConfig):
             "the first step, 'off' never; a failed compilation falls back to eager with one log line"
         },
     )
+    search_weights: ChoiceEnum(list(SEARCH_WEIGHTS)) = field(
+        default="op",
+        metadata={
+            "help": "weights of the search cell: 'op', one matrix per (node, operation), every "
+            "candidate activation its own product; 'node', DARTS' layout, one matrix per node shared "
+            "by the candidate activations (and domains): the search costs about a K'-th of 'op' in "
+            "matrix products. The derived multimodel (--genotype) has one matrix per chosen (node, "
+            "operation) either way; a checkpoint saved without this option is 'op'"
+        },
+    )
 
 
 class MDNASRNNModel(SearchableLanguageModel):
@@ -78,6 +88,7 @@ class MDNASRNNModel(SearchableLanguageModel):
             dropout_h=cfg.dropout_h,
             alpha_init_scale=cfg.alpha_init_scale,
             compile_cell=str(safe_getattr(cfg, "compile_cell", "auto")),
+            search_weights=str(safe_getattr(cfg, "search_weights", "op")),
             **ModelExtension.of(cfg).network_options(cfg),
         )
         return cls(SearchableDecoder(dictionary, lm, cfg.max_target_positions, "mdnas_rnn"), cfg)
