@@ -6,6 +6,8 @@ example:
       --vocab-size 4000
   mdnas-prepare --extend-data build/demo-data/data-bin --tsv more.tsv --langs fr \
       --out build/demo-data-fr
+  mdnas-prepare --tsv ../shared/data/parallel/gettext.en-de.tsv --translation en-de \
+      --domain-column source --out build/gettext-mt
   (python scripts/prepare_parallel.py takes the same options and does the same)
 
 reads --tsv FILE:
@@ -65,6 +67,17 @@ with --domain-column NAME --langs LANG (domains from a column, e.g. genres of on
     (--contrastive-coef) does not apply (the task refuses it when the domains' sizes differ);
   - the summary prints per domain its rows per split, train tokens and valid+test <unk>.
 
+with --translation SRC-TGT (a translation data-bin for --task multidomain_nas_translation):
+  - columns SRC and TGT hold each row's source and target text; the domains are the values of
+    --domain-column NAME (checked as above; --min-domain-rows applies), or without it one domain
+    named SRC-TGT; splits are drawn per domain (or read from --split-column);
+  - ONE sentencepiece model on the train split of both languages of every domain and ONE joined
+    dictionary, written as data-bin/dict.SRC.txt and data-bin/dict.TGT.txt (identical; no dict.txt);
+  - data-bin/{split}.{domain}.SRC-TGT.{SRC,TGT}.bin/.idx: fairseq language-pair datasets (fairseq's
+    translation loader reads split {split}.{domain}); raw/ and tok/ use the same names;
+  - mdnas_data.json: kind "translation", source_lang, target_lang, domains, parallel false,
+    splits_by_domain; tokens and unk_tokens per split, domain and language.
+
 with --extend-data OLD (a data-bin made by mdnas-prepare, or the folder holding it as data-bin/):
   --langs names only NEW languages (a language OLD already has is an error). OLD is read, never
   written; --out must lie outside OLD's folder. DIR gets the same layout, and:
@@ -101,6 +114,7 @@ import sys
 from .errors import DataError
 from .extension import SPM_POLICIES, extend
 from .pipeline import prepare
+from .translation import prepare_translation
 from .vocab import DEFAULT_VOCAB_SIZE
 
 
@@ -121,7 +135,16 @@ def build_parser(prog=None):
         "--tsv", required=True, help="tab-separated UTF-8 file, header row = language codes"
     )
     p.add_argument(
-        "--langs", required=True, help="comma-separated languages (columns) to use, e.g. en,de"
+        "--langs",
+        default=None,
+        help="comma-separated languages (columns) to use, e.g. en,de (required unless --translation)",
+    )
+    p.add_argument(
+        "--translation",
+        metavar="SRC-TGT",
+        default=None,
+        help="write a translation data-bin (columns SRC and TGT) for --task "
+        "multidomain_nas_translation; domains from --domain-column (see above)",
     )
     p.add_argument("--out", required=True, help="output folder DIR")
     p.add_argument(
@@ -225,6 +248,10 @@ def main(argv=None, prog=None):
             "test_rows split_column workers force quiet"
         ).split()
     }
+    if args.translation is not None:
+        return _translation(parser, args, common)
+    if args.langs is None:
+        parser.error("the following arguments are required: --langs (or --translation SRC-TGT)")
     if args.domain_column is not None or args.min_domain_rows is not None:
         if args.extend_data is not None:
             print(
@@ -248,6 +275,44 @@ def main(argv=None, prog=None):
         vocab = {k: getattr(args, k) for k in given if getattr(args, k) is not None}
     try:
         run(*old, args.tsv, args.langs, args.out, **vocab, **common)
+    except DataError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _translation(parser, args, common):
+    """``--translation SRC-TGT`` (:mod:`.translation`)."""
+    if args.langs is not None or args.extend_data is not None:
+        parser.error(
+            "--translation SRC-TGT names the languages itself: no --langs or --extend-data"
+        )
+    split_options = {
+        k: common.pop(k)
+        for k in (
+            "heldout_fraction valid_fraction test_fraction heldout_rows valid_rows test_rows "
+            "max_rows"
+        ).split()
+    }
+    common.pop("seed")
+    vocab = {
+        k: getattr(args, k)
+        for k in ("spm_model_type", "character_coverage")
+        if getattr(args, k) is not None
+    }
+    try:
+        prepare_translation(
+            args.tsv,
+            args.translation,
+            args.out,
+            vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE,
+            seed=args.seed,
+            domain_column=args.domain_column,
+            min_domain_rows=args.min_domain_rows,
+            split_options=split_options,
+            **vocab,
+            **common,
+        )
     except DataError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

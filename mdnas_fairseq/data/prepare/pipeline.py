@@ -179,12 +179,12 @@ def check_domain_options(langs, domain_column, min_domain_rows):
 
 
 def group_by_domain(rows, min_domain_rows, quiet):
-    """{domain: [(line, [text], label), ...]} in sorted domain order from the rows of
+    """{domain: [(line, texts, label), ...]} in sorted domain order from the rows of
     :func:`.read_tsv` with a domain column, and {domain: rows} of the domains dropped for having
     fewer than ``min_domain_rows`` rows (each dropped domain printed unless ``quiet``)."""
     groups = {}
-    for lineno, (text, domain), label in rows:
-        groups.setdefault(domain, []).append((lineno, [text], label))
+    for lineno, (*texts, domain), label in rows:
+        groups.setdefault(domain, []).append((lineno, texts, label))
     dropped = {d: len(r) for d, r in sorted(groups.items()) if len(r) < min_domain_rows}
     if not quiet:
         for d, n in dropped.items():
