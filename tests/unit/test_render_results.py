@@ -1,0 +1,157 @@
+"""Every table of figures in README.md and docs/*.md is what its results file says.
+
+scripts/render_results.py rewrites the tables between ``<!-- render: NAME -->`` markers from the
+results files under results/. These tests fail when a rendered table differs from its file (a
+number typed or edited by hand, a results file changed without rendering), check the rendered
+figures against the JSON values read here directly (not through the renderer), and check the
+extension renderer (issue 24's tables, not committed yet) on a small fixture against the table
+scripts/extend_table.py itself writes.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+
+import pytest
+
+from tests.helpers.fairseq_runs import ROOT, load_script
+
+render = load_script("render_results")
+FIXTURE = os.path.join(ROOT, "tests", "unit", "fixtures", "extend_table.json")
+PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+FIGURE = re.compile(r"\d\.\d\d\b|\d,\d{3}\b")  # 12.34, 1,234: a measured figure, not a flag value
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def rendered_blocks(text):
+    return {m.group("name"): m.group("body") for m in render.MARKER.finditer(text)}
+
+
+def table_rows(body):
+    """The cells of a markdown table's body rows (header and rule dropped)."""
+    rows = [line for line in body.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: os.path.relpath(p, ROOT))
+def test_rendered_tables_equal_their_results_files(page):
+    text = read(page)
+    new, names = render.render(text)
+    stale = [
+        name
+        for name, old_body in rendered_blocks(text).items()
+        if rendered_blocks(new)[name] != old_body
+    ]
+    assert not stale, (
+        f"{os.path.relpath(page, ROOT)}: tables {stale} differ from their results files; "
+        "run python scripts/render_results.py"
+    )
+
+
+def test_check_mode_fails_on_an_edited_figure(tmp_path):
+    """The command-line check the Makefile and readers use: exit 0 on the committed README, exit 1
+    once one figure of a rendered table is changed by hand."""
+    readme = read(os.path.join(ROOT, "README.md"))
+    good = tmp_path / "README.md"
+    good.write_text(readme, encoding="utf-8")
+    assert render.main(["--check", str(good)]) == 0
+    body = rendered_blocks(readme)["demo"]
+    figure = FIGURE.search(body).group(0)
+    edited = body.replace(figure, figure[:-1] + str((int(figure[-1]) + 1) % 10), 1)
+    bad = tmp_path / "stale.md"
+    bad.write_text(readme.replace(body, edited), encoding="utf-8")
+    assert render.main(["--check", str(bad)]) == 1
+    assert render.main([str(bad)]) == 0  # rendering repairs it
+    assert bad.read_text(encoding="utf-8") == readme
+
+
+def test_every_figure_table_is_rendered():
+    """A markdown table outside the markers may hold no measured figure (x.yz, 1,234): those
+    belong to a results file. Flag tables and the like are free."""
+    loose = []
+    for page in PAGES:
+        text = render.MARKER.sub("", read(page))
+        for line in text.splitlines():
+            if line.startswith("|") and FIGURE.search(re.sub(r"`[^`]*`", "", line)):
+                loose.append(f"{os.path.relpath(page, ROOT)}: {line[:80]}")
+    assert not loose, "tables of figures typed by hand:\n" + "\n".join(loose)
+
+
+def test_demo_table_shows_the_results_file_figures():
+    """The README's demo table, read back cell by cell, against results/demo/table.json read
+    here (perplexities to 2 decimals, parameters exactly)."""
+    data = json.load(open(os.path.join(ROOT, "results", "demo", "table.json"), encoding="utf-8"))
+    for field in ("command", "commit", "seed", "date"):
+        assert data.get(field), f"results/demo/table.json lacks its {field}"
+    body = rendered_blocks(read(os.path.join(ROOT, "README.md")))["demo"]
+    rows = {r[0]: r for r in table_rows(body)}
+    assert set(rows) == {r["model"] for r in data["rows"]}
+    for r in data["rows"]:
+        cells = rows[r["model"]]
+        for i, d in enumerate(("en", "de")):
+            want = f"{r['test_ppl'][d]:.2f}" if d in r["test_ppl"] else "-"
+            assert cells[1 + i] == want
+        assert int(cells[3].replace(",", "")) == r["params"]
+
+
+def test_random_rows_show_mean_std_and_best():
+    data = json.load(
+        open(os.path.join(ROOT, "results", "lm_random", "seed2.json"), encoding="utf-8")
+    )
+    rand = next(r for r in data["rows"] if r["model"] == "random")
+    text = render.TABLES["lm-random"]()
+    row = next(r for r in table_rows(text) if r[0] == "2" and r[1].startswith("random"))
+    mean, std, best = map(float, re.findall(r"[\d.]+", row[2].replace(",", "")))
+    assert (mean, std, best) == (
+        round(rand["test_ppl"]["en"], 2),
+        round(rand["test_ppl_std"]["en"], 2),
+        rand["test_ppl_best"]["en"],
+    )
+
+
+def test_extend_renderer_reproduces_the_extend_table_figures(tmp_path):
+    """On a small table.json in scripts/extend_table.py's format, the rendered table holds the
+    same perplexities, sizes and times as the table.md extend_table.py writes itself."""
+    data = json.load(open(FIXTURE, encoding="utf-8"))
+    target = tmp_path / "results" / "extend" / "mdnas_rnn_tiny" / "seed1"
+    target.mkdir(parents=True)
+    (target / "table.json").write_text(json.dumps(data), encoding="utf-8")
+    old_root = render.ROOT
+    render.ROOT = str(tmp_path)
+    try:
+        ours = render.TABLES["extend"]()
+    finally:
+        render.ROOT = old_root
+    settings = data["settings"]
+    args = argparse.Namespace(
+        out=str(tmp_path),
+        base_langs=settings["base_langs"],
+        new_langs=settings["new_langs"],
+        arch=settings["arch"],
+        seed=settings["seed"],
+    )
+    theirs = load_script("extend_table").write_table(args, [], data)
+    ours_rows, theirs_rows = table_rows(ours), table_rows(theirs)
+    assert [r[0] for r in ours_rows] == [r["row"] for r in data["rows"]]
+    assert len(ours_rows) == len(theirs_rows)
+    for o, t in zip(ours_rows, theirs_rows):
+        # extend_table.py: row | data-bin | ppl... | params | search s | retrain s
+        # rendered:        row | model    | ppl... | params | search s | retrain s
+        assert o[0] == t[0] and o[2:] == t[2:]
+    assert f"{data['params_added']:,}" in ours
+
+
+def test_extend_renderer_without_results_says_so(tmp_path):
+    old_root = render.ROOT
+    render.ROOT = str(tmp_path)
+    try:
+        text = render.TABLES["extend"]()
+    finally:
+        render.ROOT = old_root
+    assert "No extension results" in text and "|" not in text
