@@ -51,6 +51,10 @@ def mark_batch_dynamic(*tensors: Optional[torch.Tensor]) -> None:
 class CompiledStep:
     """Runs ``fn`` eagerly or compiled according to ``mode``; see the module docstring.
 
+    ``eager_fn``: a function computing the same as ``fn`` with other arguments, run while not
+    compiled (the caller passes the arguments :meth:`prepare` says; a compilation that fails inside
+    a sequence runs ``fn`` on the compiled call's arguments).
+
     Per sequence: ``with steps.sequence(timed, device_type) as step:`` gives the callable for its
     time steps (``timed``: whether this sequence's eager time counts towards ``compile_after_s``).
     """
@@ -63,10 +67,13 @@ class CompiledStep:
         compile_after_s: float = 60.0,
         backend: str = "inductor",
         auto_devices: Sequence[str] = ("cuda",),
+        eager_fn: Optional[Callable] = None,
     ):
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
         self.fn, self.name, self.mode, self.backend = fn, name, mode, backend
+        # what runs while not compiled (default ``fn``); its time counts towards compile_after_s
+        self.eager_fn = eager_fn or fn
         self.compile_after_s = compile_after_s
         self.auto_devices = tuple(auto_devices)  # where "auto" may compile at all
         self.eager_seconds = 0.0
@@ -96,7 +103,7 @@ class CompiledStep:
                 yield self._call
             return
         start = time.perf_counter()
-        yield self.fn
+        yield self.eager_fn
         if timed:
             self.eager_seconds += time.perf_counter() - start
 

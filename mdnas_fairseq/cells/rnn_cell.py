@@ -54,7 +54,14 @@ from torch import Tensor
 from ..search import GenotypeEdge, MultiDomainGenotype, SearchSpace, darts_rnn_space
 from .compiled import CompiledStep, mark_batch_dynamic
 from .deferred import DeferredWeightGrads
-from .rnn_steps import ACTIVATIONS, derived_step, domains_step, search_step
+from .rnn_steps import (
+    ACTIVATIONS,
+    chain_waves,
+    derived_step,
+    domains_step,
+    search_step,
+    wave_step,
+)
 
 __all__ = ["ACTIVATIONS", "SEARCH_WEIGHTS", "DartsRNNCell", "rnn_share_key"]
 
@@ -160,7 +167,10 @@ class DartsRNNCell(nn.Module):
             }
             # compiled, a derived step was no faster than eager on CPU (a chain of small products;
             # benchmarks/results/lm_search_speed.txt), so "auto" compiles it on CUDA only
-            self.steps = CompiledStep(derived_step, "derived", compile)
+            # eager, a one-domain batch runs its chain in waves of batched edges (wave_step; with
+            # batch_edges False node by node, derived_step); compiled, the chain as tensors
+            # (derived_step: one graph for every domain)
+            self.steps = CompiledStep(derived_step, "derived", compile, eager_fn=wave_step)
             # a batch with several domains: their chains batched together (rnn_steps.domains_step)
             self.domain_steps = CompiledStep(domains_step, "derived several-domain", compile)
         self._chains: Dict[tuple, tuple] = {}  # chains as tensors, per (cell or cells, device)
@@ -168,6 +178,16 @@ class DartsRNNCell(nn.Module):
     @staticmethod
     def _module_name(edge: GenotypeEdge) -> str:
         return f"node{edge.node}_{edge.op}"
+
+    @property
+    def batch_edges(self) -> bool:
+        """Derived, eager: whether a one-domain batch runs its chain in waves of batched edges
+        (:func:`wave_step`, the default) or node by node (:func:`derived_step`)."""
+        return self.steps.eager_fn is wave_step
+
+    @batch_edges.setter
+    def batch_edges(self, on: bool) -> None:
+        self.steps.eager_fn = wave_step if on else derived_step
 
     @property
     def is_search(self) -> bool:
@@ -300,9 +320,30 @@ class DartsRNNCell(nn.Module):
             return self._run_domains(xw, h, w0h, mask_h, cells, unique, ops)
         # a compiled step takes the chain as tensors
         as_tensors = self.steps.prepare(inputs.device.type)
+        if not as_tensors and self.batch_edges:
+            mats, waves = self._wave_chain(unique[0])
+            rows = [batch] * (len(waves) + 1)
+            return self._run(xw, h, (w0h,) + mats, (waves, mask_h, ops), rows, (mask_h,))
         mats, chain_in, codes = self._chain(unique[0], inputs.device, as_tensors)
         rows = [batch] * (self.space.num_nodes + 1)
         return self._run(xw, h, (w0h,) + mats, (chain_in, codes, mask_h, ops), rows, (mask_h,))
+
+    def _wave_chain(self, cell: str):
+        """A derived cell's chain in waves (:func:`chain_waves`) and each wave's matrix: its nodes'
+        (H, 2H) matrices side by side when they read one state, else stacked (m, H, 2H)."""
+        mats, inputs, codes = self._chain(cell, None, as_tensors=False)
+        key = ("waves", cell)
+        if key not in self._chains:
+            self._chains[key] = chain_waves(inputs, codes)
+        waves = self._chains[key]
+        wave_mats = []
+        for nodes, ins, _ in waves:
+            ms = [mats[j - 1] for j in nodes]
+            if len(ms) == 1:
+                wave_mats.append(ms[0])
+            else:
+                wave_mats.append(torch.cat(ms, 1) if isinstance(ins, int) else torch.stack(ms))
+        return tuple(wave_mats), waves
 
     def _domain_chains(self, unique: Tuple[str, ...], device):
         """The stacked chains of the domains ``unique``: per node (D, H, 2H) matrices, (N, D) input

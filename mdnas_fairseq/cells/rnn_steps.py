@@ -257,6 +257,86 @@ def derived_step(
     return torch.stack(states[1:]).mean(0), tuple(lefts)
 
 
+Wave = Tuple[Tuple[int, ...], Union[int, Tuple[int, ...]], Tuple[Tuple[int, int], ...]]
+
+
+def chain_waves(inputs: Sequence[int], codes: Sequence[int]) -> Tuple[Wave, ...]:
+    """A derived chain (node ``n``'s input state ``inputs[n]`` and operation code ``codes[n]``,
+    nodes numbered from 1, state 0 the first state) as waves of nodes whose inputs are all
+    computed before them: node ``j`` is in wave ``wave(inputs[j]) + 1``, the first state in wave 0.
+    A wave is (its nodes, ordered by operation code; their input state if they all read the same
+    one, else the input of each; (code, count) runs of its operations)."""
+    level = [0]
+    for i in inputs:
+        level.append(level[i] + 1)
+    waves = []
+    for w in range(1, max(level) + 1):
+        nodes = tuple(
+            sorted(
+                (j for j in range(1, len(level)) if level[j] == w), key=lambda j: (codes[j - 1], j)
+            )
+        )
+        ins = tuple(inputs[j - 1] for j in nodes)
+        runs: list = []
+        for j in nodes:
+            if runs and runs[-1][0] == codes[j - 1]:
+                runs[-1][1] += 1
+            else:
+                runs.append([codes[j - 1], 1])
+        waves.append((nodes, ins[0] if len(set(ins)) == 1 else ins, tuple(map(tuple, runs))))
+    return tuple(waves)
+
+
+def wave_step(
+    xw: Tensor,
+    h: Tensor,
+    w0h: Tensor,
+    wave_mats: Sequence[Tensor],
+    waves: Sequence[Wave],
+    mask_h: Optional[Tensor],
+    ops: Sequence[str],
+    probes: Optional[Sequence[Tensor]] = None,
+) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """One step of a derived cell with its edges batched (:func:`chain_waves`): the ``m`` nodes of a
+    wave cost ONE product, ``(B, H) @ (H, m * 2H)`` when they read the same state (``wave_mats[w]``
+    their matrices side by side) or ``(m, B, H) @ (m, H, 2H)`` (stacked) when they read different
+    ones, then each activation once on its run of nodes and the highway and normalisation once on
+    the (m, B, H) stack. Computes what :func:`derived_step` computes; returns ``h_t`` and the left
+    factors of the wave products (one per wave)."""
+    hidden = h.shape[-1]
+    s0, hm = first_state(xw, h, w0h, mask_h, None if probes is None else probes[0])
+    states = [s0] + [s0] * sum(len(w[0]) for w in waves)
+    lefts = [hm]
+    total = None
+    for w, (nodes, inputs, runs) in enumerate(waves):
+        probe = None if probes is None else probes[w + 1]
+        if isinstance(inputs, int):
+            s = states[inputs]
+            src = s if mask_h is None else s * mask_h
+            z = _product(src, wave_mats[w], probe).view(-1, len(nodes), 2, hidden).transpose(0, 1)
+            s = s.unsqueeze(0)
+        else:
+            s = torch.stack([states[i] for i in inputs])
+            src = s if mask_h is None else s * mask_h
+            z = _product(src, wave_mats[w], probe).view(len(nodes), -1, 2, hidden)
+        gate, value = z.unbind(2)
+        if len(runs) == 1:
+            act = ACTIVATIONS[ops[runs[0][0]]](value)
+        else:
+            starts = [0]
+            for _, count in runs:
+                starts.append(starts[-1] + count)
+            act = torch.cat(
+                [ACTIVATIONS[ops[c]](value[a:b]) for (c, _), a, b in zip(runs, starts, starts[1:])]
+            )
+        new = _norm(s + torch.sigmoid(gate) * (act - s))
+        for r, j in enumerate(nodes):
+            states[j] = new[r]
+        total = new.sum(0) if total is None else total + new.sum(0)
+        lefts.append(src)
+    return total / (len(states) - 1), tuple(lefts)
+
+
 def domains_step(
     xw: Tensor,
     h: Tensor,
