@@ -63,8 +63,8 @@ def attention_blocked(steps: int, padding_mask: Optional[Tensor], device) -> Ten
 
 
 class Identity(nn.Module):
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        return x
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, incremental_state=None):
+        return x  # position-wise: a decoding step is the same computation
 
 
 class FeedForward(nn.Module):
@@ -77,35 +77,44 @@ class FeedForward(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
         self.activation, self.activation_dropout = activation, activation_dropout
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        h = F.dropout(
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, incremental_state=None):
+        h = F.dropout(  # position-wise: a decoding step is the same computation
             ACTIVATIONS[self.activation](self.fc1(x)), self.activation_dropout, self.training
         )
         return self.fc2(h)
 
 
-def causal_conv_tbc(x: Tensor, weight: Tensor, bias=None) -> Tensor:
+def causal_conv_tbc(
+    x: Tensor, weight: Tensor, bias=None, padding_l: Optional[int] = None
+) -> Tensor:
     """Depthwise convolution of ``x`` (T, B, C) with ``weight`` (C, 1, k), left-padded by k - 1.
 
     ``out[t] = sum_m weight[:, 0, m] * x[t + m - (k - 1)]`` (the orientation of fairseq's
-    ``LightweightConv1dTBC`` with ``padding_l = k - 1``).
+    ``LightweightConv1dTBC`` with ``padding_l = k - 1``). ``padding_l`` (default k - 1) pads
+    that many zeros on the left and k - 1 - padding_l on the right: ``(k - 1) // 2`` centres the
+    kernel (not causal; the translation encoder's convolutions).
     """
     k = weight.shape[-1]
-    y = F.conv1d(F.pad(x.permute(1, 2, 0), (k - 1, 0)), weight.to(x.dtype), groups=x.shape[-1])
+    left = k - 1 if padding_l is None else padding_l
+    y = F.conv1d(
+        F.pad(x.permute(1, 2, 0), (left, k - 1 - left)), weight.to(x.dtype), groups=x.shape[-1]
+    )
     y = y.permute(2, 0, 1)
     return y if bias is None else y + bias.to(x.dtype)
 
 
 class CausalDepthwiseConv(nn.Module):
-    def __init__(self, dim: int, kernel_size: int):
+    """Causal depthwise convolution; with ``padding_l`` (see :func:`causal_conv_tbc`) centred."""
+
+    def __init__(self, dim: int, kernel_size: int, padding_l: Optional[int] = None):
         super().__init__()
-        self.kernel_size = kernel_size
+        self.kernel_size, self.padding_l = kernel_size, padding_l
         self.weight = nn.Parameter(torch.empty(dim, 1, kernel_size))
         self.bias = nn.Parameter(torch.zeros(dim))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Conv1d's initialisation
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        return causal_conv_tbc(zero_pads(x, padding_mask), self.weight, self.bias)
+        return causal_conv_tbc(zero_pads(x, padding_mask), self.weight, self.bias, self.padding_l)
 
 
 class CausalLightweightConv(nn.Module):
@@ -145,9 +154,10 @@ class LightConvBlock(nn.Module):
         super().__init__()
         self.linear1, self.conv, self.linear2 = nn.Linear(dim, 2 * dim), conv, nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, **conv_options) -> Tensor:
+        """``conv_options``: passed to the convolution (fairseq's ``incremental_state``)."""
         h = zero_pads(F.glu(self.linear1(x), dim=-1), padding_mask)
-        return self.linear2(self.conv(h))
+        return self.linear2(self.conv(h, **conv_options))
 
 
 class CausalSelfAttention(nn.Module):
@@ -185,8 +195,11 @@ def kernel_of(name: str, prefix: str) -> int:
     return int(name[len(prefix) :])
 
 
-def build_common_candidate(name: str, dim: int, ffn_dim: int, activation_dropout: float = 0.0):
-    """The candidates fairseq has no module for: identity, feed-forward blocks, depthwise convolutions.
+def build_common_candidate(
+    name: str, dim: int, ffn_dim: int, activation_dropout: float = 0.0, causal: bool = True
+):
+    """The candidates fairseq has no module for: identity, feed-forward blocks, depthwise convolutions
+    (``causal=False``: centred, for an encoder).
 
     Returns None for a name this function does not build (attention, lightweight convolutions).
     """
@@ -195,7 +208,8 @@ def build_common_candidate(name: str, dim: int, ffn_dim: int, activation_dropout
     if name.startswith("ffn_"):
         return FeedForward(dim, ffn_dim, name[len("ffn_") :], activation_dropout)
     if name.startswith("dwconv_"):
-        return CausalDepthwiseConv(dim, kernel_of(name, "dwconv_"))
+        k = kernel_of(name, "dwconv_")
+        return CausalDepthwiseConv(dim, k, None if causal else (k - 1) // 2)
     return None
 
 

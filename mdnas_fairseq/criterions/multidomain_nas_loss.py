@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from fairseq import metrics, utils
 from fairseq.criterions import CRITERION_REGISTRY, FairseqCriterion, register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
@@ -63,6 +64,13 @@ class MultiDomainNASLossConfig(FairseqDataclass):
             "under softmax(alpha), as a fraction of the largest cell, to the alpha step's objective"
         },
     )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "epsilon of label smoothing (as fairseq's label_smoothed_cross_entropy; "
+            "translation); the objective and the logged loss are smoothed, nll_loss and ppl not"
+        },
+    )
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
@@ -73,6 +81,7 @@ class Loss(NamedTuple):
     per_sample: torch.Tensor  # (B,) summed cross-entropy of each sample
     sample_size: int  # tokens (or sentences with --sentence-avg)
     triplet: Optional[torch.Tensor]  # None without the contrastive term or a partner batch
+    nll_sum: Optional[torch.Tensor] = None  # with --label-smoothing: the unsmoothed ce_sum
 
     @property
     def ce_mean(self) -> torch.Tensor:
@@ -88,6 +97,7 @@ class MultiDomainNASLoss(FairseqCriterion):
         triplet_margin=1.0,
         param_coef=0.0,
         sentence_avg=False,
+        label_smoothing=0.0,
     ):
         super().__init__(task)
         if min(struct_coef, contrastive_coef, param_coef) < 0:
@@ -100,6 +110,9 @@ class MultiDomainNASLoss(FairseqCriterion):
         self.triplet_margin = triplet_margin
         self.param_coef = param_coef
         self.sentence_avg = sentence_avg
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
         self._penalty: Optional[ParamPenalty] = None
 
     # ------------------------------------------------------------------ the loss, once
@@ -113,12 +126,24 @@ class MultiDomainNASLoss(FairseqCriterion):
             ignore_index=self.padding_idx,
             reduction="none",
         )
+        nll_sum = None
+        if (
+            self.label_smoothing > 0
+        ):  # fairseq's smoothing: (1 - eps - eps_i) nll + eps_i sum(-lprobs)
+            nll_sum = per_token.sum()
+            per_token, _ = label_smoothed_nll_loss(
+                lprobs.reshape(-1, lprobs.size(-1)),
+                target.reshape(-1, 1),
+                self.label_smoothing,
+                ignore_index=self.padding_idx,
+                reduce=False,
+            )
         per_sample = per_token.reshape(target.shape[0], -1).sum(dim=1)
         sample_size = sample["nsentences"] if self.sentence_avg else sample["ntokens"]
         triplet = None
         if self.contrastive_coef > 0 and sample.get("partner") is not None:
             triplet = self.triplet(model, net_output, sample)
-        return Loss(per_sample.sum(), per_sample, sample_size, triplet)
+        return Loss(per_sample.sum(), per_sample, sample_size, triplet, nll_sum)
 
     @staticmethod
     def net_input(model, sample) -> dict:
@@ -217,6 +242,8 @@ class MultiDomainNASLoss(FairseqCriterion):
             "nsentences": sample["nsentences"],
             "sample_size": out.sample_size,
         }
+        if out.nll_sum is not None:
+            logging_output["nll_loss"] = out.nll_sum.data
         logging_output.update(
             log_schema.domain_sums(
                 out.per_sample,
@@ -245,9 +272,11 @@ class MultiDomainNASLoss(FairseqCriterion):
         metrics.log_scalar(
             "loss", loss_sum / max(sample_size, 1) / math.log(2), sample_size, round=3
         )
-        if sample_size != ntokens:
+        nll_sum = total("nll_loss") if any("nll_loss" in log for log in logging_outputs) else None
+        if sample_size != ntokens or nll_sum is not None:
+            nll_sum = loss_sum if nll_sum is None else nll_sum
             metrics.log_scalar(
-                "nll_loss", loss_sum / max(ntokens, 1) / math.log(2), ntokens, round=3
+                "nll_loss", nll_sum / max(ntokens, 1) / math.log(2), ntokens, round=3
             )
             metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["nll_loss"].avg))
         else:
