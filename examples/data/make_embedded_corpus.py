@@ -3,7 +3,8 @@
 
     python examples/data/make_embedded_corpus.py --source-dir ../shared/data/parallel
 
-(the source folder is the project's shared data, beside the repository: see its README).
+(--source-dir is required: the folder of the offline source TSVs, which is not part of the
+repository; the project keeps it in its shared data beside the repository, see examples/data/README.md).
 
 Writes (deterministic for a given --seed and source files):
   en_de_small.tsv     every handbook paragraph with 4..40 words in both en and de, plus a
@@ -73,14 +74,17 @@ def unique_by_en(rows):
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    repo = os.path.dirname(os.path.dirname(here))
-    p.add_argument("--source-dir", default=os.path.join(os.path.dirname(repo), "shared", "data", "parallel"),
-                   help="folder with handbook.tsv and gettext.en-de.tsv (default: shared/data/parallel beside "
+    p.add_argument("--source-dir", required=True,
+                   help="input: the folder holding handbook.tsv and gettext.en-de.tsv (the offline "
+                   "Debian-derived corpus; in the project's shared data: ../shared/data/parallel beside "
                    "the repository)")
-    p.add_argument("--out-dir", default=here, help="where the TSVs are written (default: examples/data)")
+    p.add_argument("--out-dir", default=here,
+                   help="output: where en_de_small.tsv and en_de_fr_small.tsv are written "
+                   "(default: examples/data)")
     p.add_argument("--seed", type=int, default=20221)
     p.add_argument("--total-rows", type=int, default=5000, help="rows of en_de_small.tsv")
     args = p.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
 
     _, handbook = read_tsv(os.path.join(args.source_dir, "handbook.tsv"))
     _, gettext = read_tsv(os.path.join(args.source_dir, "gettext.en-de.tsv"))
