@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from fairseq import utils
+from fairseq import metrics, utils
 from fairseq.data import LanguagePairDataset
 from fairseq.data.indexed_dataset import dataset_exists
 from fairseq.tasks import TASK_REGISTRY, register_task
-from fairseq.tasks.translation import TranslationConfig, TranslationTask, load_langpair_dataset
+from fairseq.tasks.translation import (
+    EVAL_BLEU_ORDER,
+    TranslationConfig,
+    TranslationTask,
+    load_langpair_dataset,
+)
 from omegaconf import II
 
 from ..data.multidomain_translation import MultiDomainTranslationDataset
@@ -208,6 +213,26 @@ class MultiDomainNASTranslationTask(BilevelSearchMixin, TranslationTask):
             net_input["batch_domain"] = d
         return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
+    # ------------------------------------------------------------------ BLEU per domain
+    def valid_step(self, sample, model, criterion):
+        """fairseq's; with ``--eval-bleu`` its BLEU statistics are kept under the batch's domain."""
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        if self.cfg.eval_bleu:
+            name = self.domain_names[sample["domain"]]
+            for key in [k for k in logging_output if k.startswith("_bleu_")]:
+                logging_output[f"_{name}{key}"] = logging_output.pop(key)
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        """``bleu`` (all domains) and ``bleu_<domain>``, sacrebleu's corpus BLEU as fairseq's
+        ``--eval-bleu`` computes it, from statistics kept as plain numbers (fairseq keeps numpy
+        arrays, which end up in the checkpoint, where torch.load's weights_only refuses them)."""
+        super().reduce_metrics(logging_outputs, criterion)
+        if self.cfg.eval_bleu:
+            log_bleu(logging_outputs, self.domain_names, "bleu")
+            for name in self.domain_names:
+                log_bleu(logging_outputs, [name], f"bleu_{name}")
+
     # ------------------------------------------------------------------ fairseq hooks
     def build_model(self, cfg, from_checkpoint=False):
         self.require_domains()
@@ -224,6 +249,40 @@ class MultiDomainNASTranslationTask(BilevelSearchMixin, TranslationTask):
 
     def triplet_labels(self, sample):
         raise NotImplementedError("translation domains have no contrastive triplets")
+
+
+BLEU_STATS = [f"{kind}_{i}" for kind in ("counts", "totals") for i in range(EVAL_BLEU_ORDER)]
+BLEU_STATS += ["sys_len", "ref_len"]
+
+
+def log_bleu(logging_outputs, domains, metric: str) -> None:
+    """Log ``metric``: corpus BLEU of the validation batches of ``domains`` (sacrebleu, exp
+    smoothing, as fairseq's ``--eval-bleu``), from the statistics :meth:`valid_step` kept."""
+    stats = {
+        key: int(sum(log.get(f"_{d}_bleu_{key}", 0) for log in logging_outputs for d in domains))
+        for key in BLEU_STATS
+    }
+    if max(stats[f"totals_{i}"] for i in range(EVAL_BLEU_ORDER)) <= 0:
+        return
+    for key, value in stats.items():
+        metrics.log_scalar(f"_{metric}_{key}", value)
+
+    def bleu(meters):
+        from sacrebleu.metrics import BLEU
+
+        def total(key):
+            return int(meters[f"_{metric}_{key}"].sum)
+
+        score = BLEU.compute_bleu(
+            correct=[total(f"counts_{i}") for i in range(EVAL_BLEU_ORDER)],
+            total=[total(f"totals_{i}") for i in range(EVAL_BLEU_ORDER)],
+            sys_len=total("sys_len"),
+            ref_len=total("ref_len"),
+            smooth_method="exp",
+        ).score
+        return float(round(score, 2))
+
+    metrics.log_derived(metric, bleu)
 
 
 register_once(
