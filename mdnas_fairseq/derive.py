@@ -68,6 +68,11 @@ def resolve_search_out(search_out: str) -> str:
     """The genotype.json of a search dir, or the given file."""
     if os.path.isdir(search_out):
         return os.path.join(search_out, GENOTYPE_FILE)
+    if search_out.endswith(".pt"):
+        raise DerivationError(
+            f"{search_out}: a checkpoint; this mode reads the search's {GENOTYPE_FILE}: give the "
+            "save dir or the genotype file (only --select perturbation reads the checkpoint)"
+        )
     return search_out
 
 

@@ -100,6 +100,14 @@ def test_errors_name_the_problem_and_write_nothing(
     assert not out.exists()
 
 
+def test_argmax_reads_the_genotype_not_the_checkpoint(search_dir, tmp_path, capsys):
+    out = tmp_path / "never.json"
+    argv = [os.path.join(search_dir, "checkpoint_last.pt"), "--select", "argmax", "--out", str(out)]
+    assert derive.main(argv) == 1
+    assert "only --select perturbation reads the checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_perturbation_options_need_select_perturbation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         derive.main(["x", "--param-budget", "5", "--perturb-batches", "2", "--out", "y"])
