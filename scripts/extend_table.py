@@ -47,6 +47,12 @@ TOKENS = re.compile(r"Evaluated ([0-9,]+) tokens")
 def build_parser():
     p = lm.build_parser()
     p.description = __doc__.split("\n")[0]
+    p.epilog = (
+        "reads: --tsv, one column per language of --base and --new\n"
+        "writes: --out/table.json and --out/table.md (every row's test perplexity per language,\n"
+        "  parameters, search and retrain seconds, command, commit, seed, date), and the runs under\n"
+        "  --out/data, base, extended, joint, singles and single_new"
+    )
     for action in p._actions:
         if action.dest == "data":  # made here
             action.required = False
@@ -54,7 +60,10 @@ def build_parser():
         if action.dest == "models":
             action.help = argparse.SUPPRESS
     p.add_argument(
-        "--tsv", default=os.path.join("..", "shared", "data", "parallel", "handbook.tsv")
+        "--tsv",
+        default=os.path.join("..", "shared", "data", "parallel", "handbook.tsv"),
+        help="input: the parallel TSV (header = language codes; default: %(default)s, the "
+        "project's shared data beside the repository)",
     )
     p.add_argument("--base", default="en,de,fr", help="languages of the base multimodel")
     p.add_argument("--new", default="es,it", help="languages the extension adds")

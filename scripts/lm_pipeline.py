@@ -455,11 +455,21 @@ def format_table(rows, domains):
 def build_parser():
     """The pipeline's command line (scripts/sweep.py passes its settings through it)."""
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="reads: --data, a data-bin made by mdnas-prepare (scripts/prepare_parallel.py)\n"
+        "writes: --out/table.md and --out/table.json (test perplexity per domain, parameters,\n"
+        "  settings, commit), and per model --out/<model>/ (search/ and retrain/ save dirs with\n"
+        "  genotype.json and checkpoints, the fairseq logs)",
     )
-    p.add_argument("--data", required=True, help="data-bin made by scripts/prepare_parallel.py")
+    p.add_argument("--data", required=True, help="input: data-bin made by mdnas-prepare")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per model)")
-    p.add_argument("--models", default="single_en,union,multi_struct")
+    p.add_argument(
+        "--models",
+        default="single_en,union,multi_struct",
+        help="rows of the table: single_<lang>, union, multi, multi_struct, multi_contr, multi_param, "
+        "random, baseline (default: %(default)s)",
+    )
     p.add_argument("--arch", default="mdnas_rnn_tiny")
     p.add_argument("--search-epochs", type=int, default=3)
     p.add_argument("--retrain-epochs", type=int, default=4)
