@@ -2,6 +2,7 @@
 #   make demo   installs what is missing, then runs the main job on the embedded default data
 #   make test   installs what is missing, then runs the linter and the test suite
 #   make lint   the linter and the format check alone (ruff, config in ruff.toml); make unit: the tests without fairseq runs
+#   make render rewrites every results table in README.md and docs/ from its file under results/
 # Everything is installed into .venv inside the project folder (ignored by git).
 # Installing is idempotent: a stamp file records a finished install, pip skips what is present.
 
@@ -18,7 +19,7 @@ FAIRSEQ_NEEDS := cffi cython hydra-core==1.3.2 omegaconf==2.3.0 regex sacrebleu 
 # numpy<2: fairseq 0.12 uses numpy.compat; mlxtend 0.23.4 / pandas<3 are the releases that accept numpy 1.x
 COMPAT_PINS := "numpy<2" "pandas<3" mlxtend==0.23.4
 
-.PHONY: install demo test lint unit bench clean-venv
+.PHONY: install demo test lint unit bench render clean-venv
 
 install: $(STAMP)
 
@@ -54,6 +55,9 @@ lint: install
 
 unit: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" tests
+
+render: install
+	$(PY) scripts/render_results.py
 
 bench: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/lm_search_speed.py
