@@ -115,19 +115,15 @@ def test_random_rows_show_mean_std_and_best():
     )
 
 
-def test_extend_renderer_reproduces_the_extend_table_figures(tmp_path):
+def test_extend_renderer_reproduces_the_extend_table_figures(tmp_path, monkeypatch):
     """On a small table.json in scripts/extend_table.py's format, the rendered table holds the
     same perplexities, sizes and times as the table.md extend_table.py writes itself."""
     data = json.load(open(FIXTURE, encoding="utf-8"))
     target = tmp_path / "results" / "extend" / "mdnas_rnn_tiny" / "seed1"
     target.mkdir(parents=True)
     (target / "table.json").write_text(json.dumps(data), encoding="utf-8")
-    old_root = render.ROOT
-    render.ROOT = str(tmp_path)
-    try:
-        ours = render.TABLES["extend"]()
-    finally:
-        render.ROOT = old_root
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    ours = render.TABLES["extend"]()
     settings = data["settings"]
     args = argparse.Namespace(
         out=str(tmp_path),
@@ -147,11 +143,7 @@ def test_extend_renderer_reproduces_the_extend_table_figures(tmp_path):
     assert f"{data['params_added']:,}" in ours
 
 
-def test_extend_renderer_without_results_says_so(tmp_path):
-    old_root = render.ROOT
-    render.ROOT = str(tmp_path)
-    try:
-        text = render.TABLES["extend"]()
-    finally:
-        render.ROOT = old_root
+def test_extend_renderer_without_results_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    text = render.TABLES["extend"]()
     assert "No extension results" in text and "|" not in text
