@@ -105,10 +105,17 @@ def lm_agreed(row):
     return f"{100 * a:.0f}%"
 
 
-def lm_rows(specs, domains=("en", "de")):
+def lm_margin(row):
+    """Mean over domains of the final softmax(alpha)'s best-minus-second margin (searched rows)."""
+    found = [v["margin"] for v in (row.get("decisiveness") or {}).values()]
+    return f"{sum(found) / len(found):.3f}" if found and row["model"] != "union" else "-"
+
+
+def lm_rows(specs, domains=("en", "de"), margin=False):
     """specs: (first column or None, results file, model name or None for every row, label or
     None). A table of test perplexity per domain, parameters, cell parameters (where the file
-    records them) and the share of edges the domains agreed on."""
+    records them) and the share of edges the domains agreed on; with ``margin``, how decided the
+    search ended (the mean over domains of the best-minus-second margin of softmax(alpha))."""
     seen, rows = [], []
     lead = any(s[0] is not None for s in specs)
     cell = False
@@ -124,13 +131,14 @@ def lm_rows(specs, domains=("en", "de")):
             rows.append((first, label or lm_label(r), r))
     header = (["seed"] if lead else []) + ["model"] + [f"{d} ppl" for d in domains] + ["params"]
     header += (["cell params"] if cell else []) + ["edges agreed"]
+    header += ["alpha margin"] if margin else []
     body = []
     for first, label, r in rows:
         line = ([first] if lead else []) + [label] + [lm_ppl(r, d) for d in domains]
         line.append(count(r["params"]))
         if cell:
             line.append("-" if r.get("cell_params") is None else count(r["cell_params"]))
-        body.append(line + [lm_agreed(r)])
+        body.append(line + [lm_agreed(r)] + ([lm_margin(r)] if margin else []))
     return md_table(header, body) + "\n\n" + sources_line(seen)
 
 
@@ -337,21 +345,24 @@ TABLES = {
         [
             ("1", f"{RNN}/seed1_no_alpha_decay.json", "multi_struct", None),
             ("1", f"{RNN}/seed1_no_alpha_decay_random.json", "random", None),
-        ]
+        ],
+        margin=True,
     ),
     "lm-random-struct0": lambda: lm_rows(
         [
             (str(s), f"{RNN}/seed{s}_struct0_no_alpha_decay{tail}.json", m, None)
             for s in (1, 2, 3)
             for tail, m in (("", "multi_struct"), ("_random", "random"))
-        ]
+        ],
+        margin=True,
     ),
     "lm-random-struct001": lambda: lm_rows(
         [
             (str(s), f"{RNN}/seed{s}_struct001_no_alpha_decay{tail}.json", m, None)
             for s in (1, 2)
             for tail, m in (("", "multi_struct"), ("_random", "random"))
-        ]
+        ],
+        margin=True,
     ),
     "lm-second-order": lambda: lm_rows(
         [("1", f"{RNN}/seed1_second_order.json", "multi_struct", "multi_struct, default settings")]
@@ -363,7 +374,8 @@ TABLES = {
                 "multi_struct, struct 0, alpha weight decay 0",
             )
             for s in (1, 2, 3)
-        ]
+        ],
+        margin=True,
     ),
     # the 48-dim table of scripts/run_lm_table.sh
     "lm48-seed1": lambda: lm_rows([(None, "results/lm_table_seed1/table.json", None, None)]),
