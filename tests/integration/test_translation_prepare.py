@@ -97,14 +97,14 @@ def test_fairseq_translation_loader_reads_aligned_pairs(data):
 
 
 def test_single_domain_named_by_pair(tmp_path):
+    from mdnas_fairseq.data.prepare.cli import main
+
     tsv = write_tsv(tmp_path / "in.tsv", rows_per_domain=20)
-    proc = prepare(
-        "--tsv", tsv, "--translation", "en-de", "--out", str(tmp_path / "o"),
-        "--vocab-size", "100", "--workers", "1", "--quiet",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    argv = ["--tsv", tsv, "--translation", "en-de", "--out", str(tmp_path / "o")]
+    assert main(argv + ["--vocab-size", "100", "--workers", "1", "--quiet"]) == 0
     meta = json.loads((tmp_path / "o" / "data-bin" / "mdnas_data.json").read_text())
     assert meta["domains"] == ["en-de"] and meta["splits"]["train"] == 32
+    assert (tmp_path / "o" / "data-bin" / "train.en-de.en-de.de.bin").is_file()
 
 
 @pytest.mark.parametrize(
