@@ -1,9 +1,13 @@
-"""End-to-end fairseq-train words/s: the search (task multidomain_nas) against --arch lstm_lm.
+"""End-to-end fairseq-train words/s: the search and the derived multimodel (task multidomain_nas)
+against --arch lstm_lm.
 
-Used by ``lm_search_speed.py --fairseq-train``. Data: the embedded En/De corpus prepared once with
-scripts/prepare_parallel.py (shared sentencepiece vocabulary); lstm_lm reads the same English
-training split (``--train-subset train.en``) with task language_modeling. Same batch size,
-embedding and hidden size, Adam, one thread. words/s: the words of the log intervals after the
+Used by ``lm_search_speed.py --fairseq-train``. Data: the demo's (scripts/demo.sh: the first 3,000
+rows of the embedded En/De corpus, a 3,000-entry shared sentencepiece vocabulary), prepared once
+with scripts/prepare_parallel.py; lstm_lm reads the same English training split (``--train-subset
+train.en``) with task language_modeling. Rows: the first-order search in each weight layout
+(``--search-weights``) with the cell eager (what CPU runs use) and, where asked, compiled; the
+derived multimodel of a random genotype (seed 3, as the in-process rows; ``--genotype``). Same batch
+size, embedding and hidden size, Adam, one thread. words/s: the words of the log intervals after the
 first (which holds the compilation, if any) over their time, each interval's time being its words
 over fairseq's own ``wps`` meter (``train_wall`` is logged in whole seconds: too coarse for a short
 interval); wall clock, so the machine's load weighs on it.
@@ -19,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, "-m", "fairseq_cli.train"]  # fairseq-train of this interpreter
 
 
-def prepare(out_dir, vocab_size=4000):
+def prepare(out_dir, vocab_size=3000, max_rows=3000):
+    """The demo's data (scripts/demo.sh's prepare_parallel.py flags)."""
     data = os.path.join(out_dir, "data-bin")
     if not os.path.exists(os.path.join(data, "dict.txt")):
         sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -30,6 +35,7 @@ def prepare(out_dir, vocab_size=4000):
             "en,de",
             out_dir,
             vocab_size=vocab_size,
+            max_rows=max_rows,
             seed=1,
             quiet=True,
         )
@@ -85,14 +91,45 @@ def common(H, updates, batch, device="cpu"):
     ]
 
 
-def end_to_end(args, hiddens):
+def nas_command(data, H, args, extra):
+    return (
+        [
+            *TRAIN,
+            data,
+            "--user-dir",
+            os.path.join(ROOT, "mdnas_fairseq"),
+            "--task",
+            "multidomain_nas",
+            "--domains",
+            "en,de",
+            "--arch",
+            "mdnas_rnn_tiny",
+            "--embed-dim",
+            str(H),
+            "--hidden-dim",
+            str(H),
+            "--num-nodes",
+            str(args.nodes),
+            "--criterion",
+            "multidomain_nas_loss",
+            "--no-alpha-heatmaps",
+        ]
+        + extra
+        + common(H, args.e2e_updates, args.batch, args.device)
+    )
+
+
+def end_to_end(args, hiddens, genotype_path):
+    """fairseq-train words/s per hidden size; returns the printed lines and {(H, row): words/s}.
+    ``genotype_path(H)``: the derived rows' genotype file."""
     data = prepare(os.path.join(ROOT, args.e2e_dir))
     lines = [
         f"fairseq-train words/s (log intervals after the first), {args.e2e_updates} updates, "
-        f"batch {args.batch} sentences, embedded En/De corpus, "
+        f"batch {args.batch} sentences, the demo's En/De data, "
         + ("1 thread" if args.device == "cpu" else f"device {args.device}")
     ]
-    lines.append(f"{'run':<36}{'words/s':>10}{'vs lstm_lm':>12}{'wall s':>9}")
+    lines.append(f"{'run':<40}{'words/s':>10}{'vs lstm_lm':>12}{'wall s':>9}")
+    rates = {}
     for H in hiddens:
         runs = {}
         lstm = [
@@ -117,36 +154,19 @@ def end_to_end(args, hiddens):
             "1024",
         ] + common(H, args.e2e_updates, args.batch, args.device)
         runs["lstm_lm (language_modeling, en)"] = run_train(lstm)
-        for mode in ("on", "off"):
-            search = [
-                *TRAIN,
-                data,
-                "--user-dir",
-                os.path.join(ROOT, "mdnas_fairseq"),
-                "--task",
-                "multidomain_nas",
-                "--domains",
-                "en,de",
-                "--arch",
-                "mdnas_rnn_tiny",
-                "--embed-dim",
-                str(H),
-                "--hidden-dim",
-                str(H),
-                "--num-nodes",
-                str(args.nodes),
-                "--criterion",
-                "multidomain_nas_loss",
-                "--no-alpha-heatmaps",
-                "--compile-cell",
-                mode,
-            ] + common(H, args.e2e_updates, args.batch, args.device)
-            runs[f"search o1 ({'compiled' if mode == 'on' else 'eager'} cell, en+de)"] = run_train(
-                search
-            )
+        for layout in args.search_weights:
+            for mode in args.e2e_modes:
+                name = f"search o1 {layout} ({'compiled' if mode == 'on' else 'eager'} cell)"
+                runs[name] = run_train(
+                    nas_command(data, H, args, ["--compile-cell", mode, "--search-weights", layout])
+                )
+        runs["derived (eager cell)"] = run_train(
+            nas_command(data, H, args, ["--compile-cell", "off", "--genotype", genotype_path(H)])
+        )
         base = runs["lstm_lm (language_modeling, en)"][0]
         lines.append(f"hidden {H}:")
         for name, (wps, wall) in runs.items():
-            lines.append(f"  {name:<34}{wps:>10.0f}{wps / base:>12.2f}{wall:>9.0f}")
+            rates[(H, name)] = wps / base
+            lines.append(f"  {name:<38}{wps:>10.0f}{wps / base:>12.2f}{wall:>9.0f}")
         print("\n".join(lines[-len(runs) - 1 :]), flush=True)
-    return lines
+    return lines, rates

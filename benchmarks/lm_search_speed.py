@@ -3,10 +3,13 @@
 
 For every hidden size (``--hidden 32,256``), on the same token batches (B sentences of T tokens):
 
-  search o1 / o2   architecture step (first / DARTS second order) + weight step of the mixed cell
+  search o1 / o2   architecture step (first / DARTS second order) + weight step of the mixed cell,
+                   per weight layout (``--search-weights node,op``: DARTS' one matrix per node, or
+                   one per (node, operation))
   search o2 fwd    second order with the forward-difference Hessian-vector product
                    (--alpha-hessian-difference forward: one training pass fewer)
-  derived          weight step of the concordant multimodel of a D-domain genotype
+  derived          weight step of the concordant multimodel of a D-domain genotype (eager: its
+                   edges batched in waves, rnn_steps.wave_step; "derived chain": node by node)
   fairseq lstm_lm  weight step of fairseq's LSTM decoder (as in --arch lstm_lm), same sizes
 
 each with the cell compiled (``compile="on"``) and eager (``"off"``, what short runs use). A step
@@ -25,7 +28,15 @@ wall clock after synchronising (the GEMM peak then is the GPU's at the same shap
 
 ``--fairseq-train`` adds the end-to-end figure: fairseq-train words/s of the search
 (task multidomain_nas, compiled and eager cell) and of ``--arch lstm_lm`` (task
-language_modeling) on the same prepared data (the embedded En/De corpus), same sizes.
+language_modeling) on the same prepared data (the demo's), same sizes, and of the derived
+multimodel; then the goals of the search-cost issue as ratios, all from this one run (``goals``).
+
+DARTS' FLOPs per token of the same cell (:func:`darts_flops_per_token`; matrix products only, as
+FlopCounterMode counts them, 2 per multiply-add): forward ``2 (E + H) 2H`` (the first state's
+``W_0``) ``+ N (N + 1) / 2 * 2 H 2H`` (node ``j`` multiplies each of its ``j`` input states by its
+one (H, 2H) matrix) ``+ 2 H V`` (the tied output layer); a training pass (forward, then the input
+and weight gradients of every product) is 3 times that. The search's weight step is compared with
+it (the architecture step skips the weight gradients: 2 times the forward).
 """
 
 import argparse
@@ -208,10 +219,27 @@ def inductor_cudagraphs(gm, example_inputs):
 COMPILE_BACKENDS = {"inductor": "inductor", "inductor-cudagraphs": inductor_cudagraphs}
 
 
-def make_lm(args, H, domains, compile, genotype=None, seed=1):
+def darts_flops_per_token(H, V, nodes, E=None):
+    """Matrix-product FLOPs of one token through DARTS' recurrent LM (one matrix per node shared by
+    the candidates; tied embeddings), forward + backward (3 times the forward); see the module
+    docstring."""
+    E = H if E is None else E
+    forward = 2 * (E + H) * 2 * H + nodes * (nodes + 1) // 2 * 2 * H * 2 * H + 2 * H * V
+    return 3 * forward
+
+
+def make_lm(args, H, domains, compile, genotype=None, seed=1, search_weights="op"):
     torch.manual_seed(seed)
     model = DartsRNNLanguageModel(
-        args.vocab, 1, H, H, domains, num_nodes=args.nodes, genotype=genotype, compile_cell=compile
+        args.vocab,
+        1,
+        H,
+        H,
+        domains,
+        num_nodes=args.nodes,
+        genotype=genotype,
+        compile_cell=compile,
+        search_weights=search_weights,
     ).to(DEVICE)
     backend = COMPILE_BACKENDS.get(args.compile_backend, args.compile_backend)
     # the cell's compiled steps (search, or derived and several-domain) get the backend
@@ -259,12 +287,12 @@ def section(args, H):
     peak = gemm_peak(H, B, args.nodes)
     rows = {}
 
-    def row(name, build):
+    def row(name, build, modes=None):
         eager = build("off")
         flops = flops_of(eager)  # identical arithmetic in both modes; counted eagerly
         ops = ops_of(eager)
         baseline = name == "fairseq lstm_lm"  # no compiled variant: one row
-        for mode in args.modes:
+        for mode in modes or args.modes:
             step = eager if mode == "off" else build("on")
             first, sec = measure(step, args)
             label = name if baseline else f"{name}, {'compiled' if mode == 'on' else 'eager'}"
@@ -286,21 +314,33 @@ def section(args, H):
             if baseline:
                 break
 
-    for order, difference, name in SEARCH_ROWS if not args.scaling_only else ():
-        row(
-            name,
-            lambda c, o=order, f=difference: search_step_fn(
-                make_lm(args, H, domains, c), o, train_b, val_b, zero, f
-            ),
+    extra = {}
+    for layout in args.search_weights if not args.scaling_only else ():
+        for order, difference, name in SEARCH_ROWS:
+            if order == 2 and layout not in args.second_order:
+                continue
+            row(
+                f"{name} {layout}",
+                lambda c, o=order, f=difference, w=layout: search_step_fn(
+                    make_lm(args, H, domains, c, search_weights=w), o, train_b, val_b, zero, f
+                ),
+            )
+        # the weight step alone (alpha fixed), for the FLOPs per token against DARTS' formula
+        model = make_lm(args, H, domains, "off", search_weights=layout)
+        extra[f"weight step flops {layout}"] = flops_of(
+            weight_step_fn(model, lambda x, m=model: m(x, zero)[0], train_b)
         )
     geno = random_genotype(args, domains, seed=3)
 
-    def derived(c):
+    def derived(c, batch_edges=True):
         model = make_lm(args, H, domains, c, geno)
+        model.cell.batch_edges = batch_edges
         return weight_step_fn(model, lambda x: model(x, zero)[0], train_b)
 
     if not args.scaling_only:
         row("derived", derived)
+        if "off" in args.modes:  # compiled, the chain is one graph of tensors either way
+            row("derived chain", lambda c: derived(c, batch_edges=False), modes=["off"])
         lstm = lstm_lm(V, H)
         row("fairseq lstm_lm", lambda c: weight_step_fn(lstm, lambda x: lstm(x)[0], train_b))
 
@@ -323,10 +363,10 @@ def section(args, H):
             )
         scaling[D] = times
         print(f"  [H={H}] D={D}: " + ", ".join(f"{t:.3f}" for t in times) + " s", flush=True)
-    return rows, scaling, peak
+    return rows, scaling, peak, extra
 
 
-def report(args, H, rows, scaling, peak):
+def report(args, H, rows, scaling, peak, extra):
     B, T = args.batch, args.length
     lines = [
         f"hidden {H}: vocab {args.vocab}, batch {B}x{T}, {args.nodes} nodes, 2 domains, "
@@ -345,15 +385,22 @@ def report(args, H, rows, scaling, peak):
             + (f"{r['ops']:>8}" if r["ops"] is not None else f"{'-':>8}")
             + (f"{r['kernels']:>9.0f}{100 * r['busy'] / r['sec']:>9.0f}%" if "kernels" in r else "")
         )
-    for mode in ("compiled", "eager"):
-        o1 = rows.get(f"search o1, {mode}")
-        ratios = [
-            f"{label} {rows[f'{name}, {mode}']['sec'] / o1['sec']:.2f}"
-            for name, label in (("search o2", "central"), ("search o2 fwd", "forward difference"))
-            if o1 and f"{name}, {mode}" in rows
-        ]
-        if ratios:
-            lines.append(f"second/first order search time ({mode}): " + ", ".join(ratios))
+    for layout in args.search_weights:
+        for mode in ("compiled", "eager"):
+            o1 = rows.get(f"search o1 {layout}, {mode}")
+            ratios = [
+                f"{label} {rows[f'{name} {layout}, {mode}']['sec'] / o1['sec']:.2f}"
+                for name, label in (
+                    ("search o2", "central"),
+                    ("search o2 fwd", "forward difference"),
+                )
+                if o1 and f"{name} {layout}, {mode}" in rows
+            ]
+            if ratios:
+                lines.append(
+                    f"second/first order search time ({layout}, {mode}): " + ", ".join(ratios)
+                )
+    lines += goals(args, H, rows, extra)
     if scaling:
         d1 = scaling[min(scaling)]
         lines.append(
@@ -362,6 +409,43 @@ def report(args, H, rows, scaling, peak):
         )
         for D, t in scaling.items():
             lines.append(f"  D={D}: " + "  ".join(f"{a / b:5.2f}" for a, b in zip(t, d1)))
+    return lines
+
+
+def goals(args, H, rows, extra):
+    """The search-cost issue's goals that the in-process rows measure, as ratios (eager cell)."""
+    if "fairseq lstm_lm" not in rows:
+        return []
+    tokens = args.batch * args.length
+    darts = darts_flops_per_token(H, args.vocab, args.nodes)
+    lstm = rows["fairseq lstm_lm"]
+    rate = {name: r["flops"] / r["sec"] for name, r in rows.items()}
+    derived = rows.get("derived, eager")
+    lines = [
+        f"goals at hidden {H} (eager cell; DARTS' training pass {darts / 1e6:.2f} MFLOP/token):"
+    ]
+    for layout in args.search_weights:
+        o1 = rows.get(f"search o1 {layout}, eager")
+        if o1 is None:
+            continue
+        per_token = extra[f"weight step flops {layout}"] / tokens
+        items = [
+            f"weight-step FLOPs/token / DARTS {per_token / darts:.2f} (<= 1.2)",
+            f"FLOP/s / lstm_lm's {rate[f'search o1 {layout}, eager'] / rate['fairseq lstm_lm']:.2f}"
+            " (>= 0.5 at 256)",
+        ]
+        if derived is not None and o1["ops"] and derived["ops"]:
+            items.append(f"kernels / derived's {o1['ops'] / derived['ops']:.2f} (<= 2)")
+        for name, label in (("search o2", "central"), ("search o2 fwd", "forward")):
+            if f"{name} {layout}, eager" in rows:
+                r = rows[f"{name} {layout}, eager"]["sec"] / o1["sec"]
+                items.append(f"o2 {label}/o1 time {r:.2f} (<= 2.3)")
+        lines.append(f"  search {layout}: " + "; ".join(items))
+    if derived is not None:
+        lines.append(
+            f"  derived: FLOP/s / lstm_lm's {rate['derived, eager'] / rate['fairseq lstm_lm']:.2f}"
+            f" (>= 0.8 at 256); tokens/s / lstm_lm's {lstm['sec'] / derived['sec']:.2f}"
+        )
     return lines
 
 
@@ -408,9 +492,25 @@ def main(argv=None):
     p.add_argument(
         "--scaling-only", action="store_true", help="of the in-process rows, the D scaling alone"
     )
+    p.add_argument(
+        "--search-weights",
+        default="node,op",
+        help="search weight layouts of the search rows (node: DARTS' one matrix per node; op)",
+    )
+    p.add_argument(
+        "--second-order",
+        default="node,op",
+        help="layouts that also get the second-order rows ('' for none)",
+    )
     p.add_argument("--e2e-updates", type=int, default=40)
-    p.add_argument("--e2e-dir", default="build/lm_speed_e2e")
+    p.add_argument("--e2e-dir", default="build/lm_speed_demo")
+    p.add_argument(
+        "--e2e-modes", default="off", help="cell compile modes of the fairseq-train search rows"
+    )
     args = p.parse_args(argv)
+    args.search_weights = [w for w in args.search_weights.split(",") if w]
+    args.second_order = [w for w in args.second_order.split(",") if w]
+    args.e2e_modes = [m for m in args.e2e_modes.split(",") if m]
     args.modes = [m for m in args.modes.split(",") if m]
     args.domain_counts = [int(d) for d in args.domain_counts.split(",") if d]
     torch.set_num_threads(args.threads)
@@ -428,7 +528,26 @@ def main(argv=None):
     if args.fairseq_train or args.only_fairseq_train:
         from fairseq_speed import end_to_end  # benchmarks/fairseq_speed.py
 
-        print("\n".join(end_to_end(args, [int(h) for h in args.hidden.split(",")])), flush=True)
+        hiddens = [int(h) for h in args.hidden.split(",")]
+        lines, rates = end_to_end(args, hiddens, lambda H: genotype_file(args, H))
+        print("\n".join(lines), flush=True)
+        print("goals through fairseq-train (ratios of words/s to lstm_lm's):")
+        for (H, name), r in rates.items():
+            goal = {32: "search >= 0.25, derived >= 0.7"}.get(H, "")
+            if not name.startswith("lstm"):
+                print(f"  hidden {H}: {name}: {r:.2f}" + (f"  ({goal})" if goal else ""))
+
+
+def genotype_file(args, H):
+    """The derived rows' genotype (a random one, seed 3, as in-process) as a file for --genotype."""
+    from mdnas_fairseq.search import save_genotype
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), args.e2e_dir)
+    path = os.path.join(folder, f"random_genotype_{args.nodes}.json")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        save_genotype(path, random_genotype(args, ["en", "de"], seed=3))
+    return os.path.abspath(path)
 
 
 if __name__ == "__main__":
