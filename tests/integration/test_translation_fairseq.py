@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from tests.helpers.fairseq_runs import BIN, USER_DIR, build_from_argv, run
+from tests.helpers.fairseq_runs import BIN, USER_DIR, build_from_argv, load_script, run
 from tests.integration.test_translation_prepare import WORDS, target_of, write_tsv
 
 SIZES = [
@@ -137,7 +137,7 @@ def fairseq_cli_main(name, argv, capsys):
     return capsys.readouterr().out.splitlines()
 
 
-def test_generate_one_domain(runs, data, capsys, domain="gcc"):
+def test_generate_and_score_one_domain(runs, data, capsys, tmp_path, domain="gcc"):
     lines = fairseq_cli_main(
         "generate",
         [
@@ -148,13 +148,46 @@ def test_generate_one_domain(runs, data, capsys, domain="gcc"):
         ],
         capsys,
     )  # fmt: skip
-    sources = sorted(line.split("\t", 1)[1] for line in lines if line.startswith("S-"))
-    targets = sorted(line.split("\t", 1)[1] for line in lines if line.startswith("T-"))
-    assert sources == sorted(raw(data, "test", domain, "en"))
-    assert targets == sorted(raw(data, "test", domain, "de"))
-    assert targets == sorted(target_of(s) for s in sources)
+
+    def by_id(kind, field=1):  # sentence id -> text of the lines of a kind (S, T, D)
+        found = [line.split("\t") for line in lines if line.startswith(f"{kind}-")]
+        return {int(f[0][len(kind) + 1 :]): f[field] for f in found}
+
+    sources, targets = by_id("S"), by_id("T")
+    # sentence id i is line i of the domain's raw test text, on both sides
+    assert [sources[i] for i in range(len(sources))] == raw(data, "test", domain, "en")
+    assert [targets[i] for i in range(len(targets))] == raw(data, "test", domain, "de")
+    assert [targets[i] for i in range(len(sources))] == [
+        target_of(sources[i]) for i in range(len(sources))
+    ]
+    sources = list(sources.values())
     assert len([line for line in lines if line.startswith("H-")]) == len(sources)
     assert all(s.split()[1] in WORDS[domain] for s in sources)
+
+    # scripts/score_translation.py: sacrebleu on fairseq-generate's detokenised hypotheses (D-)
+    import sacrebleu
+
+    detokenised = by_id("D", field=2)
+    refs = raw(data, "test", domain, "de")
+    hyps = [detokenised[i] for i in range(len(refs))]
+    out = tmp_path / "scores.json"
+    argv = [
+        str(data / "data-bin"), "--path", os.path.join(runs["retrain"], "checkpoint_best.pt"),
+        "--domains", domain, "--beam", "5", "--max-len-b", "12", "--batch-size", "4", "--cpu",
+        "--out", str(out), "--hypotheses-dir", str(tmp_path / "hyp"),
+    ]  # fmt: skip
+    assert load_script("score_translation").main(argv) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "hyp" / f"test.{domain}.hyp").read_text().splitlines() == hyps
+    scores = json.loads(out.read_text())
+    expected_bleu = sacrebleu.corpus_bleu(hyps, [refs])
+    assert scores["domains"][domain]["bleu"] == pytest.approx(expected_bleu.score)
+    assert scores["domains"][domain]["chrf"] == pytest.approx(
+        sacrebleu.corpus_chrf(hyps, [refs]).score
+    )
+    assert scores["domains"][domain]["sentences"] == len(refs)
+    assert scores["signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+    assert f"BLEU signature: {scores['signatures']['bleu']}" in printed
 
 
 def test_interactive_translates_in_eval_domain(runs, data, capsys, tmp_path):
