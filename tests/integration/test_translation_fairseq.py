@@ -56,7 +56,9 @@ def runs(data, tmp_path_factory):
     # the retraining in this process (fairseq_cli.train, as fairseq-train runs it): its log
 
     extra = [
-        "--genotype", os.path.join(search, "genotype.json"), "--max-epoch", "2",
+        # long enough (lr 0.01, 10 epochs) for the test sentences to get different translations
+        "--genotype", os.path.join(search, "genotype.json"), "--max-epoch", "10", "--lr", "0.01",
+        "--dropout", "0",
         "--label-smoothing", "0.1", "--eval-bleu", "--eval-bleu-remove-bpe", "sentencepiece",
         "--eval-bleu-args", '{"beam": 2, "max_len_b": 12}', "--best-checkpoint-metric", "bleu",
         "--maximize-best-checkpoint-metric",
@@ -118,7 +120,7 @@ def test_retrain_derived_multimodel_with_bleu(runs):
     counts = re.search(r"derived multimodel: (\d+) parameters \(genotype count (\d+)\)", log)
     assert counts and counts.group(1) == counts.group(2)
     valid = [line for line in log.splitlines() if "valid on 'valid' subset" in line]
-    assert len(valid) == 2
+    assert len(valid) == 10
     for key in ("bleu", "bleu_gcc", "bleu_libre", "nll_loss", "ppl_gcc"):
         assert f"| {key} " in valid[-1]
     assert "best_bleu" in valid[-1]  # the best checkpoint is chosen by BLEU
@@ -170,6 +172,7 @@ def test_generate_and_score_one_domain(runs, data, capsys, tmp_path, domain="gcc
     detokenised = by_id("D", field=2)
     refs = raw(data, "test", domain, "de")
     hyps = [detokenised[i] for i in range(len(refs))]
+    assert len(set(hyps)) == len(hyps)  # distinct: the checks of their order below can fail
     out = tmp_path / "scores.json"
     argv = [
         str(data / "data-bin"), "--path", os.path.join(runs["retrain"], "checkpoint_best.pt"),
