@@ -44,24 +44,23 @@ def dictionary(n=20):
     return d
 
 
-def cell(space, decoder_ops):
-    """Encoder: attention + ffn_relu in every layer; decoder slots: ``decoder_ops`` in order."""
-    enc = 2 * 1
-    ops = ["attention", "ffn_relu"] * 1 + list(decoder_ops)
-    return tuple(
-        GenotypeEdge(j, i, ops[e] if e < enc else decoder_ops[e - enc])
-        for e, (i, j) in enumerate(space.edges)
-    )
+def cell(space, decoder_ops, encoder_op="attention"):
+    """Encoder: ``encoder_op`` + ffn_relu; decoder slots: ``decoder_ops`` in order."""
+    ops = [encoder_op, "ffn_relu"] + list(decoder_ops)
+    return tuple(GenotypeEdge(j, i, ops[e]) for e, (i, j) in enumerate(space.edges))
 
 
-def build(decoder_ops=None, seed=0):
-    """A model with 1 encoder and 2 decoder layers: derived (domain a's decoder slots
-    ``decoder_ops``, domain b all attention / ffn_gelu) or, with None, the search model."""
+def build(decoder_ops=None, seed=0, encoder_op="attention"):
+    """A model with 1 encoder and 2 decoder layers: derived (domain a's slots ``encoder_op``
+    and ``decoder_ops``, domain b identity / attention / ffn_gelu) or, with None, the search model."""
     torch.manual_seed(seed)
     space = transformer_mt_space(1, 2, KERNELS)
     genotype = None
     if decoder_ops is not None:
-        cells = {"a": cell(space, decoder_ops), "b": cell(space, ["attention", "ffn_gelu"] * 2)}
+        cells = {
+            "a": cell(space, decoder_ops, encoder_op),
+            "b": cell(space, ["attention", "ffn_gelu"] * 2, "identity"),
+        }
         genotype = MultiDomainGenotype(space, DOMAINS, cells)
     d = dictionary()
     net = SearchableTransformerMT(
@@ -227,3 +226,29 @@ def test_beam_five_is_greedy_where_the_beam_cannot_matter():
             hyps[0]["positional_scores"], scores[b, :n].to(hyps[0]["positional_scores"]),
             atol=1e-5, rtol=0,
         )  # fmt: skip
+
+
+ENCODER_CASES = ["attention", "lightconv_3", "lightconv_5", "dwconv_3", "dwconv_5", "identity"]
+
+
+@pytest.mark.parametrize("op", ENCODER_CASES + [None])
+def test_left_padded_source_is_encoded_as_if_alone(op):
+    """Every encoder candidate (and the search model's mix) ignores the pads of a left-padded
+    source: the states at its real positions and the decoder's logits equal those of the
+    sentence alone, unpadded (LayerNorm biases made nonzero, so pads do not start as zeros)."""
+    model, d = build(None if op is None else ["attention", "ffn_relu"] * 2, 7, op)
+    src, prev, domain = batch(d, seed=8)  # row 1 has 2 leading pads
+    with torch.no_grad():
+        for m in model.modules():  # as after training: a pad's state is not 0 after a LayerNorm
+            if isinstance(m, torch.nn.LayerNorm):
+                m.bias.normal_()
+        enc = model.encoder(src, domain=domain)
+        logits = model.decoder(prev, encoder_out=enc)[0]
+        alone_src = src[1:2, 2:]
+        alone = model.encoder(alone_src, domain=domain[:1])
+        assert alone["encoder_padding_mask"] is None
+        torch.testing.assert_close(
+            enc["encoder_out"][2:, 1], alone["encoder_out"][:, 0], atol=1e-10, rtol=0
+        )
+        alone_logits = model.decoder(prev[1:2], encoder_out=alone)[0]
+        torch.testing.assert_close(logits[1], alone_logits[0], atol=1e-10, rtol=0)
