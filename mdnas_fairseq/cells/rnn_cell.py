@@ -59,6 +59,7 @@ from .rnn_steps import (
     chain_waves,
     derived_step,
     domains_step,
+    node_mixing_weights,
     search_step,
     wave_step,
 )
@@ -299,13 +300,17 @@ class DartsRNNCell(nn.Module):
                 # one compiled graph for both; the unused alpha gradient costs a few reductions
                 mix = mix.detach().requires_grad_()
             rows = [batch] + [j * batch for j in range(1, self.space.num_nodes + 1)]
+            if self.search_weights == "node":  # per-node factors, made once per sequence
+                mix = node_mixing_weights(mix, self.space.num_nodes)
             return self._run(
                 xw,
                 h,
                 (w0h,) + self._packed_node_weights(),
                 (mix, mask_h, tuple(self.weighted_ops)),
                 rows,
-                (mask_h, mix if mix.dim() == 3 else None),
+                (mask_h, *(m for m in mix if m.shape[1] > 1))
+                if isinstance(mix, tuple)
+                else (mask_h, mix if mix.dim() == 3 else None),
             )
         if cells is None or len(cells) != batch:
             raise ValueError("a derived-mode cell needs the cell name of every sample")

@@ -113,50 +113,87 @@ class MixedNode(torch.autograd.Function):
         d_out = _weights(mix) * g  # (j, B, K', H)
         d_z = torch.stack([d_out * (act - si) * c * (1 - c), d_out * c * d_act], dim=3)
         d_s = (d_out * (1 - c)).sum(2)
-        out_g = (si + c * (act - si)) * g
-        d_mix = out_g.sum((1, 3)) if mix.dim() == 2 else out_g.sum(3).permute(1, 0, 2)
+        d_mix = None
+        if ctx.needs_input_grad[2]:  # the architecture step; not the weight step
+            out_g = (si + c * (act - si)) * g
+            d_mix = out_g.sum((1, 3)) if mix.dim() == 2 else out_g.sum(3).permute(1, 0, 2)
         return d_z, d_s, d_mix, None
+
+
+def node_mixing_weights(mix: Tensor, nodes: int) -> Tuple[Tensor, ...]:
+    """The ``"node"`` layout's per-node mixing factors, made once per sequence (the time loop then
+    slices nothing and sums nothing over the operations): node ``j``'s (j, 1 or B, K' + 1, 1) tensor
+    ``[w_i1 .. w_iK', -P_i]`` with ``P_i = sum_k w_ik``, from ``mix`` (E, K') or (B, E, K')."""
+    out, start = [], 0
+    for j in range(1, nodes + 1):
+        w = _weights(mix[..., start : start + j, :])  # (j, 1 or B, K', 1)
+        start += j
+        out.append(torch.cat([w, -w.sum(2, keepdim=True)], 2))
+    return tuple(out)
+
+
+def _act_backward(op: str, grad: Tensor, value: Tensor, act: Optional[Tensor]) -> Tensor:
+    """``grad * act'(value)`` (``act`` = ``ACTIVATIONS[op](value)``, needed for tanh and sigmoid)."""
+    if op == "tanh":
+        return torch.ops.aten.tanh_backward(grad, act)
+    if op == "sigmoid":
+        return torch.ops.aten.sigmoid_backward(grad, act)
+    if op == "relu":
+        return torch.ops.aten.threshold_backward(grad, value, 0)
+    return grad
 
 
 class SharedMixedNode(torch.autograd.Function):
     """DARTS' mixed node, one matrix per node shared by the candidate activations (``search_weights
     = "node"``): ``sum_{i,k} w_ik * (s_i + c_i * (act_k(g_i) - s_i))`` with ``[c_i | g_i] = z_i``
-    (j, B, 2, H), one pre-activation per input state ``s_i`` (j, B, H). The sum over ``k`` is done
-    once per input, as ``P_i s_i + c_i * (A_i - P_i s_i)`` with ``A_i = sum_k w_ik act_k(g_i)`` (one
-    weighted sum of the stacked activations) and ``P_i = sum_k w_ik``; the hand-written backward
-    recomputes the gate and the activations from ``z``, as :class:`MixedNode`'s.
+    (j, B, 2, H), one pre-activation per input state ``s_i`` (j, B, H), written as
+    ``sum_i (P_i s_i + c_i Z_i)`` with ``Z_i = sum_k w_ik act_k(g_i) - P_i s_i``: ONE weighted sum of
+    the stacked activations and the state (``wp`` from :func:`node_mixing_weights`), so that each
+    activation is applied once to the stack of inputs. The backward keeps ``c`` and ``Z`` from the
+    forward, recomputes the activations from ``z``, and computes the mixing weights' gradient only
+    when they need one (the architecture step, not the weight step).
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, s: Tensor, mix: Tensor, ops: Sequence[str]) -> Tensor:
-        ctx.save_for_backward(z, s, mix)
-        ctx.ops = ops
+    def forward(ctx, z: Tensor, s: Tensor, wp: Tensor, ops: Sequence[str]) -> Tensor:
         gate, value = z.unbind(2)
-        act, _ = _activations(value.unsqueeze(2).expand(-1, -1, len(ops), -1), ops, False)
-        w = _weights(mix)  # (j, 1 or B, K', 1)
-        ps = w.sum(2) * s  # P_i s_i
-        mixed = (act * w).sum(2)  # A_i
-        return (ps + torch.sigmoid(gate) * (mixed - ps)).sum(0)
+        c = torch.sigmoid(gate)
+        stacked = torch.stack([ACTIVATIONS[op](value) for op in ops] + [s], 2)
+        mixed = (stacked * wp).sum(2)  # Z_i
+        ctx.save_for_backward(z, s, wp, c, mixed)
+        ctx.ops = ops
+        return torch.addcmul(c * mixed, wp[:, :, -1], s, value=-1).sum(0)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        z, s, mix = ctx.saved_tensors
-        gate, value = z.unbind(2)
-        c = torch.sigmoid(gate)
-        act, d_act = _activations(
-            value.unsqueeze(2).expand(-1, -1, len(ctx.ops), -1), ctx.ops, True
-        )
-        w = _weights(mix)
-        p = w.sum(2)
+        z, s, wp, c, mixed = ctx.saved_tensors
+        value = z[:, :, 1]
         g = grad.unsqueeze(0)  # (1, B, H)
-        gc = g * c
-        d_gate = g * ((act * w).sum(2) - p * s) * c * (1 - c)
-        d_value = (d_act * w).sum(2) * gc
-        d_s = p * (g - gc)
-        # d w_ik = sum_h g (s_i (1 - c_i) + c_i act_k)
-        out_g = (gc.unsqueeze(2) * act).sum(3) + (s * (g - gc)).sum(2, keepdim=True)
-        d_mix = out_g.sum(1) if mix.dim() == 2 else out_g.permute(1, 0, 2)
-        return torch.stack([d_gate, d_value], 2), d_s, d_mix, None
+        d_mixed = c * g
+        d_gate = torch.ops.aten.sigmoid_backward(mixed * g, c)
+        acts = [ACTIVATIONS[op](value) if op in ("tanh", "sigmoid") else None for op in ctx.ops]
+        d_value = None
+        for k, (op, act) in enumerate(zip(ctx.ops, acts)):
+            term = _act_backward(op, d_mixed * wp[:, :, k], value, act)
+            d_value = term if d_value is None else d_value + term
+        rest = d_mixed - g  # d/d s_i of c_i Z_i + P_i s_i, over -P_i: (c_i - 1) g
+        d_s = rest * wp[:, :, -1]
+        d_wp = None
+        if ctx.needs_input_grad[2]:
+            # d w_ik = sum_h g c_i act_k(g_i); d (-P_i) = sum_h g (c_i - 1) s_i
+            stacked = torch.stack(
+                [a if a is not None else ACTIVATIONS[op](value) for op, a in zip(ctx.ops, acts)], 2
+            )
+            d_wp = torch.cat(
+                [
+                    (stacked * d_mixed.unsqueeze(2)).sum(3, keepdim=True),
+                    (s * rest).sum(2, keepdim=True).unsqueeze(2),
+                ],
+                2,
+            )
+            if wp.shape[1] == 1:
+                d_wp = d_wp.sum(1, keepdim=True)
+        return torch.stack([d_gate, d_value], 2), d_s, d_wp, None
 
 
 def search_step(
@@ -180,32 +217,35 @@ def search_step(
             (Separate tensors, not one stacked tensor: the backward then writes each node's
             gradient once, with no scatter.)
         mix: mixing weights of the K' weighted operations, (E, K') for the whole batch or
-            (B, E, K') per sample, edges grouped by node as in :class:`SearchSpace`.
+            (B, E, K') per sample, edges grouped by node as in :class:`SearchSpace`; in the
+            ``"node"`` layout, the per-node factors of :func:`node_mixing_weights` (a tuple).
         mask_h: (B, H) variational dropout mask on states entering a matrix, or None.
         ops: the K' operation names.
         probes: zeros added to the N + 1 products (see :mod:`.deferred`), or None.
     """
     hidden = h.shape[-1]
     k = len(ops)
-    # node matrices (H, 2H): one per node shared by the candidates (DARTS); else (H, K' * 2H)
-    shared = k > 1 and node_mats[0].shape[-1] == 2 * hidden
+    # "node" layout (DARTS): node matrices (H, 2H), mix per node (node_mixing_weights)
+    shared = isinstance(mix, (tuple, list))
     s0, hm = first_state(xw, h, w0h, mask_h, None if probes is None else probes[0])
-    states, lefts = [s0], [hm]
+    # the states so far, (j, B, H), grown by one per node (as DARTS' cell does): the backward then
+    # adds each state's gradients once per node, where stacking the list anew at every node would
+    # add them once per (node, later node)
+    prev, lefts = s0.unsqueeze(0), [hm]
     start = 0
     for n in range(len(node_mats)):
         j = n + 1
-        prev = torch.stack(states)  # (j, B, H)
         src = (prev if mask_h is None else prev * mask_h).reshape(-1, hidden)
         z = _product(src, node_mats[n], None if probes is None else probes[j])
-        w = mix[..., start : start + j, :]
-        start += j
         if shared:
-            node = SharedMixedNode.apply(z.view(j, -1, 2, hidden), prev, w, ops)
+            node = SharedMixedNode.apply(z.view(j, -1, 2, hidden), prev, mix[n], ops)
         else:
+            w = mix[..., start : start + j, :]
+            start += j
             node = MixedNode.apply(z.view(j, -1, k, 2, hidden), prev, w, ops)
-        states.append(_norm(node))
+        prev = torch.cat([prev, _norm(node).unsqueeze(0)])
         lefts.append(src)
-    return torch.stack(states[1:]).mean(0), tuple(lefts)
+    return prev[1:].mean(0), tuple(lefts)
 
 
 Index = Union[int, Tensor]

@@ -127,3 +127,19 @@ def test_node_layout_compiled_equals_eager():
     assert (outs[0][0] - outs[1][0]).abs().max() < 1e-10
     for a, b in zip(outs[0][1], outs[1][1]):
         assert (a - b).abs().max() < 1e-10
+
+
+def test_node_layout_weight_gradients_with_alpha_fixed():
+    """The weight step (alpha needs no gradient, so the mixing weights' gradient is skipped)."""
+    space, cell = node_cell()
+    cell.eval()
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    probs = torch.softmax(torch.randn(space.num_edges, space.num_ops, dtype=torch.float64), -1)
+    out = cell(x, mixing_probs=probs)
+    ones = torch.ones(B, IN, dtype=torch.float64), torch.ones(B, H, dtype=torch.float64)
+    ref = darts_states(
+        cell, x, torch.zeros(B, H, dtype=torch.float64), probs.expand(B, -1, -1), *ones
+    )
+    params = list(cell.parameters())
+    for a, b in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(ref.sum(), params)):
+        assert (a - b).abs().max() < 1e-10
