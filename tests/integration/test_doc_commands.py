@@ -28,7 +28,13 @@ from tests.helpers.fairseq_runs import BIN, RNN_TEST_SIZES, ROOT, load_script
 
 PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
-FAIRSEQ = ("fairseq-train", "fairseq-eval-lm", "fairseq-validate")
+FAIRSEQ = (
+    "fairseq-train",
+    "fairseq-eval-lm",
+    "fairseq-validate",
+    "fairseq-generate",
+    "fairseq-interactive",
+)
 CONSOLE = ("mdnas-prepare", "mdnas-derive", "mdnas-draw", "mdnas-report")
 PLACEHOLDER = re.compile(r"\.\.\.|\b[A-Z][A-Z_]*_(?:DATA|DIR|OUT)\b|\bDIR\b|\bFILE\b|\bT\b|\bNEW\b")
 ENV = re.compile(r"^[A-Z_]+=\S*$")
@@ -115,6 +121,8 @@ def test_command_is_valid_as_written(page, line, monkeypatch):
             "fairseq-train": options.get_training_parser,
             "fairseq-eval-lm": options.get_eval_lm_parser,
             "fairseq-validate": options.get_validation_parser,
+            "fairseq-generate": options.get_generation_parser,
+            "fairseq-interactive": options.get_interactive_generation_parser,
         }[prog]
         try:
             options.parse_args_and_arch(make(), argv[1:])
