@@ -31,6 +31,25 @@ def write_raw(work, splits, langs):
                 f.writelines(r[1][k] + "\n" for r in splits[s])
 
 
+def provenance(tsv, split_column, seed, info):
+    """The metadata fields saying where the rows came from (``info``: :func:`.read_tsv`'s)."""
+    return {
+        "source_tsv": os.path.basename(tsv),
+        "split_column": split_column,
+        "seed": seed,
+        "rows_read": info["rows_read"],
+        "rows_dropped_empty": info["dropped_empty"],
+        "rows_dropped_duplicate": info["dropped_duplicate"],
+    }
+
+
+def write_metadata(work, meta):
+    """work/data-bin/mdnas_data.json."""
+    with open(os.path.join(work, "data-bin", "mdnas_data.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
 def draw_splits(tsv, rows, info, seed, **options):
     """:func:`.split_rows` (``options``: its keyword arguments) on the ``rows`` that
     :func:`.read_tsv` read from ``tsv``; its errors say which rows were dropped."""
@@ -149,17 +168,10 @@ def prepare(
             "dict_size": len(dictionary),
             "tokens": ntokens,
             "unk_tokens": unk,
-            "source_tsv": os.path.basename(tsv),
-            "split_column": split_column,
-            "seed": seed,
-            "rows_read": info["rows_read"],
-            "rows_dropped_empty": info["dropped_empty"],
-            "rows_dropped_duplicate": info["dropped_duplicate"],
+            **provenance(tsv, split_column, seed, info),
             "held_out_sentences_also_in_train": held_out_overlap(splits, langs),
         }
-        with open(os.path.join(work, "data-bin", "mdnas_data.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+        write_metadata(work, meta)
 
     if not quiet:
         print_summary(out, tsv, meta, info, time.time() - t0)
@@ -291,17 +303,10 @@ def prepare_domains(
             "dict_size": len(dictionary),
             "tokens": ntokens,
             "unk_tokens": unk,
-            "source_tsv": os.path.basename(tsv),
-            "split_column": split_column,
-            "seed": seed,
-            "rows_read": info["rows_read"],
-            "rows_dropped_empty": info["dropped_empty"],
-            "rows_dropped_duplicate": info["dropped_duplicate"],
+            **provenance(tsv, split_column, seed, info),
             "held_out_sentences_also_in_train": overlap,
         }
-        with open(os.path.join(work, "data-bin", "mdnas_data.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+        write_metadata(work, meta)
 
     if not quiet:
         print_domain_summary(out, tsv, meta, info, time.time() - t0)

@@ -15,7 +15,6 @@ domains; ``raw/{split}.{domain}.SRC-TGT.{lang}`` keeps the untokenised text (the
 sacrebleu scores).
 """
 
-import json
 import os
 import shutil
 import time
@@ -23,7 +22,7 @@ import time
 from .binarize import run_fairseq_preprocess, verify
 from .errors import DataError
 from .outdir import check_out, staged_out
-from .pipeline import group_by_domain, write_raw
+from .pipeline import group_by_domain, provenance, write_metadata, write_raw
 from .splits import SPLITS, held_out_overlap, split_rows
 from .tsv import LANG_RE, read_tsv
 from .vocab import build_dictionary, count_unk, encode_splits, train_shared_spm
@@ -155,17 +154,10 @@ def prepare_translation(
             "joined_dictionary": True,
             "tokens": by_domain(ntokens),
             "unk_tokens": by_domain(unk),
-            "source_tsv": os.path.basename(tsv),
-            "split_column": split_column,
-            "seed": seed,
-            "rows_read": info["rows_read"],
-            "rows_dropped_empty": info["dropped_empty"],
-            "rows_dropped_duplicate": info["dropped_duplicate"],
+            **provenance(tsv, split_column, seed, info),
             "held_out_sentences_also_in_train": overlap,
         }
-        with open(os.path.join(work, "data-bin", "mdnas_data.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+        write_metadata(work, meta)
 
     if not quiet:
         print_translation_summary(out, tsv, meta, time.time() - t0)
