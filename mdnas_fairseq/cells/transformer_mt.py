@@ -80,6 +80,17 @@ def transformer_mt_space(
     )
 
 
+def describe_mt_space(space: SearchSpace) -> str:
+    """``"L encoder + M decoder layers, kernels 3,7"`` of a :func:`transformer_mt_space`."""
+    decoder_start = next(j for i, j in space.edges if i == 1)
+    encoder_edges = decoder_start - 2
+    kernels = [op[len("lightconv_") :] for op in space.operations if op.startswith("lightconv_")]
+    return (
+        f"{encoder_edges // 2} encoder + {(space.num_edges - encoder_edges) // 2} decoder layers, "
+        f"kernels {','.join(kernels)}"
+    )
+
+
 def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

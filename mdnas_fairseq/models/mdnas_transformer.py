@@ -39,7 +39,12 @@ from fairseq.models import (
 from fairseq.modules import LightweightConv1dTBC, MultiheadAttention, PositionalEmbedding
 from fairseq.utils import safe_getattr
 
-from ..cells.transformer_mt import SPACE_NAME, SearchableTransformerMT, transformer_mt_space
+from ..cells.transformer_mt import (
+    SPACE_NAME,
+    SearchableTransformerMT,
+    describe_mt_space,
+    transformer_mt_space,
+)
 from ..cells.transformer_ops import (
     CausalDepthwiseConv,
     LightConvBlock,
@@ -329,12 +334,18 @@ class MDNASTransformerMTModel(SearchableModel, FairseqEncoderDecoderModel):
         domains = list(task.domain_names)
         space = transformer_mt_space(cfg.encoder_layers, cfg.decoder_layers, kernel_sizes(cfg))
         if cfg.genotype and not cfg.genotype_data:
-            found = load_genotype(cfg.genotype).space.name
-            if found != SPACE_NAME:
+            found = load_genotype(cfg.genotype).space
+            if found.name != SPACE_NAME:
                 raise ValueError(
-                    f"--genotype {cfg.genotype}: a genotype of search space {found!r} (e.g. a "
+                    f"--genotype {cfg.genotype}: a genotype of search space {found.name!r} (e.g. a "
                     f"language-model search); mdnas_transformer needs one derived from a "
                     f"translation search (space {SPACE_NAME!r}, --task multidomain_nas_translation)"
+                )
+            if found != space:
+                raise ValueError(
+                    f"--genotype {cfg.genotype}: made for {describe_mt_space(found)}; this model "
+                    f"has {describe_mt_space(space)} (give the search's --encoder-layers, "
+                    "--decoder-layers and --conv-kernel-sizes)"
                 )
         genotype = genotype_for_model(cfg, domains, space)
         dictionary = task.source_dictionary

@@ -270,6 +270,16 @@ def test_language_model_genotype_is_refused(data, tmp_path):
         build_from_argv(argv)
 
 
+def test_genotype_of_other_sizes_is_refused(data, runs, tmp_path):
+    argv = train_argv(
+        str(data / "data-bin"), str(tmp_path / "s"),
+        ["--genotype", os.path.join(runs["search"], "genotype.json"), "--decoder-layers", "2"],
+    )  # fmt: skip
+    message = "made for 1 encoder \\+ 1 decoder layers, kernels 3; this model has 1 encoder \\+ 2"
+    with pytest.raises(ValueError, match=message):
+        build_from_argv(argv)
+
+
 def test_contrastive_term_is_refused(data, tmp_path):
     argv = train_argv(str(data / "data-bin"), str(tmp_path / "s"), ["--contrastive-coef", "0.1"])
     with pytest.raises(ValueError, match="--contrastive-coef does not apply"):
