@@ -412,6 +412,85 @@ def report(args, H, rows, scaling, peak, extra):
     return lines
 
 
+def length_probe(args, spec):
+    """In this (fresh) process: one row at one sequence length; prints its tokens/s and the peak
+    resident memory a step adds (``ru_maxrss`` after a warm-up step and a timed block, minus the
+    resident size before them: the step's activations, gradients and optimizer state)."""
+    import json
+    import resource
+
+    name, H, T, B = spec.split(",")
+    H, T, B = int(H), int(T), int(B)
+    train_b, val_b = batches(args.vocab, B, T)
+    zero = torch.zeros(B, dtype=torch.long, device=DEVICE)
+    domains = ["d0", "d1"]
+    if name == "derived":
+        model = make_lm(args, H, domains, "off", random_genotype(args, domains, seed=3))
+        step = weight_step_fn(model, lambda x: model(x, zero)[0], train_b)
+    else:
+        layout = name.split()[-1]
+        model = make_lm(args, H, domains, "off", search_weights=layout)
+        step = search_step_fn(model, 1, train_b, val_b, zero)
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    step()
+    sec = step_seconds(step, args.steps, args.repeats)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"tokens_per_s": B * T / sec, "peak_bytes": peak - before}))
+
+
+def length_rows(args, H):
+    """Cost per token against the sequence length: each (row, T) in a fresh process, batches of
+    about ``--length-tokens`` tokens (B = tokens / T sentences), or of ``--length-batch``
+    sentences (fairseq's ``--batch-size``)."""
+    import json
+    import subprocess
+    import sys
+
+    rows = [f"search o1 {w}" for w in args.search_weights] + ["derived"]
+    lines = [
+        f"cost per token against the sentence length, hidden {H} (eager cell, batches of "
+        + (
+            f"{args.length_batch} sentences"
+            if args.length_batch
+            else f"~{args.length_tokens} tokens"
+        )
+        + ", each in a fresh process)",
+        f"{'row':<22}{'T':>5}{'B':>5}{'tokens/s':>10}{'vs T=' + str(args.lengths[0]):>9}"
+        f"{'peak KB/token':>15}{'vs T=' + str(args.lengths[0]):>9}",
+    ]
+    for name in rows:
+        first = None
+        for T in args.lengths:
+            B = args.length_batch or max(1, round(args.length_tokens / T))
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--length-probe",
+                f"{name},{H},{T},{B}",
+            ]
+            cmd += [
+                "--vocab",
+                str(args.vocab),
+                "--nodes",
+                str(args.nodes),
+                "--steps",
+                str(args.steps),
+            ]
+            cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+            cmd += ["--search-weights", ",".join(args.search_weights)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            per_token = r["peak_bytes"] / (B * T) / 1024
+            first = first or (r["tokens_per_s"], per_token)
+            lines.append(
+                f"{name:<22}{T:>5}{B:>5}{r['tokens_per_s']:>10.0f}{r['tokens_per_s'] / first[0]:>9.2f}"
+                f"{per_token:>15.1f}{per_token / first[1]:>9.2f}"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
 def goals(args, H, rows, extra):
     """The search-cost issue's goals that the in-process rows measure, as ratios (eager cell)."""
     if "fairseq lstm_lm" not in rows:
@@ -502,6 +581,19 @@ def main(argv=None):
         default="node,op",
         help="layouts that also get the second-order rows ('' for none)",
     )
+    p.add_argument(
+        "--lengths",
+        default="",
+        help="sentence lengths of the cost-per-token rows, e.g. 30,300 ('' to skip)",
+    )
+    p.add_argument("--length-tokens", type=int, default=960, help="tokens per batch there")
+    p.add_argument(
+        "--length-batch", type=int, default=0, help="sentences per batch there instead (0: off)"
+    )
+    p.add_argument(
+        "--lengths-only", action="store_true", help="of the in-process rows, the length rows alone"
+    )
+    p.add_argument("--length-probe", default="", help=argparse.SUPPRESS)
     p.add_argument("--e2e-updates", type=int, default=40)
     p.add_argument("--e2e-dir", default="build/lm_speed_demo")
     p.add_argument(
@@ -511,6 +603,7 @@ def main(argv=None):
     args.search_weights = [w for w in args.search_weights.split(",") if w]
     args.second_order = [w for w in args.second_order.split(",") if w]
     args.e2e_modes = [m for m in args.e2e_modes.split(",") if m]
+    args.lengths = [int(t) for t in args.lengths.split(",") if t]
     args.modes = [m for m in args.modes.split(",") if m]
     args.domain_counts = [int(d) for d in args.domain_counts.split(",") if d]
     torch.set_num_threads(args.threads)
@@ -523,8 +616,14 @@ def main(argv=None):
         f"{args.threads} thread(s), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
         f"{gpu}, compile backend {args.compile_backend}"
     )
+    if args.length_probe:
+        torch.set_num_threads(args.threads)
+        return length_probe(args, args.length_probe)
     for H in [int(h) for h in args.hidden.split(",")] if not args.only_fairseq_train else []:
-        print("\n".join(report(args, H, *section(args, H)) + [""]), flush=True)
+        if not args.lengths_only:
+            print("\n".join(report(args, H, *section(args, H)) + [""]), flush=True)
+        if args.lengths:
+            print("\n".join(length_rows(args, H) + [""]), flush=True)
     if args.fairseq_train or args.only_fairseq_train:
         from fairseq_speed import end_to_end  # benchmarks/fairseq_speed.py
 
