@@ -62,7 +62,7 @@ def translate(task, models, generator, subset, batch_size, cuda):
             sample = utils.move_to_cuda(sample)
         with torch.no_grad():
             hypos = task.inference_step(generator, models, sample)
-        for i, sid in enumerate(sample["id"].tolist()):
+        for i, sid in enumerate(sample["local_ids"].tolist()):  # line of the domain's split
             tokens = hypos[i][0]["tokens"].int().cpu()
             out[sid] = task.target_dictionary.string(tokens, "sentencepiece")
     return out

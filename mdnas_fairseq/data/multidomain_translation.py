@@ -3,7 +3,9 @@
 :class:`MultiDomainTranslationDataset` is :class:`~.multidomain_dataset.MultiDomainDataset` over
 fairseq ``LanguagePairDataset`` entries: a sample's size is its (source, target) length pair,
 which the size filter checks against (max source, max target) positions as fairseq's translation
-task does, and a sample costs max(source, target) tokens when batches are laid out.
+task does, and a sample costs max(source, target) tokens when batches are laid out. A batch's
+``id`` is unique over the domains (fairseq-generate prints it; ``local_ids`` has the ids within the
+domain).
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ class MultiDomainTranslationDataset(MultiDomainDataset):
         return data_utils.filter_paired_dataset_indices_by_size(
             self.pair_sizes[:, 0], self.pair_sizes[:, 1], np.asarray(indices), max_sizes
         )
+
+    def collate_domain(self, entry: int, items) -> dict:
+        """The base's batch with ``id`` the samples' indices in this dataset (domains one after the
+        other: unique, as fairseq-generate prints them) and ``local_ids`` their ids within their
+        domain, both in the batch's order (fairseq's pair collater sorts by source length)."""
+        batch = super().collate_domain(entry, items)
+        if batch:
+            batch["local_ids"] = batch["id"].numpy().copy()
+            batch["id"] = batch["id"] + int(self.offsets[entry])
+        return batch
 
     def subset_of_domain(self, domain_index: int) -> MultiDomainTranslationDataset:
         entry = self.entry_for_domain(domain_index)

@@ -48,6 +48,12 @@ def test_batches_hold_one_domain_and_say_which():
         assert sample["domain"] == domain and sample["net_input"]["batch_domain"] == domain
         assert sample["net_input"]["domain"].tolist() == [domain] * len(b)
         assert sample["net_input"]["prev_output_tokens"][:, 0].eq(d.eos()).all()
+        rows = [int(i) for i in b]  # ids in the batch's order (sorted by source length)
+        assert sorted(sample["id"].tolist()) == rows  # unique over the domains
+        offset = 0 if domain == 0 else 3
+        assert (sample["local_ids"] + offset).tolist() == sample["id"].tolist()
+        lengths = sample["net_input"]["src_lengths"].tolist()
+        assert lengths == [ds.size(i)[0] for i in sample["id"].tolist()]
     single = ds.subset_of_domain(1)
     assert isinstance(single, MultiDomainTranslationDataset) and len(single) == 2
     assert [single.size(i) for i in range(2)] == [(4, 4), (2, 2)]
