@@ -31,6 +31,17 @@ def write_raw(work, splits, langs):
                 f.writelines(r[1][k] + "\n" for r in splits[s])
 
 
+def check_options(spm_model_type, vocab_size, workers, out, force, tsv):
+    """The vocabulary options checked, (workers, absolute out) with their defaults, --out checked."""
+    if spm_model_type not in ("bpe", "unigram"):
+        raise DataError(f"--spm-model-type must be bpe or unigram, got {spm_model_type!r}")
+    if vocab_size < 1:
+        raise DataError(f"--vocab-size must be positive, got {vocab_size}")
+    out = os.path.abspath(out)
+    check_out(out, force, tsv)
+    return workers or min(8, os.cpu_count() or 1), out
+
+
 def provenance(tsv, split_column, seed, info):
     """The metadata fields saying where the rows came from (``info``: :func:`.read_tsv`'s)."""
     return {
@@ -117,13 +128,7 @@ def prepare(
                 max_rows=max_rows,
             ),
         )
-    if spm_model_type not in ("bpe", "unigram"):
-        raise DataError(f"--spm-model-type must be bpe or unigram, got {spm_model_type!r}")
-    if vocab_size < 1:
-        raise DataError(f"--vocab-size must be positive, got {vocab_size}")
-    workers = workers or min(8, os.cpu_count() or 1)
-    out = os.path.abspath(out)
-    check_out(out, force, tsv)
+    workers, out = check_options(spm_model_type, vocab_size, workers, out, force, tsv)
 
     rows, info = read_tsv(tsv, langs, split_column)
     splits = draw_splits(
@@ -230,13 +235,7 @@ def prepare_domains(
     translations of each other: the metadata says ``"parallel": false``."""
     check_domain_options(langs, domain_column, min_domain_rows)
     lang = langs[0]
-    if spm_model_type not in ("bpe", "unigram"):
-        raise DataError(f"--spm-model-type must be bpe or unigram, got {spm_model_type!r}")
-    if vocab_size < 1:
-        raise DataError(f"--vocab-size must be positive, got {vocab_size}")
-    workers = workers or min(8, os.cpu_count() or 1)
-    out = os.path.abspath(out)
-    check_out(out, force, tsv)
+    workers, out = check_options(spm_model_type, vocab_size, workers, out, force, tsv)
 
     rows, info = read_tsv(tsv, langs, split_column, domain_column)
     if not rows:

@@ -21,8 +21,8 @@ import time
 
 from .binarize import run_fairseq_preprocess, verify
 from .errors import DataError
-from .outdir import check_out, staged_out
-from .pipeline import group_by_domain, provenance, write_metadata, write_raw
+from .outdir import staged_out
+from .pipeline import check_options, group_by_domain, provenance, write_metadata, write_raw
 from .splits import SPLITS, held_out_overlap, split_rows
 from .tsv import LANG_RE, read_tsv
 from .vocab import build_dictionary, count_unk, encode_splits, train_shared_spm
@@ -72,13 +72,7 @@ def prepare_translation(
     min_domain_rows = 1 if min_domain_rows is None else min_domain_rows
     if min_domain_rows < 1:
         raise DataError(f"--min-domain-rows must be at least 1, got {min_domain_rows}")
-    if spm_model_type not in ("bpe", "unigram"):
-        raise DataError(f"--spm-model-type must be bpe or unigram, got {spm_model_type!r}")
-    if vocab_size < 1:
-        raise DataError(f"--vocab-size must be positive, got {vocab_size}")
-    workers = workers or min(8, os.cpu_count() or 1)
-    out = os.path.abspath(out)
-    check_out(out, force, tsv)
+    workers, out = check_options(spm_model_type, vocab_size, workers, out, force, tsv)
 
     rows, info = read_tsv(tsv, [src, tgt], split_column, domain_column)
     if not rows:
