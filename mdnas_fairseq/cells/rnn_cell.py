@@ -39,8 +39,9 @@ as output, variational dropout on ``x`` and ``h``, word-type embedding dropout) 
   domains runs their chains together, one batched product per node: ``rnn_steps.domains_step``).
 
 Speed (``rnn_steps``, ``compiled``): ``x_t W_0x`` for all steps in one matrix product before the
-time loop, one matrix product per node for all its candidates, and the per-step function compiled
-with ``torch.compile`` where that pays (``compile="auto"``), else run eagerly.
+time loop, one matrix product per node for all its candidates and input states, in a derived cell
+one per wave of nodes whose inputs are computed (batched edges, eager), and the per-step function
+compiled with ``torch.compile`` where that pays (``compile="auto"``), else run eagerly.
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ not depend on the previous state is done before the loop (see :class:`~.rnn.Dart
   (gate, activation, highway, weighting by softmax(alpha); :class:`MixedNode`, with a
   hand-written backward) and a LayerNorm, which ``torch.compile`` fuses into one kernel per node
   and direction;
-* a derived (genotype) cell is a fixed chain of matrix products, one per node; a batch whose
+* in the ``"node"`` layout (DARTS' one matrix per node), node ``j`` is ``(j * B, H) @ (H, 2H)``,
+  each activation applied once to the stacked pre-activations and one weighted sum of the stacked
+  activations and states (:class:`SharedMixedNode`);
+* a derived (genotype) cell is a fixed chain of matrix products, one per node (eager: one per wave
+  of nodes whose inputs are computed, :func:`wave_step`); a batch whose
   samples belong to D domains runs all D chains at once (:func:`domains_step`: the samples grouped
   by domain, each node one batched product of the domains' stacked matrices), not D loops.
 
