@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.helpers.fairseq_runs import run, train_args
+from tests.integration.test_lm_fairseq import load_ckpt
 
 NODE_WEIGHTS = "decoder.lm.cell.node_weights.0"
 
@@ -14,10 +15,6 @@ NODE_WEIGHTS = "decoder.lm.cell.node_weights.0"
 @pytest.fixture(scope="module")
 def data_bin(tiny_corpus):
     return tiny_corpus(400)
-
-
-def load_ckpt(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def test_node_layout_resumes_the_search_exactly(data_bin, tmp_path):
