@@ -20,8 +20,11 @@ IN, H, B, T, P = 5, 6, 4, 4, 0.3
 
 def darts_states(cell, x, h0, probs, mx, mh):
     """The DARTS cell over ``x`` (T, B, IN); ``probs`` (B, E, K) over all operations (``none``
-    included: it adds nothing)."""
+    included: it adds nothing). ``cell.node_weights[n]``: node ``n``'s one (H, 2H) matrix, or, for
+    the ``op`` layout, (K', H, 2H): operation ``k``'s own matrix (in ``space.operations``' order
+    without ``none``)."""
     space = cell.space
+    weighted = [op for op in space.operations if op != space.none_op]
     h, out = h0, []
     for t in range(x.shape[0]):
         c0, g0 = torch.cat([x[t] * mx, h * mh], -1).matmul(cell.w0).chunk(2, -1)
@@ -29,11 +32,13 @@ def darts_states(cell, x, h0, probs, mx, mh):
         for n, j in enumerate(space.node_ids):
             total = torch.zeros_like(h)
             for i in range(j):
-                c, hh = (states[i] * mh).matmul(cell.node_weights[n]).chunk(2, -1)
+                w = cell.node_weights[n]
+                c, hh = (states[i] * mh).matmul(w if w.dim() == 2 else w[0]).chunk(2, -1)
                 c = torch.sigmoid(c)
-                for op in space.operations:
-                    if op == space.none_op:
-                        continue
+                for k, op in enumerate(weighted):
+                    if w.dim() == 3:  # op layout: each operation its own product
+                        c, hh = (states[i] * mh).matmul(w[k]).chunk(2, -1)
+                        c = torch.sigmoid(c)
                     p = probs[:, space.edge_index(i, j), space.op_index(op)].unsqueeze(1)
                     total = total + p * (states[i] + c * (ACT[op](hh) - states[i]))
             states.append(F.layer_norm(total, (H,)))
