@@ -4,22 +4,25 @@
 From one TSV, base languages and new languages it
 
 1. prepares the base data (``prepare()``, as ``mdnas-prepare``), the extended data
-   (``extend()``, as ``mdnas-prepare --extend-data``) and a joint data-bin of every language;
+   (``extend()``, as ``mdnas-prepare --extend-data``): one data-bin holding every language, the
+   base dictionary with the new languages' entries appended;
 2. base: a multi_struct search + retrain on the base languages (scripts/lm_pipeline.py's protocol);
 3. extended: the extension search (``--extend-from`` the base search's checkpoint_last.pt) and the
    extension retrain (``--extend-from`` the base multimodel's checkpoint_best.pt), timed separately;
    the old languages' test perplexities must equal the base model's (checked, recorded);
-4. joint: a multi_struct search + retrain on every language, on the joint data-bin;
-5. union: single_<lang> models (lm_pipeline's) for every language, on the joint data-bin;
+4. joint: a multi_struct search + retrain on every language from scratch, on the extended data-bin;
+5. union: single_<lang> models (lm_pipeline's) for every language, on the extended data-bin;
 6. for each new language, a single-language model about the size the extension added: the
    single_<lang> genotype of 5, retrained on the EXTENDED data-bin (the extension's tokens) at the
    width (``--size-flags``, all set to one value of ``--single-widths``) whose built model's
    parameter count is nearest to the parameters added (the count and the target are recorded).
 
-Writes ``--out/table.json`` and ``--out/table.md``. The joint data-bin has its own dictionary:
-perplexities there are over other tokens than the base/extended ones (the token counts of every
-test set are recorded). fairseq-eval-lm prints a per-token perplexity only (no per-word one
-without ``--remove-bpe``, which this script does not use).
+Writes ``--out/table.json`` and ``--out/table.md``. Every row is evaluated on the same tokens (one
+dictionary, one encoding per language: the base data-bin's files are byte-identical in the
+extended one), so per-token perplexities compare across rows. A joint run in practice might train
+one sentencepiece model on every language; that changes the tokens and is not what is compared
+here. fairseq-eval-lm prints a per-token perplexity only (no per-word one without
+``--remove-bpe``, which this script does not use).
 
 Example: ``python scripts/extend_table.py --out build/extend-table --seed 1 --arch mdnas_rnn_small``
 """
@@ -100,12 +103,10 @@ def prepare_data(args, data_dir):
     common = {"seed": args.seed, "workers": 1, "quiet": True, "force": True}
     sizes = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
     rows = {} if args.max_rows is None else {"max_rows": args.max_rows}
-    out = {k: os.path.join(data_dir, k) for k in ("base", "extended", "joint")}
+    out = {k: os.path.join(data_dir, k) for k in ("base", "extended")}
     prepare(args.tsv, ",".join(args.base_langs), out["base"], **sizes, **rows, **common)
     base_bin = os.path.join(out["base"], "data-bin")
     extend(base_bin, args.tsv, ",".join(args.new_langs), out["extended"], **common)
-    all_langs = ",".join(args.base_langs + args.new_langs)
-    prepare(args.tsv, all_langs, out["joint"], **sizes, **rows, **common)
     return {k: os.path.join(v, "data-bin") for k, v in out.items()}
 
 
@@ -253,8 +254,7 @@ def write_table(args, argv, result):
         f"Old languages' perplexities equal the base model's exactly: {result['old_equal']}.",
         "Extension loses to the joint run on: "
         + ("; ".join(loses) if loses else "no language")
-        + " (caution: the joint data-bin has its own dictionary, so its perplexities are over "
-        "other tokens; test tokens per language are in table.json).",
+        + " (every row on the same tokens: the extended data-bin's dictionary and encodings).",
         f"Time: extension {ext_s:.0f}s (search {ext['search_seconds']:.0f}s + retrain "
         f"{ext['retrain_seconds']:.0f}s) against joint {joint_s:.0f}s: saves {joint_s - ext_s:.0f}s "
         "(the base run is reused, not counted).",
@@ -285,18 +285,18 @@ def main(argv=None):
     old_equal = all(ext["test_ppl"][d] == base["test_ppl"][d] for d in args.base_langs)
     print("== joint", flush=True)
     joint_out = os.path.join(args.out, "joint")
-    joint = searched_row(args, data["joint"], joint_out, "multi_struct", langs, "joint")
+    joint = searched_row(args, data["extended"], joint_out, "multi_struct", langs, "joint")
     print("== single models", flush=True)
     singles_out = os.path.join(args.out, "singles")
     singles = {
-        d: searched_row(args, data["joint"], singles_out, f"single_{d}", langs, f"single_{d}")
+        d: searched_row(args, data["extended"], singles_out, f"single_{d}", langs, f"single_{d}")
         for d in langs
     }
     union = {
         "row": "union",
         "model": "union of single_<lang>",
         "domains": langs,
-        "data": display_path(data["joint"]),
+        "data": display_path(data["extended"]),
         "test_ppl": {d: singles[d]["test_ppl"][d] for d in langs},
         "test_tokens": {d: singles[d]["test_tokens"][d] for d in langs},
         "params": sum(s["params"] for s in singles.values()),

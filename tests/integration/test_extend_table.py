@@ -69,4 +69,8 @@ def test_extend_table_end_to_end(tmp_path):
     assert table["commit"] and table["seed"] == 1
     with open(os.path.join(out, "table.md"), encoding="utf-8") as f:
         md = f.read()
-    assert "Extension loses to the joint run on" in md and "own dictionary" in md
+    assert "Extension loses to the joint run on" in md and "same tokens" in md
+    # every row is scored on the same test tokens (one dictionary): per-token perplexities compare
+    for lang in ("en", "de", "fr"):
+        counts = {r["row"]: r["test_tokens"][lang] for r in table["rows"] if lang in r["test_tokens"]}
+        assert len(set(counts.values())) == 1, (lang, counts)
