@@ -289,7 +289,7 @@ def text_lines(path, start, stop=None, nth=0, before=0):
     with open(os.path.join(ROOT, path), encoding="utf-8") as f:
         lines = f.read().splitlines()
     starts = [i for i, line in enumerate(lines) if re.search(start, line)]
-    if len(starts) <= nth:
+    if not starts or len(starts) <= nth:
         raise SystemExit(f"{path}: fewer than {nth + 1} lines match {start!r}")
     out = lines[starts[nth] - before : starts[nth] + 1]
     for later in lines[starts[nth] + 1 :]:
@@ -312,6 +312,43 @@ def text_table(path, start, stop=None, nth=0, source=True):
     rows = [re.split(r"\s{2,}", line.strip()) for line in lines]
     table = md_table(rows[0], rows[1:])
     return table + ("\n\nRendered from `" + path + "`." if source else "")
+
+
+def fairseq_train_speed(path="results/speed/lm_search_speed.txt"):
+    """benchmarks/lm_search_speed.py --fairseq-train's words/s block (the last one in the file): a
+    row per run, a column per hidden size, words/s and the ratio to lstm_lm's."""
+    lines = text_lines(path, r"^fairseq-train words/s", r"^goals|^$", nth=-1)
+    cells, hidden, order = {}, None, []
+    for line in lines[2:]:
+        head = re.match(r"^hidden (\d+):$", line.strip())
+        if head:
+            hidden = head.group(1)
+            continue
+        parts = re.split(r"\s{2,}", line.strip())
+        if hidden is None or len(parts) != 4:
+            raise SystemExit(f"{path}: unexpected line in the fairseq-train block: {line!r}")
+        run, words, ratio = parts[0], int(parts[1]), parts[2]
+        if run not in order:
+            order.append(run)
+        cells[(run, hidden)] = f"{words:,} ({ratio}x)"
+    sizes = sorted({h for _, h in cells}, key=int)
+    rows = [[run] + [cells.get((run, h), "-") for h in sizes] for run in order]
+    table = md_table(
+        ["fairseq-train, 1 thread"] + [f"hidden {h}: words/s (x lstm_lm)" for h in sizes], rows
+    )
+    return table + "\n\nRendered from `" + path + "` (" + lines[0].strip() + ")."
+
+
+def step_tables(path, count):
+    """The first ``count`` step tables of benchmarks/lm_search_speed.py's output, each under its
+    setting line and above its second/first-order and goals lines."""
+    parts = []
+    for nth in range(count):
+        title = text_lines(path, r"^step\s+tokens/s", nth=nth, before=1)[0]
+        table = text_table(path, r"^step\s+tokens/s", r"^second/first|^$", nth, source=False)
+        notes = text_lines(path, r"^second/first order", r"^$|^\s*\[", nth=2 * nth)
+        parts.append(f"{title}:\n\n{table}\n\n```\n" + "\n".join(notes) + "\n```")
+    return "\n\n".join(parts) + "\n\nRendered from `" + path + "`."
 
 
 def gpu_speed(path="results/lm_search_speed_gpu.txt"):
@@ -405,7 +442,8 @@ TABLES = {
     # extending a multimodel (issue 24)
     "extend": extend_tables,
     # speed and memory (benchmarks/)
-    "speed-cpu": lambda: excerpt("results/lm_search_speed.txt", r"^# command", r"^# previous run"),
+    "speed-cpu": lambda: step_tables("results/speed/lm_search_speed.txt", 2),
+    "speed-fairseq-train": fairseq_train_speed,
     "speed-gpu": gpu_speed,
     "transformer-memory": lambda: text_table("results/transformer_memory.txt", r"^model\s+params"),
     "transformer-memory-length": lambda: text_table(

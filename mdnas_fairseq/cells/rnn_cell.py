@@ -168,7 +168,7 @@ class DartsRNNCell(nn.Module):
                 d: {e.node: (e.input, e.op) for e in genotype.cells[d]} for d in genotype.domains
             }
             # compiled, a derived step was no faster than eager on CPU (a chain of small products;
-            # benchmarks/results/lm_search_speed.txt), so "auto" compiles it on CUDA only
+            # results/speed/lm_search_speed_before_issue25.txt), so "auto" compiles it on CUDA only
             # eager, a one-domain batch runs its chain in waves of batched edges (wave_step; with
             # batch_edges False node by node, derived_step); compiled, the chain as tensors
             # (derived_step: one graph for every domain)

@@ -72,5 +72,7 @@ def test_extend_table_end_to_end(tmp_path):
     assert "Extension loses to the joint run on" in md and "same tokens" in md
     # every row is scored on the same test tokens (one dictionary): per-token perplexities compare
     for lang in ("en", "de", "fr"):
-        counts = {r["row"]: r["test_tokens"][lang] for r in table["rows"] if lang in r["test_tokens"]}
+        counts = {
+            r["row"]: r["test_tokens"][lang] for r in table["rows"] if lang in r["test_tokens"]
+        }
         assert len(set(counts.values())) == 1, (lang, counts)
