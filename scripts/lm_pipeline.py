@@ -25,7 +25,19 @@ Models (``--models``):
                    depend on the genotype) are within 2% below the --random-reference model's search
                    (exact for the recurrent cell; run that model first), retrained with the same
                    protocol; the row gives their mean, spread and best
+    perturbation   the genotype ``mdnas-derive --select perturbation`` (--perturb-flags) chooses from
+                   the --random-reference model's search checkpoint (Wang et al., ICLR 2021; run that
+                   model first), retrained and tested with the same protocol: the selection beside
+                   argmax (the reference row itself) and the random rows; records its decisions
     baseline       a plain fairseq LM (--baseline-arch, --baseline-flags) on the union of the domains
+    single_*       one single_<d> row per domain of the data
+
+Protocols (``--protocol``, :data:`PROTOCOLS`): named settings applied as the defaults of the flags
+(explicit flags still override them) and recorded in table.json / table.md. ``demo`` is the
+parser's own defaults (``make demo`` and the earlier tables pass their sizes as flags); ``real`` is
+the protocol of the real-scale tables of issue 26 (the whole gettext corpus: table L, en/de; table
+G, the three genres in English; ``scripts/real_table.sh``), one entry per search space, picked by
+the family of ``--arch`` (``mdnas_rnn*``: rnn, the default; ``mdnas_transformer_lm*``: transformer).
 
 With ``--search-seeds 1,2,3 --select-by-retrain-epochs N`` every searched model runs one search per
 seed, retrains each genotype N epochs, keeps the one with the best VALIDATION loss and retrains it
@@ -82,6 +94,114 @@ def run(cmd, log_path):
 
 SEARCHED = ("union", "multi", "multi_struct", "multi_contr", "multi_param")
 
+# The named protocols (--protocol): per search space, the defaults of the pipeline's flags (keys are
+# the parser's dests) plus ``model_flags``, the searchable model's fairseq-train flags (its sizes), put
+# before the ones after ``--`` (so that those override them). ``schedule`` holds the fairseq-train
+# flags of every training (searches, retrains, the baseline). Every key is recorded in table.json
+# ("protocol") and table.md. ``demo`` is the parser's defaults.
+REAL_MODELS = "single_*,union,multi,multi_struct,multi_contr,random,perturbation,baseline"
+PROTOCOLS = {
+    "demo": {"rnn": {}, "transformer": {}},
+    "real": {
+        # TIME_ESTIMATE_RNN
+        "rnn": {
+            "arch": "mdnas_rnn_tiny",
+            "model_flags": "--embed-dim 32 --hidden-dim 32",
+            "schedule": "--lr-scheduler fixed",
+            "batch_size": 64,
+            "search_epochs": 1,
+            "retrain_epochs": 2,
+            "lr": 0.003,
+            "clip_norm": 0.25,
+            "alpha_order": 1,
+            "alpha_lr": 0.1,
+            "struct_coef": 0.1,
+            "contrastive_coef": 0.1,
+            "models": REAL_MODELS,
+            "random_count": 4,
+            "random_reference": "multi_struct",
+            "perturb_flags": "--perturb-batches 8 --perturb-finetune-steps 5",
+            "baseline_arch": "lstm_lm",
+            "baseline_flags": "--decoder-embed-dim 32 --decoder-hidden-size 48 "
+            "--decoder-out-embed-dim 32 --share-decoder-input-output-embed --dropout 0.1",
+        },
+        # TIME_ESTIMATE_TRANSFORMER
+        "transformer": {
+            "arch": "mdnas_transformer_lm_tiny",
+            "model_flags": "--decoder-layers 2 --decoder-embed-dim 64 --decoder-ffn-embed-dim 256 "
+            "--decoder-attention-heads 4 --dropout 0.1",
+            "schedule": "--lr-scheduler fixed",
+            "batch_size": 64,
+            "search_epochs": 1,
+            "retrain_epochs": 2,
+            "lr": 0.003,
+            "clip_norm": 0.25,
+            "alpha_order": 1,
+            "alpha_lr": 0.1,
+            "struct_coef": 0.1,
+            "contrastive_coef": 0.1,
+            "models": REAL_MODELS,
+            "random_count": 4,
+            "random_reference": "multi_struct",
+            "perturb_flags": "--perturb-batches 8 --perturb-finetune-steps 5",
+            "baseline_arch": "transformer_lm",
+            "baseline_flags": "--decoder-layers 2 --decoder-embed-dim 64 --decoder-ffn-embed-dim 256 "
+            "--decoder-attention-heads 4 --decoder-input-dim 64 --decoder-output-dim 64 "
+            "--share-decoder-input-output-embed --dropout 0.1",
+        },
+    },
+}
+
+
+def space_of(arch):
+    """The search space (a key of a protocol) of a searchable architecture, else None."""
+    if arch.startswith("mdnas_rnn"):
+        return "rnn"
+    if arch.startswith("mdnas_transformer_lm"):
+        return "transformer"
+    return None
+
+
+def protocol_entry(name, arch=None):
+    """(space, settings) of protocol ``name`` for the family of ``arch`` (None: the recurrent one)."""
+    if name not in PROTOCOLS:
+        raise SystemExit(f"--protocol {name}: unknown (known: {', '.join(PROTOCOLS)})")
+    space = "rnn" if arch is None else space_of(arch)
+    if space is None and any(PROTOCOLS[name].values()):
+        raise SystemExit(
+            f"--protocol {name}: --arch {arch} is in no search space of the protocols "
+            "(mdnas_rnn*, mdnas_transformer_lm*)"
+        )
+    return space, dict(PROTOCOLS[name].get(space, {}))
+
+
+def protocol_record(name, space, entry, args, added_flags):
+    """What table.json records of the protocol: its name and space, its settings (``defaults``), the
+    settings in effect (``settings``: ``model_flags`` with the flags given after ``--``) and those
+    that explicit flags changed (``overridden``)."""
+    settings = {k: getattr(args, k) for k in entry if k != "model_flags"}
+    overridden = {k: v for k, v in settings.items() if v != entry[k]}
+    if "model_flags" in entry:
+        settings["model_flags"] = " ".join(entry["model_flags"].split() + list(added_flags))
+        if added_flags:
+            overridden["model_flags"] = settings["model_flags"]
+    return {
+        "name": name,
+        "space": space,
+        "defaults": dict(entry),
+        "settings": settings,
+        "overridden": overridden,
+    }
+
+
+def require_protocol(args):
+    """A protocol other than ``demo`` is applied by :func:`parse_args`: a namespace parsed by
+    :func:`build_parser` alone (another script's) would run with the demo's defaults."""
+    if getattr(args, "protocol", "demo") != "demo" and not hasattr(args, "protocol_record"):
+        raise SystemExit(
+            f"--protocol {args.protocol}: only scripts/lm_pipeline.py's parse_args applies a protocol"
+        )
+
 
 def model_settings(name, domains, args):
     """(domains of the model, extra fairseq-train flags of its search) of a model name."""
@@ -97,6 +217,7 @@ def model_settings(name, domains, args):
         "multi_contr": ["--contrastive-coef", str(args.contrastive_coef)],
         "multi_param": ["--param-coef", str(args.param_coef)],
         "random": [],
+        "perturbation": [],
         "baseline": [],
     }
     if name not in flags:
@@ -107,6 +228,7 @@ def model_settings(name, domains, args):
 def train_flags(args, domains, save_dir, epochs, seed=None, arch=None):
     """fairseq-train flags of the table's protocol; the flags after ``--`` are the searchable model's
     (a baseline of another ``arch`` gets ``--baseline-flags`` instead)."""
+    require_protocol(args)
     flags = [
         args.data,
         "--user-dir",
@@ -143,6 +265,7 @@ def train_flags(args, domains, save_dir, epochs, seed=None, arch=None):
     ]
     if args.cpu:
         flags.append("--cpu")
+    flags += getattr(args, "schedule", "").split()
     return flags + (args.extra if arch is None else [])
 
 
@@ -255,6 +378,8 @@ def run_model(name, domains_all, args):
         return run_random(domains, args, base)
     if name == "baseline":
         return run_baseline(domains, args, base)
+    if name == "perturbation":
+        return run_perturbation(domains, args, base)
     shared = retrain_shared_flags(extra)
     candidates = []
     for seed in args.search_seed_list:
@@ -367,6 +492,64 @@ def run_random(domains, args, base):
     }
 
 
+def reference_search_dir(args):
+    """The save dir of the --random-reference model's (chosen) search: its checkpoint_last.pt is the
+    supernetwork the perturbation selection measures."""
+    ref = os.path.join(args.out, args.random_reference)
+    genotype = os.path.join(ref, "genotype.json")
+    if not os.path.isfile(genotype):
+        raise SystemExit(
+            f"model perturbation: {genotype} not found: run --models {args.random_reference},"
+            "perturbation"
+        )
+    with open(genotype, encoding="utf-8") as f:
+        chosen = f.read()
+    dirs = [os.path.join(ref, "search")] + [
+        os.path.join(ref, f"search_seed{seed}") for seed in args.search_seed_list
+    ]
+    for d in dirs:  # with several search seeds, the one whose genotype the reference kept
+        path = os.path.join(d, "genotype.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read() == chosen:
+                    return d
+    raise SystemExit(f"model perturbation: no search of {ref} wrote its genotype.json")
+
+
+def run_perturbation(domains, args, base):
+    """The genotype perturbation selection (``mdnas-derive --select perturbation``, with
+    ``--perturb-flags``) chooses from the reference model's search checkpoint, retrained and tested
+    with the rows' protocol (:func:`retrain_command`, as every row)."""
+    search_dir = reference_search_dir(args)
+    genotype = os.path.join(base, "genotype.json")
+    cmd = [fairseq_cmd("mdnas-derive"), search_dir, "--select", "perturbation", "--out", genotype]
+    cmd += args.perturb_flags.split() + (["--cpu"] if args.cpu else [])
+    _, t_select = run(cmd, os.path.join(base, "derive.log"))
+    _, extra = model_settings(args.random_reference, domains, args)
+    result = retrain_and_test(args, domains, genotype, base, retrain_shared_flags(extra))
+    with open(genotype, encoding="utf-8") as f:
+        g = json.load(f)
+    record = g["derived_by"]
+    return {
+        "model": "perturbation",
+        "domains": domains,
+        "test_ppl": result["test_ppl"],
+        "params": result["params"],
+        "params_from_genotype": g["param_counts"]["multimodel"],
+        "cell_params": genotype_cell_params(genotype),
+        "agreement_edges": _agreement(g),
+        "selected_from": display_path(search_dir),
+        "reference": args.random_reference,
+        "decisions": len(record["decisions"]),
+        "finetunes": record["finetunes"],
+        "differs_from_argmax": record["differs_from_argmax"],
+        "perturb_flags": args.perturb_flags,
+        "selection_seconds": round(t_select, 1),
+        "retrain_seconds": result["seconds"],
+        "genotype": display_path(genotype),
+    }
+
+
 def run_baseline(domains, args, base):
     """A plain fairseq LM (``--baseline-arch``, default fairseq's transformer_lm) on the union of the
     domains, with the same data, epochs, optimizer and seed; tested with task language_modeling."""
@@ -417,13 +600,21 @@ def _decisiveness(g):
     return out
 
 
+def _minutes(r):
+    """'search / retrain' minutes of a row (the perturbation row: its selection, not the search it
+    reuses)."""
+    search = r.get("search_seconds", r.get("selection_seconds"))
+    search = "-" if search is None else f"{search / 60:.1f}"
+    return f"{search} / {r['retrain_seconds'] / 60:.1f}"
+
+
 def format_table(rows, domains):
     head = (
         "| model | "
         + " | ".join(f"{d} ppl" for d in domains)
-        + " | params | cell params | edges agreed |"
+        + " | params | cell params | edges agreed | search / retrain min |"
     )
-    lines = [head, "|" + "---|" * (len(domains) + 4)]
+    lines = [head, "|" + "---|" * (len(domains) + 5)]
     for r in rows:
         cells = []
         for d in domains:
@@ -441,15 +632,65 @@ def format_table(rows, domains):
         label = f"{r['model']} ({len(r['runs'])} genotypes)" if "runs" in r else r["model"]
         if r["model"] == "baseline":
             label = f"baseline ({r['arch']})"
+        if r["model"] == "perturbation":
+            label = f"perturbation (of {r['reference']}'s search, {r['decisions']} decisions)"
         cell_params = "-" if r.get("cell_params") is None else f"{r['cell_params']:,}"
         params = f"{r['params']:,}"
         if "params_range" in r:  # random rows: the mean, and the range of the draws
             low, high = r["params_range"]
             params += f" ({low:,}-{high:,})" if low != high else ""
         lines.append(
-            f"| {label} | " + " | ".join(cells) + f" | {params} | {cell_params} | {agreed} |"
+            f"| {label} | "
+            + " | ".join(cells)
+            + f" | {params} | {cell_params} | {agreed} | {_minutes(r)} |"
         )
     return "\n".join(lines)
+
+
+def against_random(rows, domains, reference):
+    """Per selection of the reference search (argmax: the reference row; perturbation) and domain:
+    (random mean - its perplexity) / the random rows' standard deviation, positive when it beats
+    chance; None without a random row of at least two genotypes."""
+    by = {r["model"]: r for r in rows}
+    rnd = by.get("random")
+    if rnd is None or len(rnd.get("runs", [])) < 2:
+        return None
+    out = {}
+    for name, label in ((reference, f"{reference} (argmax)"), ("perturbation", "perturbation")):
+        if name in by:
+            out[label] = {
+                d: (rnd["test_ppl"][d] - by[name]["test_ppl"][d]) / rnd["test_ppl_std"][d]
+                if rnd["test_ppl_std"][d] > 0
+                else None
+                for d in domains
+            }
+    return out
+
+
+def format_against_random(margins):
+    if not margins:
+        return ""
+    parts = [
+        f"{label}: "
+        + ", ".join(f"{d} {'-' if z is None else f'{z:+.2f}'}" for d, z in per_domain.items())
+        for label, per_domain in margins.items()
+    ]
+    return (
+        "Against the random rows, in their standard deviations (random mean minus the row's "
+        "perplexity; positive: better than chance): " + "; ".join(parts) + "."
+    )
+
+
+def format_protocol(record):
+    s = record["settings"]
+    if not s:
+        return f"Protocol `{record['name']}`: the pipeline's defaults and the flags of the command."
+    changed = ", ".join(f"{k}" for k in record["overridden"]) or "none"
+    return (
+        f"Protocol `{record['name']}` ({record['space']} space): "
+        + "; ".join(f"{k} `{v}`" for k, v in s.items())
+        + f". Changed by flags: {changed}."
+    )
 
 
 def build_parser():
@@ -465,10 +706,20 @@ def build_parser():
     p.add_argument("--data", required=True, help="input: data-bin made by mdnas-prepare")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per model)")
     p.add_argument(
+        "--protocol",
+        default="demo",
+        choices=tuple(PROTOCOLS),
+        help="named settings used as the defaults of these flags (explicit flags override them) "
+        "and recorded in the results; real: the real-scale tables' (one entry per search space, "
+        "by --arch's family; see PROTOCOLS in this script and docs/results.md) (default: "
+        "%(default)s, the defaults shown here)",
+    )
+    p.add_argument(
         "--models",
         default="single_en,union,multi_struct",
-        help="rows of the table: single_<lang>, union, multi, multi_struct, multi_contr, multi_param, "
-        "random, baseline (default: %(default)s)",
+        help="rows of the table: single_<lang> (single_*: one per domain), union, multi, "
+        "multi_struct, multi_contr (left out, with a note, on data that is not parallel), "
+        "multi_param, random, perturbation, baseline (default: %(default)s)",
     )
     p.add_argument("--arch", default="mdnas_rnn_tiny")
     p.add_argument("--search-epochs", type=int, default=3)
@@ -520,34 +771,80 @@ def build_parser():
     p.add_argument(
         "--baseline-flags", default="", help="fairseq-train flags of the baseline only (its sizes)"
     )
+    p.add_argument(
+        "--schedule",
+        default="",
+        help="fairseq-train flags of every training (searches, retrains, baseline), e.g. the "
+        "learning-rate schedule (default: none, fairseq's fixed rate)",
+    )
+    p.add_argument(
+        "--perturb-flags",
+        default="",
+        help="mdnas-derive flags of the perturbation row (default: mdnas-derive's)",
+    )
     p.add_argument("--no-cpu", dest="cpu", action="store_false", help="let fairseq use a GPU")
     p.add_argument("extra", nargs="*", help="more fairseq-train flags, after --")
     return p
 
 
 def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
+    """The pipeline's settings: ``--protocol``'s entry for ``--arch``'s search space as the defaults
+    (parsed twice: first to know the protocol and the architecture), the flags given over them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    first = parser.parse_args(argv)
+    space, entry = protocol_entry(first.protocol, first.arch)
+    parser.set_defaults(**{k: v for k, v in entry.items() if k != "model_flags"})
+    args = parser.parse_args(argv)
+    if space_of(args.arch) != space and entry:  # the protocol's own --arch of another space
+        raise SystemExit(f"--protocol {args.protocol}: --arch {args.arch} is not a {space} model")
+    added = list(args.extra)
+    args.extra = entry.get("model_flags", "").split() + added
+    args.protocol_record = protocol_record(args.protocol, space, entry, args, added)
     args.search_seed_list = [int(x) for x in args.search_seeds.split(",") if x.strip()] or [
         args.seed
     ]
     return args
 
 
-def data_langs(data):
-    """The languages (domains) of a data-bin made by scripts/prepare_parallel.py."""
+def data_metadata(data):
+    """The ``mdnas_data.json`` of a data-bin made by scripts/prepare_parallel.py."""
     meta_path = os.path.join(data, "mdnas_data.json")
     if not os.path.isfile(meta_path):
         raise SystemExit(f"{meta_path} not found: make the data with scripts/prepare_parallel.py")
     with open(meta_path, encoding="utf-8") as f:
-        return json.load(f)["langs"]
+        return json.load(f)
+
+
+def data_langs(data):
+    """The languages (domains) of a data-bin made by scripts/prepare_parallel.py."""
+    return data_metadata(data)["langs"]
+
+
+def table_models(models, domains, parallel=True):
+    """(rows to run, rows left out with why) of a --models list: ``single_*`` is one single_<d> per
+    domain; multi_contr needs parallel data (a --domain-column data-bin is not)."""
+    rows, skipped = [], {}
+    for name in [m.strip() for m in models.split(",") if m.strip()]:
+        if name == "single_*":
+            rows += [f"single_{d}" for d in domains if f"single_{d}" not in rows]
+        elif name == "multi_contr" and not parallel:
+            skipped[name] = "the data is not parallel (the contrastive term pairs translations)"
+        elif name not in rows:
+            rows.append(name)
+    return rows, skipped
 
 
 def main(argv=None):
     args = parse_args(argv)
-    domains = data_langs(args.data)
+    meta = data_metadata(args.data)
+    domains = meta["langs"]
+    models, skipped = table_models(args.models, domains, meta.get("parallel", True))
+    for name, why in skipped.items():
+        print(f"== {name}: left out: {why}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     rows = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for name in models:
         print(
             f"== {name}: search {args.search_epochs} epochs, retrain {args.retrain_epochs} epochs",
             flush=True,
@@ -560,18 +857,36 @@ def main(argv=None):
         )
         rows.append(row)
     table = format_table(rows, domains)
-    settings = {k: v for k, v in vars(args).items()}
+    settings = {k: v for k, v in vars(args).items() if k != "protocol_record"}
     settings.update({k: display_path(settings[k]) for k in ("data", "out")})
     commit = git_commit(ROOT)
-    with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
-        json.dump({"settings": settings, "commit": commit, "rows": rows}, f, indent=1)
     command = "python scripts/lm_pipeline.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
+    margins = against_random(rows, domains, args.random_reference)
+    result = {
+        "command": command,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "protocol": args.protocol_record,
+        "settings": settings,
+        "rows": rows,
+        "skipped": skipped,
+        "against_random": margins,
+    }
+    with open(os.path.join(args.out, "table.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    notes = [format_protocol(args.protocol_record), format_against_random(margins)]
+    notes += [f"Left out: {name}: {why}." for name, why in skipped.items()]
+    if any(r["model"] == "perturbation" for r in rows):
+        notes.append(
+            "The perturbation row's search minutes are its selection's (it reuses the "
+            f"{args.random_reference} search)."
+        )
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
         f.write(
             f"Test perplexity per domain (retrained derived models), seed {args.seed}, commit {commit}\n\n"
-            f"Command: `{command}`\n\n{table}\n"
+            f"Command: `{command}`\n\n{table}\n\n" + "\n\n".join(n for n in notes if n) + "\n"
         )
     print(
         f"\nTest perplexity per domain of the retrained models (seed {args.seed}, {args.arch}):\n"
