@@ -787,11 +787,12 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, parser=None):
     """The pipeline's settings: ``--protocol``'s entry for ``--arch``'s search space as the defaults
-    (parsed twice: first to know the protocol and the architecture), the flags given over them."""
+    (parsed twice: first to know the protocol and the architecture), the flags given over them.
+    ``parser``: another script's parser built on :func:`build_parser`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = parser or build_parser()
     first = parser.parse_args(argv)
     space, entry = protocol_entry(first.protocol, first.arch)
     parser.set_defaults(**{k: v for k, v in entry.items() if k != "model_flags"})
@@ -852,7 +853,8 @@ def main(argv=None):
         row = run_model(name, domains, args)
         print(
             f"   test ppl {row['test_ppl']}, params {row['params']:,} "
-            f"(search {row.get('search_seconds', 0)}s, retrain {row['retrain_seconds']}s)",
+            f"(search {row.get('search_seconds', row.get('selection_seconds', 0))}s, "
+            f"retrain {row['retrain_seconds']}s)",
             flush=True,
         )
         rows.append(row)
