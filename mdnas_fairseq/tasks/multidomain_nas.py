@@ -94,6 +94,19 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
                 "multidomain_nas needs a data directory (the first positional argument)"
             )
         data_dir = utils.split_paths(args.data)[0]
+        kind = (read_data_metadata(data_dir) or {}).get("kind")
+        if kind is not None:  # language-model data-bins have no "kind"
+            what = "a translation data-bin" if kind == "translation" else f"a {kind!r} data-bin"
+            use = (
+                "use --task multidomain_nas_translation with it"
+                if kind == "translation"
+                else "prepare language-model data with mdnas-prepare (without --translation)"
+            )
+            raise ValueError(
+                f"{data_dir} is {what} ({os.path.join(data_dir, DATA_METADATA)} says kind "
+                f"{kind!r}), not a language-model one: --task multidomain_nas models text of "
+                f"each domain; {use}"
+            )
         if not os.path.isfile(os.path.join(data_dir, "dict.txt")):
             raise FileNotFoundError(
                 f"{data_dir}: no dict.txt; prepare the data with scripts/prepare_parallel.py "
