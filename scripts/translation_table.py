@@ -60,6 +60,7 @@ from mdnas_fairseq.provenance import display_path, git_commit  # noqa: E402
 
 ROWS = ("multi_struct", "multi", "random", "union", "baseline")
 MATCH_TOLERANCE = 0.02
+NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # torch.load's switch, read at every call
 
 
 # ---------------------------------------------------------------------------- command lines
@@ -147,12 +148,20 @@ def score_checkpoint(args, checkpoint, domains, hyp_dir):
     import torch
     from fairseq import checkpoint_utils
 
-    # fairseq's own transformer keeps its (legacy) model arguments as an argparse.Namespace, which
-    # torch.load's weights_only default (PyTorch 2.6) refuses: allowed here, a checkpoint we wrote
-    with torch.serialization.safe_globals([Namespace]):
+    # fairseq's own transformer keeps its (legacy) model arguments as an argparse.Namespace, and
+    # its --eval-bleu numpy arrays: torch.load's weights_only default (PyTorch 2.6) refuses both.
+    # The checkpoint is one this script has just trained: loaded without weights_only.
+    previous = os.environ.get(NO_WEIGHTS_ONLY)
+    os.environ[NO_WEIGHTS_ONLY] = "1"
+    try:
         models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
             [checkpoint], arg_overrides={"data": args.data}
         )
+    finally:
+        if previous is None:
+            del os.environ[NO_WEIGHTS_ONLY]
+        else:
+            os.environ[NO_WEIGHTS_ONLY] = previous
     for m in models:
         m.eval()
     cuda = torch.cuda.is_available() and not args.cpu
@@ -431,11 +440,20 @@ def write_results(args, result):
 
 
 # ---------------------------------------------------------------------------- main
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, the defaults of the flags that have one shown."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, "", True, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     description, _, epilog = __doc__.partition("\n\n")
     p = argparse.ArgumentParser(
         description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog=epilog
         + "\nreads: --data (mdnas-prepare --translation's data-bin: mdnas_data.json, the joined\n"
         "  dictionary, {split}.{domain}.SRC-TGT.*) and DATA/../raw/ (the references)\n"
@@ -450,24 +468,21 @@ def build_parser():
     p.add_argument(
         "--rows",
         default=",".join(ROWS),
-        help="rows to run (always in this order; random and baseline need multi_struct; "
-        "default %(default)s)",
+        help="rows to run (always in this order; random and baseline need multi_struct)",
     )
     p.add_argument("--arch", default="mdnas_transformer_tiny", help="the searchable model")
-    p.add_argument("--search-epochs", type=int, default=2)
+    p.add_argument("--search-epochs", type=int, default=2, help="epochs of every search")
     p.add_argument("--retrain-epochs", type=int, default=8, help="epochs of every trained model")
-    p.add_argument("--lr", type=float, default=0.002)
-    p.add_argument("--clip-norm", type=float, default=0.1)
-    p.add_argument("--max-tokens", type=int, default=4096)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=0.002, help="Adam's learning rate (every row)")
+    p.add_argument("--clip-norm", type=float, default=0.1, help="gradient clipping (every row)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (every row)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (every row)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout (every row)")
     p.add_argument("--struct-coef", type=float, default=0.1, help="the multi_struct row's term")
     p.add_argument(
         "--search-flags", default="", help="more fairseq-train flags for the searches only"
     )
-    p.add_argument(
-        "--random-seeds", default="1,2", help="one random_K row per seed K (default %(default)s)"
-    )
+    p.add_argument("--random-seeds", default="1,2", help="one random_K row per seed K")
     p.add_argument(
         "--match-tolerance",
         type=float,
@@ -484,12 +499,18 @@ def build_parser():
         help="keep the checkpoint with the best valid BLEU (fairseq's --eval-bleu; slower), not "
         "the best valid loss",
     )
-    p.add_argument("--split", default="test", help="split scored (default test)")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--lenpen", type=float, default=1.0)
-    p.add_argument("--max-len-a", type=float, default=1.2)
-    p.add_argument("--max-len-b", type=int, default=10)
-    p.add_argument("--score-batch-size", type=int, default=64)
+    p.add_argument("--split", default="test", help="split scored")
+    p.add_argument("--beam", type=int, default=5, help="beam size of the scored translations")
+    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty of the beam search")
+    p.add_argument(
+        "--max-len-a", type=float, default=1.2, help="hypotheses at most a * source length + b"
+    )
+    p.add_argument(
+        "--max-len-b", type=int, default=10, help="hypotheses at most a * source length + b"
+    )
+    p.add_argument(
+        "--score-batch-size", type=int, default=64, help="sentences per batch when scoring"
+    )
     p.add_argument("--no-cpu", dest="cpu", action="store_false", help="let fairseq use a GPU")
     p.add_argument("extra", nargs="*", help="more fairseq-train flags for the mdnas rows, after --")
     return p
