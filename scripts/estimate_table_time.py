@@ -49,6 +49,11 @@ def build_parser():
     p.description = __doc__.split("\n")[0]
     p.epilog = "writes: --out/estimate.json and --out/estimate.md; the runs under --out/runs"
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the measurements of an earlier run in --out whose command was the same",
+    )
+    p.add_argument(
         "--updates",
         default="20,120",
         help="A,B: the two --max-update values of each measured training (default: %(default)s)",
@@ -65,13 +70,25 @@ def parse_args(argv=None):
     return args
 
 
-def cpu_run(cmd, log_path):
-    """(log text, CPU seconds of the child: user + system, wall seconds) of one command."""
+def cpu_run(args, cmd, log_path, before_run=None):
+    """(CPU seconds of the child: user + system, wall seconds) of one command; with --resume, those
+    of its finished earlier run (recorded beside its log) if the command is the same."""
+    cost_path = log_path[: -len(".log")] + ".cost.json"
+    if args.resume and os.path.isfile(cost_path):
+        with open(cost_path, encoding="utf-8") as f:
+            cost = json.load(f)
+        if cost["command"] == cmd:
+            return cost["cpu_seconds"], cost["wall_seconds"]
+    if before_run is not None:
+        before_run()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    text, wall = lm.run(cmd, log_path)
+    _, wall = lm.run(cmd, log_path)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return text, cpu, wall
+    cost = {"command": cmd, "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2)}
+    with open(cost_path, "w", encoding="utf-8") as f:
+        json.dump(cost, f)
+    return cost["cpu_seconds"], cost["wall_seconds"]
 
 
 def two_points(args, work, name, make_cmd):
@@ -79,13 +96,33 @@ def two_points(args, work, name, make_cmd):
     runs = []
     for n in args.update_points:
         save = os.path.join(work, f"{name}_{n}")
-        shutil.rmtree(save, ignore_errors=True)  # fairseq-train would resume
-        _, cpu, wall = cpu_run(make_cmd(save) + ["--max-update", str(n)], save + ".log")
-        runs.append({"updates": n, "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2)})
+        cpu, wall = cpu_run(
+            args,
+            make_cmd(save) + ["--max-update", str(n)],
+            save + ".log",
+            lambda save=save: shutil.rmtree(save, ignore_errors=True),  # no resuming
+        )
+        runs.append({"updates": n, "cpu_seconds": cpu, "wall_seconds": wall})
         print(f"   {name}: {n} updates, {cpu:.1f} CPU s ({wall:.1f} s wall)", flush=True)
     (a, ca), (b, cb) = [(r["updates"], r["cpu_seconds"]) for r in runs]
     per_update = (cb - ca) / (b - a)
     return {"per_update": per_update, "fixed": max(ca - a * per_update, 0.0), "runs": runs}
+
+
+def eval_command(args, checkpoint, domain):
+    """lm_pipeline.evaluate's fairseq-eval-lm command (as it runs it) of one domain's test split."""
+    captured = []
+
+    def capture(cmd, log_path):
+        captured.append(cmd)
+        return "Loss (base 2): 1.0, Perplexity: 2.0", 0.0
+
+    real, lm.run = lm.run, capture
+    try:
+        lm.evaluate(args, checkpoint, domain, "unused.log")
+    finally:
+        lm.run = real
+    return captured[0]
 
 
 def train_sentences(meta, domain):
@@ -124,10 +161,8 @@ def measure(args, domains, models, work):
     print("== fairseq-eval-lm, every domain", flush=True)
     m["eval"] = {}
     for d in domains:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        lm.evaluate(args, checkpoint, d, os.path.join(work, f"eval_{d}.log"))
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        m["eval"][d] = round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2)
+        log = os.path.join(work, f"eval_{d}.log")
+        m["eval"][d], _ = cpu_run(args, eval_command(args, checkpoint, d), log)
     if "baseline" in models:
         print(f"== baseline ({args.baseline_arch})", flush=True)
         m["baseline"] = two_points(
@@ -145,7 +180,7 @@ def measure(args, domains, models, work):
         out = os.path.join(work, "perturbation.json")
         cmd = [lm.fairseq_cmd("mdnas-derive"), search_dir, "--select", "perturbation"]
         cmd += ["--out", out] + args.perturb_flags.split() + (["--cpu"] if args.cpu else [])
-        _, cpu, wall = cpu_run(cmd, os.path.join(work, "perturbation.log"))
+        cpu, wall = cpu_run(args, cmd, os.path.join(work, "perturbation.log"))
         m["perturbation"] = {"cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2)}
         print(f"   {cpu:.1f} CPU s ({wall:.1f} s wall)", flush=True)
     return m
