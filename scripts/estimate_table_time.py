@@ -8,13 +8,17 @@ lm_pipeline's: :func:`lm_pipeline.train_flags`, :func:`lm_pipeline.retrain_comma
 * a multi_struct search (and a multi_contr search where the table has that row), a retrain of the
   genotype it wrote and the baseline, each twice: ``--max-update A`` and ``--max-update B``
   (``--updates A,B``, default 20,120). The CPU seconds (user + system, of the child process) per
-  update are the difference over ``B - A`` updates; what is left of the first run (process start,
-  one validation, the checkpoint) is counted once per EPOCH, which overestimates a little;
-* the perturbation selection from the B search's checkpoint (whole: its cost does not grow with the
+  trained token are the difference between the two runs over the difference of their tokens
+  (fairseq's wpb x num_updates: per token, since gettext's sentences differ so much in length that
+  a hundred batches' tokens per batch miss the epoch's mean by 10-20%); what is left of the first
+  run (process start, one validation, the checkpoint) is counted once per EPOCH, which
+  overestimates a little;
+* the perturbation selection from the B search's checkpoint, without and with one fine-tune step,
+  extrapolated to the protocol's steps (:func:`perturbation_cost`; its cost does not grow with the
   training), and fairseq-eval-lm on every domain's test split.
 
-The table's time is then the sum over its rows of epochs x updates per epoch (the data's train
-sentences / --batch-size, per domain: a batch holds one domain) x CPU seconds per update, plus the
+The table's time is then the sum over its rows of epochs x the train tokens of the row's domains
+(the data's pieces plus one end of sentence per sentence) x CPU seconds per token, plus the
 fixed parts. Every command runs on one thread (OMP_NUM_THREADS=1), so CPU seconds are the wall
 seconds of a run that has a core to itself: two tables side by side on two cores. A loaded machine
 inflates the CPU time a little (shared caches), so the estimate leans long.
@@ -27,8 +31,8 @@ the command) and prints the markdown. Example::
 """
 
 import json
-import math
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -41,6 +45,8 @@ sys.path[:0] = [ROOT, HERE]  # a checkout; scripts/lm_pipeline.py builds every c
 
 import lm_pipeline as lm  # noqa: E402
 
+TRAIN_SUMMARY = re.compile(r"\| train \| epoch \d+ \|.*?\| wpb ([0-9.]+) \|.*?\| num_updates (\d+)")
+
 from mdnas_fairseq.provenance import display_path, git_commit  # noqa: E402
 
 
@@ -52,6 +58,14 @@ def build_parser():
         "--resume",
         action="store_true",
         help="reuse the measurements of an earlier run in --out whose command was the same",
+    )
+    p.add_argument(
+        "--costs-from",
+        default=None,
+        metavar="ESTIMATE_JSON",
+        help="measure nothing: apply the costs another estimate measured with the same protocol "
+        "(e.g. table L's, to table G's data); evaluation costs are their mean per domain and the "
+        "perturbation selection's are scaled to the domain count (see costs_for)",
     )
     p.add_argument(
         "--updates",
@@ -91,8 +105,20 @@ def cpu_run(args, cmd, log_path, before_run=None):
     return cost["cpu_seconds"], cost["wall_seconds"]
 
 
+def trained_tokens(log_path):
+    """Target tokens a fairseq-train run trained on: its last train summary's wpb x num_updates."""
+    with open(log_path, encoding="utf-8") as f:
+        found = TRAIN_SUMMARY.findall(f.read())
+    if not found:
+        raise SystemExit(f"{log_path}: no train summary (wpb, num_updates)")
+    wpb, updates = found[-1]
+    return float(wpb) * int(updates)
+
+
 def two_points(args, work, name, make_cmd):
-    """CPU seconds per update and the fixed part of a training, from --max-update A and B."""
+    """CPU seconds per trained token and the fixed part of a training, from --max-update A and B
+    (per token, not per update: gettext's sentences differ much in length, so a few hundred
+    batches' tokens per batch are far from the epoch's mean)."""
     runs = []
     for n in args.update_points:
         save = os.path.join(work, f"{name}_{n}")
@@ -102,11 +128,15 @@ def two_points(args, work, name, make_cmd):
             save + ".log",
             lambda save=save: shutil.rmtree(save, ignore_errors=True),  # no resuming
         )
-        runs.append({"updates": n, "cpu_seconds": cpu, "wall_seconds": wall})
-        print(f"   {name}: {n} updates, {cpu:.1f} CPU s ({wall:.1f} s wall)", flush=True)
-    (a, ca), (b, cb) = [(r["updates"], r["cpu_seconds"]) for r in runs]
-    per_update = (cb - ca) / (b - a)
-    return {"per_update": per_update, "fixed": max(ca - a * per_update, 0.0), "runs": runs}
+        tokens = trained_tokens(save + ".log")
+        runs.append({"updates": n, "tokens": tokens, "cpu_seconds": cpu, "wall_seconds": wall})
+        print(
+            f"   {name}: {n} updates, {tokens:.0f} tokens, {cpu:.1f} CPU s ({wall:.1f} s wall)",
+            flush=True,
+        )
+    (ta, ca), (tb, cb) = [(r["tokens"], r["cpu_seconds"]) for r in runs]
+    per_token = (cb - ca) / (tb - ta)
+    return {"per_token": per_token, "fixed": max(ca - ta * per_token, 0.0), "runs": runs}
 
 
 def eval_command(args, checkpoint, domain):
@@ -125,9 +155,12 @@ def eval_command(args, checkpoint, domain):
     return captured[0]
 
 
-def train_sentences(meta, domain):
+def train_tokens(meta, domain):
+    """Target tokens of a domain's train split: its pieces and one end of sentence per sentence
+    (the sum of the fairseq dataset's sizes)."""
     by = meta.get("splits_by_lang")
-    return (by[domain] if by else meta["splits"])["train"]
+    sentences = (by[domain] if by else meta["splits"])["train"]
+    return meta["tokens"]["train"][domain] + sentences
 
 
 def measure(args, domains, models, work):
@@ -176,24 +209,90 @@ def measure(args, domains, models, work):
             ),
         )
     if "perturbation" in models:
-        print("== perturbation selection (whole)", flush=True)
-        out = os.path.join(work, "perturbation.json")
+        print("== perturbation selection (without and with one fine-tune step)", flush=True)
+        m["perturbation"] = perturbation_cost(args, search_dir, work)
+    return m
+
+
+def perturbation_cost(args, search_dir, work):
+    """CPU seconds of the protocol's perturbation selection, from two shorter ones: every decision
+    computes each candidate's loss on the same B held-out batches per domain, and every fine-tune
+    takes N steps on fresh training batches, so the cost is ``cost(B, 0) + N * per_step``; measured
+    at the protocol's B with N = 0 and N = 1, it is extrapolated to its --perturb-finetune-steps."""
+    from mdnas_fairseq import derive
+
+    flags = derive.build_parser().parse_args(
+        ["x", "--select", "perturbation", "--out", "y"] + args.perturb_flags.split()
+    )
+    batches = derive._default(flags.perturb_batches, derive.PERTURB_BATCHES)
+    steps = derive._default(flags.perturb_finetune_steps, derive.PERTURB_FINETUNE_STEPS)
+    runs = {}
+    for n in (0, 1):
+        out = os.path.join(work, f"perturbation_n{n}.json")
         cmd = [lm.fairseq_cmd("mdnas-derive"), search_dir, "--select", "perturbation"]
-        cmd += ["--out", out] + args.perturb_flags.split() + (["--cpu"] if args.cpu else [])
-        cpu, wall = cpu_run(args, cmd, os.path.join(work, "perturbation.log"))
-        m["perturbation"] = {"cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2)}
-        print(f"   {cpu:.1f} CPU s ({wall:.1f} s wall)", flush=True)
+        cmd += ["--out", out] + strip_counts(args.perturb_flags.split())
+        cmd += ["--perturb-batches", str(batches), "--perturb-finetune-steps", str(n)]
+        cmd += ["--cpu"] if args.cpu else []
+        runs[n], _ = cpu_run(args, cmd, out[: -len(".json")] + ".log")
+        print(f"   {batches} batches, {n} fine-tune step(s): {runs[n]:.1f} CPU s", flush=True)
+    per_step = runs[1] - runs[0]
+    return {
+        "batches": batches,
+        "finetune_steps": steps,
+        "fixed": round(runs[0], 2),
+        "per_step": round(per_step, 2),
+        "runs": {f"n{n}": v for n, v in runs.items()},
+        "cpu_seconds": round(runs[0] + steps * per_step, 1),
+    }
+
+
+def strip_counts(flags):
+    """``flags`` without --perturb-batches and --perturb-finetune-steps and their values."""
+    out, skip = [], False
+    for x in flags:
+        if skip:
+            skip = False
+        elif x in ("--perturb-batches", "--perturb-finetune-steps"):
+            skip = True
+        else:
+            out.append(x)
+    return out
+
+
+def costs_for(path, args, domains):
+    """The costs measured by the estimate ``path`` (same protocol but for the rows), for ``domains``:
+    fairseq-eval-lm at the mean of the measured domains' costs; the perturbation selection's loss
+    part scaled by D'/D (each domain's decisions compute their own losses), its fine-tune part by
+    (D'/D)^2 (as many fine-tunes as decisions, each step one batch of every domain)."""
+    with open(path, encoding="utf-8") as f:
+        source = json.load(f)
+    ours = {k: v for k, v in args.protocol_record["settings"].items() if k != "models"}
+    theirs = {k: v for k, v in source["protocol"]["settings"].items() if k != "models"}
+    if ours != theirs:
+        changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise SystemExit(f"--costs-from {path}: measured with other settings: {', '.join(changed)}")
+    m = dict(source["measured"])
+    mean_eval = sum(m["eval"].values()) / len(m["eval"])
+    ratio = len(domains) / len(m["eval"])
+    m["eval"] = {d: round(mean_eval, 2) for d in domains}
+    if "perturbation" in m:
+        p = dict(m["perturbation"])
+        p["fixed"] = round(p["fixed"] * ratio, 2)
+        p["per_step"] = round(p["per_step"] * ratio**2, 2)
+        p["cpu_seconds"] = round(p["fixed"] + p["finetune_steps"] * p["per_step"], 1)
+        p["scaled_from_domains"] = len(source["measured"]["eval"])
+        m["perturbation"] = p
+    m["from"] = display_path(path)
     return m
 
 
 def estimate(args, meta, models, m):
     """Estimated CPU seconds of every row of the table, from the measurements ``m``."""
     domains = meta["langs"]
-    batches = {d: math.ceil(train_sentences(meta, d) / args.batch_size) for d in domains}
+    tokens = {d: train_tokens(meta, d) for d in domains}
 
     def training(cost, epochs, doms):
-        updates = sum(batches[d] for d in doms)
-        return epochs * (updates * cost["per_update"] + cost["fixed"])
+        return epochs * (sum(tokens[d] for d in doms) * cost["per_token"] + cost["fixed"])
 
     def tested(doms):
         return sum(m["eval"][d] for d in doms)
@@ -226,7 +325,7 @@ def estimate(args, meta, models, m):
     for r in rows.values():
         r["minutes"] = round((r["search"] + r["retrain"]) / 60, 1)
         r["search"], r["retrain"] = round(r["search"], 1), round(r["retrain"], 1)
-    return rows, batches
+    return rows, tokens
 
 
 def format_estimate(result):
@@ -239,14 +338,19 @@ def format_estimate(result):
         "",
         lm.format_protocol(result["protocol"]),
         "",
-        "| measured | CPU s / update | fixed CPU s (per epoch) |",
+        "| measured | CPU ms / token | fixed CPU s (per epoch) |",
         "|---|---|---|",
     ]
     for kind in ("search", "search_contr", "retrain", "baseline"):
         if kind in m:
-            lines.append(f"| {kind} | {m[kind]['per_update']:.3f} | {m[kind]['fixed']:.1f} |")
+            lines.append(f"| {kind} | {1000 * m[kind]['per_token']:.4f} | {m[kind]['fixed']:.1f} |")
     if "perturbation" in m:
-        lines.append(f"| perturbation selection (whole) | - | {m['perturbation']['cpu_seconds']} |")
+        p = m["perturbation"]
+        lines.append(
+            f"| perturbation selection ({p['batches']} batches, {p['finetune_steps']} fine-tune "
+            f"steps) | {p['per_step']:.1f} per fine-tune step | without fine-tune {p['fixed']:.1f} "
+            f"(total {p['cpu_seconds']:.0f}) |"
+        )
     lines.append(
         "| fairseq-eval-lm (per domain) | - | "
         + ", ".join(f"{d} {s}" for d, s in m["eval"].items())
@@ -254,8 +358,8 @@ def format_estimate(result):
     )
     lines += [
         "",
-        "Updates per epoch (train batches): "
-        + ", ".join(f"{d} {n}" for d, n in result["batches_per_epoch"].items())
+        "Train tokens per epoch: "
+        + ", ".join(f"{d} {n:,}" for d, n in result["train_tokens"].items())
         + ".",
         "",
         "| row | search (or selection) CPU s | retrain + test CPU s | minutes |",
@@ -263,6 +367,8 @@ def format_estimate(result):
     ]
     for name, r in result["rows"].items():
         lines.append(f"| {name} | {r['search']:.0f} | {r['retrain']:.0f} | {r['minutes']} |")
+    if "from" in m:
+        lines += ["", f"Costs measured by {m['from']} (not on this data)."]
     lines += ["", f"Total: {result['total_minutes']} minutes."]
     return "\n".join(lines)
 
@@ -271,11 +377,20 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.out = os.path.abspath(args.out)
+    os.makedirs(args.out, exist_ok=True)
     meta = lm.data_metadata(args.data)
     models, skipped = lm.table_models(args.models, meta["langs"], meta.get("parallel", True))
     start = time.time()
-    measured = measure(args, meta["langs"], models, os.path.join(args.out, "runs"))
-    rows, batches = estimate(args, meta, models, measured)
+    if args.costs_from:
+        measured = costs_for(args.costs_from, args, meta["langs"])
+        missing = [k for k in ("search_contr", "baseline", "perturbation") if k not in measured]
+        needed = {"search_contr": "multi_contr", "baseline": "baseline"}
+        for k in missing:
+            if needed.get(k, k) in models:
+                raise SystemExit(f"--costs-from {args.costs_from}: no {k} measured")
+    else:
+        measured = measure(args, meta["langs"], models, os.path.join(args.out, "runs"))
+    rows, tokens = estimate(args, meta, models, measured)
     result = {
         "command": "python scripts/estimate_table_time.py " + shlex.join(argv),
         "commit": git_commit(ROOT),
@@ -285,7 +400,7 @@ def main(argv=None):
         "models": models,
         "skipped": skipped,
         "measured": measured,
-        "batches_per_epoch": batches,
+        "train_tokens": tokens,
         "rows": rows,
         "total_minutes": round(sum(r["minutes"] for r in rows.values()), 1),
         "measurement_wall_seconds": round(time.time() - start, 1),
