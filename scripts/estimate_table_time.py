@@ -63,9 +63,10 @@ def build_parser():
         "--costs-from",
         default=None,
         metavar="ESTIMATE_JSON",
-        help="measure nothing: apply the costs another estimate measured with the same protocol "
-        "(e.g. table L's, to table G's data); evaluation costs are their mean per domain and the "
-        "perturbation selection's are scaled to the domain count (see costs_for)",
+        help="measure nothing: apply the costs another estimate measured with the same settings "
+        "but the rows and epochs (e.g. table L's, to table G's data); evaluation costs are their "
+        "mean per domain and the perturbation selection's are scaled to the domain count "
+        "(see costs_for)",
     )
     p.add_argument(
         "--updates",
@@ -259,15 +260,20 @@ def strip_counts(flags):
     return out
 
 
+# settings that change how much is run, not what a token or a selection costs
+NOT_COSTS = ("models", "search_epochs", "retrain_epochs", "random_count", "random_reference")
+
+
 def costs_for(path, args, domains):
-    """The costs measured by the estimate ``path`` (same protocol but for the rows), for ``domains``:
+    """The costs measured by the estimate ``path`` (the same settings but :data:`NOT_COSTS`), for
+    ``domains``:
     fairseq-eval-lm at the mean of the measured domains' costs; the perturbation selection's loss
     part scaled by D'/D (each domain's decisions compute their own losses), its fine-tune part by
     (D'/D)^2 (as many fine-tunes as decisions, each step one batch of every domain)."""
     with open(path, encoding="utf-8") as f:
         source = json.load(f)
-    ours = {k: v for k, v in args.protocol_record["settings"].items() if k != "models"}
-    theirs = {k: v for k, v in source["protocol"]["settings"].items() if k != "models"}
+    ours = {k: v for k, v in args.protocol_record["settings"].items() if k not in NOT_COSTS}
+    theirs = {k: v for k, v in source["protocol"]["settings"].items() if k not in NOT_COSTS}
     if ours != theirs:
         changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise SystemExit(f"--costs-from {path}: measured with other settings: {', '.join(changed)}")

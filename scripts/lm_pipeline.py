@@ -38,6 +38,13 @@ parser's own defaults (``make demo`` and the earlier tables pass their sizes as 
 the protocol of the real-scale tables of issue 26 (the whole gettext corpus: table L, en/de; table
 G, the three genres in English; ``scripts/real_table.sh``), one entry per search space, picked by
 the family of ``--arch`` (``mdnas_rnn*``: rnn, the default; ``mdnas_transformer_lm*``: transformer).
+Its sizes are chosen so that one table of one space and one seed fits 100 minutes on one core (two
+tables side by side on two cores), estimated by ``scripts/estimate_table_time.py`` from short runs
+(20 and 120 updates of every kind of training, their CPU seconds per trained token, and the
+perturbation selection without and with one fine-tune step), on the 2-core machine while other
+jobs ran (commit 6837410): table L 78 minutes recurrent (32 dims, 6 nodes, search 1 epoch, retrain
+2) and 84 Transformer (2 layers x 64 dims, search 1, retrain 3); table G 35 for either (from L's
+costs, ``--costs-from``). The figures per row are in docs/language-models.md ("Real-scale tables").
 
 With ``--search-seeds 1,2,3 --select-by-retrain-epochs N`` every searched model runs one search per
 seed, retrains each genotype N epochs, keeps the one with the best VALIDATION loss and retrains it
@@ -103,10 +110,15 @@ REAL_MODELS = "single_*,union,multi,multi_struct,multi_contr,random,perturbation
 PROTOCOLS = {
     "demo": {"rnn": {}, "transformer": {}},
     "real": {
-        # TIME_ESTIMATE_RNN
+        # Table L (gettext en,de: 999k train tokens) estimated at 78 minutes on one core, table G
+        # (the genres: 421k) at 35: searches 0.41 CPU ms per trained token (multi_contr 0.91, its
+        # translations are trained too), retrains 0.071, lstm_lm 0.050, the perturbation selection
+        # 3.8 min on L. DARTS' 8 nodes cost 0.64 ms per token in the search and L about 113
+        # minutes, hence 6 nodes. The baseline has 156,960 parameters on L, the multimodel 150,264
+        # (every edge shared) to 162,552 (none).
         "rnn": {
             "arch": "mdnas_rnn_tiny",
-            "model_flags": "--embed-dim 32 --hidden-dim 32",
+            "model_flags": "--embed-dim 32 --hidden-dim 32 --num-nodes 6",
             "schedule": "--lr-scheduler fixed",
             "batch_size": 64,
             "search_epochs": 1,
@@ -122,10 +134,13 @@ PROTOCOLS = {
             "random_reference": "multi_struct",
             "perturb_flags": "--perturb-batches 8 --perturb-finetune-steps 5",
             "baseline_arch": "lstm_lm",
-            "baseline_flags": "--decoder-embed-dim 32 --decoder-hidden-size 48 "
+            "baseline_flags": "--decoder-embed-dim 32 --decoder-hidden-size 64 "
             "--decoder-out-embed-dim 32 --share-decoder-input-output-embed --dropout 0.1",
         },
-        # TIME_ESTIMATE_TRANSFORMER
+        # Table L estimated at 84 minutes on one core, table G at 35: searches 0.33 CPU ms per
+        # token (multi_contr 0.65), retrains 0.078, transformer_lm 0.072, the perturbation
+        # selection (8 decisions on L) 21 s; the search's lower cost buys a third retrain epoch.
+        # The baseline has 359,552 parameters on L, the multimodel about 364,000-372,000.
         "transformer": {
             "arch": "mdnas_transformer_lm_tiny",
             "model_flags": "--decoder-layers 2 --decoder-embed-dim 64 --decoder-ffn-embed-dim 256 "
@@ -133,7 +148,7 @@ PROTOCOLS = {
             "schedule": "--lr-scheduler fixed",
             "batch_size": 64,
             "search_epochs": 1,
-            "retrain_epochs": 2,
+            "retrain_epochs": 3,
             "lr": 0.003,
             "clip_norm": 0.25,
             "alpha_order": 1,
@@ -711,8 +726,9 @@ def build_parser():
         choices=tuple(PROTOCOLS),
         help="named settings used as the defaults of these flags (explicit flags override them) "
         "and recorded in the results; real: the real-scale tables' (one entry per search space, "
-        "by --arch's family; see PROTOCOLS in this script and docs/results.md) (default: "
-        "%(default)s, the defaults shown here)",
+        "by --arch's family; estimated 78 (recurrent) and 84 (Transformer) minutes on one core for "
+        "gettext en,de, 35 for its genres; see PROTOCOLS in this script and "
+        "docs/language-models.md) (default: %(default)s, the defaults shown here)",
     )
     p.add_argument(
         "--models",
