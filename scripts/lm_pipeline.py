@@ -79,7 +79,7 @@ def fairseq_cmd(name):
     return path
 
 
-def run(cmd, log_path):
+def run(cmd, log_path, env_extra=None):
     """Run a command, logging to a file; on failure show the log's tail and stop."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.time()
@@ -87,6 +87,7 @@ def run(cmd, log_path):
     # everything down badly when several processes share the cores), so one thread by default.
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(env_extra or {})
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
@@ -293,14 +294,24 @@ def search_flags(args):
     ] + args.search_flags.split()
 
 
+# fairseq's older models (lstm_lm, the recurrent space's baseline) keep their settings in the
+# checkpoint as an argparse.Namespace, which torch.load refuses by default (weights_only=True since
+# PyTorch 2.6). The baselines' checkpoints are the pipeline's own: their fairseq-eval-lm loads them
+# fully (torch's switch for calls that do not say weights_only, as fairseq's do not), and
+# count_parameters allows the Namespace.
+LEGACY_CHECKPOINT = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+
+
 def count_parameters(checkpoint):
     """``sum(p.numel() for p in model.parameters())`` of the model the checkpoint builds: tied
     tensors count once (a state dict lists fairseq's tied output projection a second time) and
     buffers not at all."""
+    import torch
     from fairseq import checkpoint_utils, utils
 
     utils.import_user_module(argparse.Namespace(user_dir=USER_DIR))
-    models, _cfg = checkpoint_utils.load_model_ensemble([checkpoint])
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        models, _cfg = checkpoint_utils.load_model_ensemble([checkpoint])
     return sum(p.numel() for p in models[0].parameters())
 
 
@@ -326,7 +337,10 @@ def evaluate(args, checkpoint, domain, log_path, task="multidomain_nas"):
     ] + subset
     if args.cpu:
         cmd.append("--cpu")
-    text, _ = run(cmd, log_path)
+    if task == "multidomain_nas":
+        text, _ = run(cmd, log_path)
+    else:  # a plain fairseq LM: see LEGACY_CHECKPOINT
+        text, _ = run(cmd, log_path, LEGACY_CHECKPOINT)
     found = PERPLEXITY.findall(text)
     if not found:
         raise SystemExit(f"no perplexity in {log_path}")

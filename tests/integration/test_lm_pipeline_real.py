@@ -1,8 +1,9 @@
-"""scripts/lm_pipeline.py's perturbation row end to end at a tiny size (issue 26): the multi_struct
-search, ``mdnas-derive --select perturbation`` on its checkpoint, the retrain and the test of the
-chosen genotype with exactly the multi_struct row's command; under ``--protocol real`` (sizes and
-epochs overridden), so the real protocol's own flags run through fairseq. Also: every command of
-the real protocol, of both search spaces, is one fairseq's parser accepts."""
+"""scripts/lm_pipeline.py --protocol real at a tiny size (issue 26): the perturbation row end to end
+(the multi_struct search, ``mdnas-derive --select perturbation`` on its checkpoint, the retrain and
+the test of the chosen genotype with exactly the multi_struct row's command; sizes and epochs
+overridden, so the real protocol's own flags run through fairseq); the recurrent space's baseline,
+fairseq's ``lstm_lm``, trained, tested and counted; every command of the real protocol, of both
+search spaces, is one fairseq's parser accepts."""
 
 import json
 import math
@@ -70,6 +71,23 @@ def test_the_perturbation_row_end_to_end(tiny_corpus, tmp_path):
         md = f.read()
     assert f"perturbation (of multi_struct's search, {row['decisions']} decisions)" in md
     assert "Protocol `real` (rnn space)" in md
+
+
+def test_the_recurrent_baseline_lstm_lm_is_trained_tested_and_counted(tiny_corpus, tmp_path):
+    """fairseq's lstm_lm keeps its settings as an argparse.Namespace in the checkpoint, which
+    torch.load refuses by default (weights_only): the pipeline must still test and count it."""
+    lm = load_script("lm_pipeline")
+    out = str(tmp_path / "table")
+    lm.main(
+        ["--data", tiny_corpus(400), "--out", out, "--protocol", "real", "--models", "baseline",
+         "--retrain-epochs", "1", "--batch-size", "16"]
+    )  # fmt: skip
+    with open(os.path.join(out, "table.json"), encoding="utf-8") as f:
+        (row,) = json.load(f)["rows"]
+    assert row["arch"] == "lstm_lm"
+    assert all(math.isfinite(p) and p > 1 for p in row["test_ppl"].values())
+    checkpoint = os.path.join(out, "baseline", "train", "checkpoint_best.pt")
+    assert row["params"] == lm.count_parameters(checkpoint) > 0
 
 
 @pytest.mark.parametrize("arch", ["mdnas_rnn_tiny", "mdnas_transformer_lm_tiny"])
