@@ -279,6 +279,51 @@ def extend_tables(pattern="results/extend/*/seed*/table.json"):
     return "\n\n".join(extend_table_of(p) for p in paths)
 
 
+def extend_summary(pattern="results/extend/*/seed*/table.json"):
+    """One line per committed extension table: each new language's test perplexity extended /
+    joint / union / size-matched single model, the parameters added against the joint run's, and
+    the extension's minutes (search + retrain) against the joint run's."""
+    paths = sorted(
+        os.path.relpath(p, ROOT).replace(os.sep, "/")
+        for p in glob.glob(os.path.join(ROOT, pattern))
+    )
+    if not paths:
+        return extend_tables(pattern)
+    body, sources, new_langs = [], [], None
+    for path in paths:
+        data = load(path)
+        settings = data["settings"]
+        if new_langs is None:
+            new_langs = list(settings["new_langs"])
+        elif list(settings["new_langs"]) != new_langs:
+            raise SystemExit(
+                f"{path}: new languages {settings['new_langs']} differ from {new_langs}"
+            )
+        by = {r["row"]: r for r in data["rows"]}
+        ext, joint, union = by["extended"], by["joint"], by["union"]
+        cells = []
+        for d in new_langs:
+            sized = by[f"single_{d}_sized"]
+            cells.append(" / ".join(num(r["test_ppl"][d]) for r in (ext, joint, union, sized)))
+        minutes = [(r["search_seconds"] + r["retrain_seconds"]) / 60 for r in (ext, joint)]
+        body.append(
+            [f"{settings['arch']}, seed {data['seed']}"]
+            + cells
+            + [
+                f"{data['params_added']:,} of {joint['params']:,}",
+                f"{minutes[0]:.0f} / {minutes[1]:.0f}",
+                "yes" if data["old_equal"] else "NO",
+            ]
+        )
+        sources.append((path, data))
+    header = (
+        ["space, seed"]
+        + [f"{d} ppl: extended / joint / union / single of the added size" for d in new_langs]
+        + ["params added (joint model's)", "minutes: extension / joint", "old languages unchanged"]
+    )
+    return md_table(header, body) + "\n\n" + sources_line(sources)
+
+
 # ---------------------------------------------------------------- benchmark text outputs
 
 
@@ -441,6 +486,7 @@ TABLES = {
     "sweep-lm": lambda: sweep_table("results/sweep/lm/sweep.json"),
     # extending a multimodel (issue 24)
     "extend": extend_tables,
+    "extend-summary": extend_summary,
     # speed and memory (benchmarks/)
     "speed-cpu": lambda: step_tables("results/speed/lm_search_speed.txt", 2),
     "speed-fairseq-train": fairseq_train_speed,

@@ -147,3 +147,25 @@ def test_extend_renderer_without_results_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "ROOT", str(tmp_path))
     text = render.TABLES["extend"]()
     assert "No extension results" in text and "|" not in text
+
+
+def test_extend_summary_holds_the_tables_new_language_figures(tmp_path, monkeypatch):
+    """The README's one-line-per-table summary: each new language's perplexity of the extended,
+    joint, union and size-matched rows, the parameters added and the minutes, from table.json."""
+    data = json.load(open(FIXTURE, encoding="utf-8"))
+    target = tmp_path / "results" / "extend" / "mdnas_rnn_tiny" / "seed1"
+    target.mkdir(parents=True)
+    (target / "table.json").write_text(json.dumps(data), encoding="utf-8")
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    (row,) = table_rows(render.TABLES["extend-summary"]())
+    by = {r["row"]: r for r in data["rows"]}
+    assert row[0] == "mdnas_rnn_tiny, seed 1"
+    ppl = [float(x) for x in row[1].split(" / ")]
+    assert ppl == [
+        by[name]["test_ppl"]["fr"] for name in ("extended", "joint", "union", "single_fr_sized")
+    ]
+    assert row[2] == f"{data['params_added']:,} of {by['joint']['params']:,}"
+    ext_min = (by["extended"]["search_seconds"] + by["extended"]["retrain_seconds"]) / 60
+    joint_min = (by["joint"]["search_seconds"] + by["joint"]["retrain_seconds"]) / 60
+    assert row[3] == f"{ext_min:.0f} / {joint_min:.0f}"
+    assert row[4] == ("yes" if data["old_equal"] else "NO")
