@@ -4,8 +4,11 @@ of the same size, side by side in one run (issue 27: "within 1.5x of fairseq's t
 
 Models, built as fairseq-train builds them (nothing trained; every weight random):
   multimodel   ``--arch`` (default mdnas_transformer_small; more model flags after ``--``) with a
-               genotype of the transformer_mt space: ``--genotype FILE``, or by default a random one
-               (every domain's cell drawn with ``--random-seed``, mdnas_fairseq.search.random_genotype)
+               genotype of the transformer_mt space: ``--genotype FILE``; ``--genotype transformer``
+               (every domain's cell fairseq's transformer layer: attention, then ffn_relu; the same
+               FLOPs as fairseq's transformer at one domain's size: the code's own overhead); by
+               default a random one (every domain's cell drawn with ``--random-seed``,
+               mdnas_fairseq.search.random_genotype)
   fairseq      fairseq's own ``--arch transformer`` as scripts/translation_table.py's baseline row
                builds it (pre-LayerNorm, ``--share-all-embeddings``, the multimodel's layers, width
                and heads) with the FFN width that table's ``baseline_ffn`` solves for so that the
@@ -83,17 +86,28 @@ def made_up_data_bin(folder, vocab, domains, src="en", tgt="de"):
     return folder
 
 
-def random_genotype_file(args, data, path):
-    """``--random-seed``'s genotype of the space of the multimodel ``--arch`` and flags build."""
+def made_genotype_file(args, data, path):
+    """The genotype of ``--genotype transformer`` (every domain's cell fairseq's transformer's:
+    attention in every token slot, ``ffn_relu`` in every channel slot) or, without ``--genotype``,
+    ``--random-seed``'s random one, in the space of the multimodel ``--arch`` and flags build."""
     from mdnas_fairseq.cells.transformer_mt import transformer_mt_space
     from mdnas_fairseq.models.mdnas_transformer import kernel_sizes
-    from mdnas_fairseq.search import random_genotype
+    from mdnas_fairseq.search import GenotypeEdge, MultiDomainGenotype, random_genotype
     from mdnas_fairseq.search.genotype import save_genotype
 
     task, search_model = build(multimodel_argv(args, data))
     cfg = search_model.cfg
     space = transformer_mt_space(cfg.encoder_layers, cfg.decoder_layers, kernel_sizes(cfg))
-    genotype = random_genotype(space, task.domain_names, np.random.default_rng(args.random_seed))
+    names = task.domain_names
+    if args.genotype == "transformer":
+        cell = []
+        for j in space.node_ids:
+            i = space.node_inputs(j)[0]  # one incoming edge per node: the chain
+            allowed = space.allowed(space.edge_index(i, j))
+            cell.append(GenotypeEdge(j, i, "attention" if "attention" in allowed else "ffn_relu"))
+        genotype = MultiDomainGenotype(space, tuple(names), {d: tuple(cell) for d in names})
+    else:
+        genotype = random_genotype(space, names, np.random.default_rng(args.random_seed))
     save_genotype(path, genotype)
     return path
 
@@ -329,7 +343,11 @@ def build_parser():
     p.add_argument("--domains", default="gcc,libreoffice", help="without --data: the domains")
     p.add_argument("--source-length", type=int, default=25, help="without --data: source tokens")
     p.add_argument("--arch", default="mdnas_transformer_small", help="the multimodel's preset")
-    p.add_argument("--genotype", help="the multimodel's genotype (default: a random one)")
+    p.add_argument(
+        "--genotype",
+        help="the multimodel's genotype: a file, or 'transformer' (every cell fairseq's transformer "
+        "layer's: attention, ffn_relu); default a random one",
+    )
     p.add_argument("--random-seed", type=int, default=1, help="seed of the random genotype")
     p.add_argument(
         "--from-checkpoints",
@@ -362,7 +380,9 @@ def build_models(args, data, meta, tmp):
         info = {"ffn": base.encoder.layers[0].fc1.out_features}
         info.update(params=params(base), how=f"from {args.from_checkpoints[1]}")
         return task, multi, f"of {args.from_checkpoints[0]}", {"fairseq": (base, info)}
-    genotype = args.genotype or random_genotype_file(args, data, os.path.join(tmp, "genotype.json"))
+    genotype = args.genotype
+    if genotype in (None, "transformer"):
+        genotype = made_genotype_file(args, data, os.path.join(tmp, "genotype.json"))
     task, multi = build(multimodel_argv(args, data, genotype))
     sizes = model_sizes(multi)
     base, ffn, predicted = matched_transformer(data, meta, sizes, params(multi))
@@ -379,7 +399,8 @@ def build_models(args, data, meta, tmp):
                 model,
                 {"ffn": ffn, "params": params(model), "target": target, "domain": d},
             )
-    name = args.genotype or f"random, seed {args.random_seed}"
+    name = {None: f"random, seed {args.random_seed}", "transformer": "transformer (every cell "
+            "attention, ffn_relu)"}.get(args.genotype, args.genotype)  # fmt: skip
     return task, multi, name, baselines
 
 
@@ -393,6 +414,8 @@ def genotype_of(multi):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if min(args.repeats, args.batch, args.beam, args.steps, args.threads) < 1:
+        raise SystemExit("--repeats, --batch, --beam, --steps and --threads must be at least 1")
     if args.from_checkpoints and not args.data:
         raise SystemExit(
             "--from-checkpoints needs --data (the data-bin the models were trained on)"
@@ -411,7 +434,7 @@ def main(argv=None):
         else:
             domains = (
                 list(load_genotype(args.genotype).domains)
-                if args.genotype
+                if args.genotype not in (None, "transformer")
                 else [d for d in args.domains.split(",") if d]
             )
             data = made_up_data_bin(os.path.join(tmp, "data-bin"), args.vocab, domains)

@@ -143,6 +143,17 @@ def test_printed_ratios_and_goal_line(made_up):
     assert ("): MET (" if met else "): NOT MET (") in text
 
 
+def test_transformer_genotype_is_fairseqs_transformer():
+    """--genotype transformer: every domain's cell fairseq's transformer layer; both domains share
+    its modules, so the multimodel is exactly fairseq's transformer of the same FFN width."""
+    argv = [*TINY, "--genotype", "transformer", "--no-domain-size", "--vocab"]
+    _, result, text = run_benchmark([*argv, str(V), "--source-length", "6", "--", *SIZES])
+    multi, ffn, base = printed_params(text)
+    assert ffn == 64 and multi == base == fairseq_params(64)
+    for cell in result["multimodel"]["cells"].values():
+        assert cell == "encoder attention ffn_relu | decoder attention ffn_relu"
+
+
 def test_data_bin_sources(from_data):
     _, result, text, data_bin = from_data
     words = (data_bin / "dict.de.txt").read_text(encoding="utf-8").splitlines()
