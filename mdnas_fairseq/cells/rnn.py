@@ -6,7 +6,8 @@ re-exports it, so ``from mdnas_fairseq.cells.rnn import DartsRNNCell`` keeps wor
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import uuid
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,12 @@ class DartsRNNLanguageModel(TiedVocabulary, MultiDomainNetwork):
         appended_vocabulary: (entries, first domain) of the dictionary blocks extensions appended
             (:mod:`.vocabulary`); ``vocab_size`` counts them.
         frozen_architectures: see :class:`MultiDomainNetwork`.
+
+    Incremental decoding (fairseq's generation): ``forward(..., incremental_state=state)`` with a
+    dict ``state`` runs the cell from the recurrent state kept in ``state`` over the tokens it has
+    not seen (all of ``tokens`` the first time, the last one afterwards), and keeps the new last
+    state there; :meth:`reorder_incremental_state` follows the beams. A step is the full pass's
+    computation from that state, so it gives the full pass's scores (tested).
     """
 
     def __init__(
@@ -100,6 +107,8 @@ class DartsRNNLanguageModel(TiedVocabulary, MultiDomainNetwork):
             compile_cell,
             search_weights,
         )
+        # this network's entry in an incremental state (fairseq's convention: one key per module)
+        self.incremental_state_key = f"{uuid.uuid4()}.rnn_state"
 
     def _embed(self, tokens: Tensor) -> Tensor:
         """Input embeddings; in training, DARTS' embedding dropout drops whole word types (rows of the
@@ -111,18 +120,41 @@ class DartsRNNLanguageModel(TiedVocabulary, MultiDomainNetwork):
         return F.embedding(tokens, weight, self.embedding.padding_idx)
 
     def forward(
-        self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None
+        self,
+        tokens: Tensor,
+        domain: Tensor,
+        batch_domain: Optional[int] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), states (B, T, H)).
 
         ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
+        ``incremental_state``: decode incrementally (class docstring); the outputs are those of the
+        positions not seen before (the last one after the first call).
         """
+        saved = None
+        if incremental_state is not None:
+            saved = incremental_state.get(self.incremental_state_key)
+            if saved is not None:
+                tokens = tokens[:, -1:]
         x = self._embed(tokens).transpose(0, 1)  # (T, B, E)
-        h0 = self.initial_state.expand(tokens.shape[0], -1)
+        h0 = self.initial_state.expand(tokens.shape[0], -1) if saved is None else saved["h"]
         states = self.cell(x, h0, **self.route(domain, batch_domain, tokens.shape[0], x.dtype))
+        if incremental_state is not None:
+            incremental_state[self.incremental_state_key] = {"h": states[-1]}
         states = states.transpose(0, 1)  # (B, T, H)
         out = F.dropout(states, self.dropout, self.training)
         return self.output_logits(out, domain, batch_domain), states
+
+    def reorder_incremental_state(
+        self, incremental_state: Dict[str, Dict[str, Optional[Tensor]]], new_order: Tensor
+    ) -> None:
+        """Beam search: keep the recurrent state of the hypotheses ``new_order`` (fairseq calls it)."""
+        saved = incremental_state.get(self.incremental_state_key)
+        if saved is not None:
+            incremental_state[self.incremental_state_key] = {
+                "h": saved["h"].index_select(0, new_order)
+            }
 
     # ------------------------------------------------------------------ sizes
     def shared_param_count(self) -> int:

@@ -38,6 +38,15 @@ accept a ``padding_mask`` themselves (:mod:`.transformer_ops`), for use outside 
 
 Candidate modules come from a factory (op name -> module, see :mod:`.transformer_ops`): the
 fairseq model passes one building fairseq's ``MultiheadAttention`` and ``LightweightConv``.
+
+Incremental decoding (fairseq's generation), as the translation decoder's
+(:mod:`.transformer_mt`): ``forward(..., incremental_state=dict)`` takes the last token only and
+passes the dict to the positions and to every slot's module, which keep their own state in it
+(attention keys and values, convolution input buffers) and provide
+``reorder_incremental_state`` for beam search. The candidate factory decides how: the fairseq
+model's candidates decode incrementally (those of :func:`~.transformer_ops.torch_candidates` do
+not). The tokens then have no leading pads (fairseq's ``SequenceGenerator`` starts every row
+with <eos>), and a derived model's batch holds one domain.
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ from ..search import GenotypeEdge, MultiDomainGenotype, ParamTable, transformer_
 from .network import MultiDomainNetwork
 from .transformer_ops import CandidateFactory
 from .vocabulary import TiedVocabulary, VocabularyBlocks
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]  # fairseq's incremental state
 
 
 def _numel(module: nn.Module) -> int:
@@ -169,32 +180,41 @@ class SearchableTransformerLM(TiedVocabulary, MultiDomainNetwork):
     def _residual(self, x: Tensor, out: Tensor) -> Tensor:
         return x + F.dropout(out, self.dropout, self.training)
 
-    def _search_layers(self, x: Tensor, probs: Tensor) -> Tensor:
-        """``probs``: mixing probabilities, (E, K) for the whole batch or (B, E, K) one per sample."""
+    def _search_layers(self, x: Tensor, probs: Tensor, **step) -> Tensor:
+        """``probs``: mixing probabilities, (E, K) for the whole batch or (B, E, K) one per sample;
+        ``step``: ``incremental_state``, passed to every module (module docstring)."""
         for e in range(self.space.num_edges):
             h = self.slot_norms[e](x)
             mixed = 0
             for module, k in zip(self.slot_ops[e].values(), self.slot_op_index[e]):
                 w = probs[e, k] if probs.dim() == 2 else probs[:, e, k].view(1, -1, 1)
-                mixed = mixed + w * module(h)
+                mixed = mixed + w * module(h, **step)
             x = self._residual(x, mixed)
         return x
 
-    def _derived_layers(self, x: Tensor, cell: str) -> Tensor:
+    def _derived_layers(self, x: Tensor, cell: str, **step) -> Tensor:
         choice = self.choices[cell]
         for e, (_, j) in enumerate(self.space.edges):
-            x = self._residual(x, self.ops[choice[j]](self.slot_norms[e](x)))
+            x = self._residual(x, self.ops[choice[j]](self.slot_norms[e](x), **step))
         return x
 
-    def embed(self, tokens: Tensor) -> Tensor:
-        """Token (+ position) embeddings, (T, B, C)."""
+    def embed(self, tokens: Tensor, incremental_state: Optional[IncrementalState] = None) -> Tensor:
+        """Token (+ position) embeddings, (T, B, C); with an ``incremental_state``, of the last
+        position only (T = 1)."""
+        positions = None
+        if self.positions is not None:
+            step = {} if incremental_state is None else {"incremental_state": incremental_state}
+            positions = self.positions(tokens, **step)
+        if incremental_state is not None:
+            tokens = tokens[:, -1:]
+            positions = positions[:, -1:] if positions is not None else None
         if self.appended_vocabulary is None:
             x = self.embed_scale * self.embedding(tokens)
         else:
             weight = self.vocabulary_weight()
             x = self.embed_scale * F.embedding(tokens, weight, self.embedding.padding_idx)
-        if self.positions is not None:
-            x = x + self.positions(tokens)
+        if positions is not None:
+            x = x + positions
         return F.dropout(x, self.dropout, self.training).transpose(0, 1)
 
     def leading_pads_to_the_end(self, tokens: Tensor) -> Tuple[Tensor, Tensor]:
@@ -207,13 +227,20 @@ class SearchableTransformerLM(TiedVocabulary, MultiDomainNetwork):
         return rotated, (t - leading) % steps
 
     def forward(
-        self, tokens: Tensor, domain: Tensor, batch_domain: Optional[int] = None
+        self,
+        tokens: Tensor,
+        domain: Tensor,
+        batch_domain: Optional[int] = None,
+        incremental_state: Optional[IncrementalState] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``tokens`` (B, T), ``domain`` (B,) domain indices -> (logits (B, T, V), features (B, T, C)).
 
         ``batch_domain``: the single domain of the whole batch, known on the host (see :meth:`route`).
         Left padding is moved to the end for the layers and the states moved back (module docstring).
+        ``incremental_state``: decode the last position only (T = 1; module docstring).
         """
+        if incremental_state is not None:
+            return self._decode_step(tokens, domain, batch_domain, incremental_state)
         tokens, back = self.leading_pads_to_the_end(tokens)
         x = self.embed(tokens)
         routing = self.route(domain, batch_domain, tokens.shape[0], x.dtype)
@@ -235,6 +262,28 @@ class SearchableTransformerLM(TiedVocabulary, MultiDomainNetwork):
         x = x.transpose(0, 1)  # (B, T, C), each sentence back in its own positions
         x = x[torch.arange(x.shape[0], device=x.device)[:, None], back]
         features = self.final_norm(x)
+        return self.output_logits(features, domain, batch_domain), features
+
+    def _decode_step(
+        self,
+        tokens: Tensor,
+        domain: Tensor,
+        batch_domain: Optional[int],
+        incremental_state: IncrementalState,
+    ) -> Tuple[Tensor, Tensor]:
+        """:meth:`forward` of the last position, the earlier ones kept in ``incremental_state``."""
+        x = self.embed(tokens, incremental_state)
+        routing = self.route(domain, batch_domain, tokens.shape[0], x.dtype)
+        if self.is_search:
+            x = self._search_layers(x, routing["mixing_probs"], incremental_state=incremental_state)
+        else:
+            cells = sorted(set(routing["cells"]))
+            if len(cells) != 1:
+                raise ValueError(
+                    f"incremental decoding runs one domain per batch, got the cells {cells}"
+                )
+            x = self._derived_layers(x, cells[0], incremental_state=incremental_state)
+        features = self.final_norm(x.transpose(0, 1))
         return self.output_logits(features, domain, batch_domain), features
 
     # ------------------------------------------------------------------ sizes

@@ -1,12 +1,23 @@
 """What the searchable language models (``mdnas_rnn``, ``mdnas_transformer_lm``) share in fairseq: the
 options of the mixing, a decoder that passes each sentence's domain to the network, the sentence
-representation for the contrastive term, the temperature schedule and the dictionary check."""
+representation for the contrastive term, the temperature schedule and the dictionary check.
 
+Generation (``fairseq-generate``, ``fairseq-interactive``, the hub's ``sample``): fairseq's
+``SequenceGenerator`` calls the decoder as ``decoder(tokens, encoder_out=None,
+incremental_state=state)``, without the batch's ``net_input`` and so without its domain. The task's
+``inference_step`` therefore sets the domain of the batch on the decoder for the duration of the
+generation (:meth:`SearchableDecoder.decoding_domain`), and the decoder passes the incremental
+state on to the network, which keeps what it needs there (the recurrent state; attention keys and
+values, convolution buffers) and reorders it with the beams (``reorder_incremental_state``).
+"""
+
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
+from typing import Iterator, Optional
 
 import torch
-from fairseq.models import FairseqDecoder, FairseqLanguageModel
+from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
 from omegaconf import II
 
 from ..search import annealed_temperature
@@ -39,28 +50,61 @@ def symbols_fingerprint(symbols) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class SearchableDecoder(FairseqDecoder):
-    """fairseq decoder over a searchable network ``lm(tokens, domain, batch_domain) -> (logits, states)``."""
+class SearchableDecoder(FairseqIncrementalDecoder):
+    """fairseq decoder over a searchable network ``lm(tokens, domain, batch_domain) -> (logits, states)``.
+
+    Incremental decoding: ``lm(..., incremental_state=state)`` computes the positions after those
+    it has already seen in ``state`` (the last one, as fairseq's decoders), keeping what it needs
+    in ``state``; the network's modules reorder it (``reorder_incremental_state``, found by
+    fairseq's ``reorder_incremental_state_scripting``)."""
 
     def __init__(self, dictionary, lm, max_target_positions: int, model_name: str):
         super().__init__(dictionary)
         self.lm = lm
         self.max_target_positions = max_target_positions
         self.model_name = model_name
+        self.generation_domain: Optional[int] = None  # see decoding_domain
         lm.register_buffer(
             "dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary))
         )
 
+    @contextlib.contextmanager
+    def decoding_domain(self, domain: int) -> Iterator[None]:
+        """Calls without a domain (fairseq's ``SequenceGenerator``) decode in domain ``domain``
+        (an index into the task's domains) inside the ``with`` block."""
+        previous, self.generation_domain = self.generation_domain, int(domain)
+        try:
+            yield
+        finally:
+            self.generation_domain = previous
+
     def forward(
-        self, prev_output_tokens, src_lengths=None, domain=None, batch_domain=None, **kwargs
+        self,
+        prev_output_tokens,
+        src_lengths=None,
+        domain=None,
+        batch_domain=None,
+        encoder_out=None,
+        incremental_state=None,
+        **kwargs,
     ):
         if domain is None:
-            raise ValueError(
-                f"{self.model_name} needs the domain of every sentence (net_input['domain']); "
-                "load the data with --task multidomain_nas"
+            if self.generation_domain is None:
+                raise ValueError(
+                    f"{self.model_name} needs the domain of every sentence (net_input['domain']); "
+                    "load the data with --task multidomain_nas (fairseq-generate and "
+                    "fairseq-interactive: the task gives the batch's domain, or --eval-domain's)"
+                )
+            batch_domain = self.generation_domain
+            domain = torch.full(
+                prev_output_tokens.shape[:1],
+                batch_domain,
+                dtype=torch.long,
+                device=prev_output_tokens.device,
             )
+        step = {} if incremental_state is None else {"incremental_state": incremental_state}
         logits, states = self.lm(
-            prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain
+            prev_output_tokens, domain.to(prev_output_tokens.device), batch_domain, **step
         )
         extra = {"states": states, "src_lengths": src_lengths, "attn": [None]}
         if batch_domain is not None:  # the entries the batch's domain may emit (a prefix)

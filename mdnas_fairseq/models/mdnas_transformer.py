@@ -13,7 +13,8 @@ convolution block around ``LightweightConv1dTBC`` (``padding_l = (k - 1) // 2`` 
 ``--eval-bleu``): attention keeps its keys and values and the lightweight convolution its input
 buffer, both through fairseq's own incremental state; the depthwise convolution, written here,
 keeps its last k - 1 inputs with fairseq's ``with_incremental_state`` helpers
-(:class:`IncrementalDepthwiseConv`); the feed-forward blocks and identity are position-wise.
+(:class:`IncrementalDepthwiseConv`, shared with ``mdnas_transformer_lm``, whose generation uses the
+same modules); the feed-forward blocks and identity are position-wise.
 
 One network serves both halves: the decoder owns it (its parameters are ``decoder.net.*``, and
 fairseq's beam search finds every module's ``reorder_incremental_state`` there); the encoder holds
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.models import (
     ARCH_MODEL_REGISTRY,
     MODEL_REGISTRY,
@@ -45,17 +45,15 @@ from ..cells.transformer_mt import (
     describe_mt_space,
     transformer_mt_space,
 )
-from ..cells.transformer_ops import (
-    CausalDepthwiseConv,
-    LightConvBlock,
-    build_common_candidate,
-    causal_conv_tbc,
-    kernel_of,
-)
+from ..cells.transformer_ops import LightConvBlock, build_common_candidate, kernel_of
 from ..registry import register_once
 from ..search import annealed_temperature, load_genotype
 from .language_model import LanguageModelSearchConfig, dictionary_fingerprint
-from .mdnas_transformer_lm import FairseqCausalSelfAttention, FutureMask
+from .mdnas_transformer_lm import (
+    FutureMask,
+    IncrementalCausalSelfAttention,
+    IncrementalDepthwiseConv,
+)
 from .searchable import SearchableModel, genotype_for_model
 
 logger = logging.getLogger(__name__)
@@ -104,40 +102,6 @@ def kernel_sizes(cfg):
         raise ValueError(
             f"--conv-kernel-sizes must be comma-separated integers, got {cfg.conv_kernel_sizes!r}"
         ) from None
-
-
-@with_incremental_state
-class IncrementalDepthwiseConv(CausalDepthwiseConv):
-    """The causal depthwise convolution with an input buffer for incremental decoding: a step
-    convolves the new inputs with the last k - 1 (fewer at the start: the zeros of the full pass)."""
-
-    def forward(self, x, padding_mask=None, incremental_state=None):
-        if incremental_state is None:
-            return super().forward(x, padding_mask)
-        state = self.get_incremental_state(incremental_state, "conv_state")
-        window = x if state is None else torch.cat([state["inputs"], x], dim=0)
-        if self.kernel_size > 1:
-            kept = window[-(self.kernel_size - 1) :]
-            self.set_incremental_state(incremental_state, "conv_state", {"inputs": kept})
-        return causal_conv_tbc(window, self.weight, self.bias)[-x.shape[0] :]
-
-    def reorder_incremental_state(self, incremental_state, new_order):
-        state = self.get_incremental_state(incremental_state, "conv_state")
-        if state is not None:
-            state = {"inputs": state["inputs"].index_select(1, new_order)}
-            self.set_incremental_state(incremental_state, "conv_state", state)
-
-
-class IncrementalCausalSelfAttention(FairseqCausalSelfAttention):
-    """The language model's causal attention; a decoding step attends to the cached keys/values."""
-
-    def forward(self, x, padding_mask=None, incremental_state=None):
-        if incremental_state is None:
-            return super().forward(x, padding_mask)
-        out, _ = self.attn(
-            query=x, key=x, value=x, incremental_state=incremental_state, need_weights=False
-        )
-        return out
 
 
 class EncoderSelfAttention(nn.Module):

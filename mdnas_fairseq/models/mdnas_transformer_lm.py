@@ -19,6 +19,11 @@ the ``lightconv_cuda`` extension when it is built and prints an ImportError for 
 it is not (fairseq-fixed ships it unbuilt); the two compute the same function. Positions are
 fairseq's ``PositionalEmbedding`` (sinusoidal, or learned with ``--decoder-learned-pos``).
 
+Generation (``fairseq-generate``, ``fairseq-interactive``) decodes incrementally with the
+translation decoder's modules (:class:`IncrementalCausalSelfAttention`,
+:class:`IncrementalDepthwiseConv`, the lightweight convolution's own buffer); the task gives the
+decoder the batch's domain (``docs/language-models.md``, "Sampling").
+
 Named sizes: ``mdnas_transformer_lm_tiny`` (tests: 2 layers, 64 dims), ``_small``, ``_base``.
 """
 
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.models import (
     ARCH_MODEL_REGISTRY,
     MODEL_REGISTRY,
@@ -38,9 +44,11 @@ from fairseq.utils import safe_getattr
 
 from ..cells.transformer import SearchableTransformerLM
 from ..cells.transformer_ops import (
+    CausalDepthwiseConv,
     LightConvBlock,
     attention_blocked,
     build_common_candidate,
+    causal_conv_tbc,
     kernel_of,
 )
 from ..registry import register_once
@@ -143,19 +151,58 @@ class FairseqCausalSelfAttention(nn.Module):
         return out
 
 
+@with_incremental_state
+class IncrementalDepthwiseConv(CausalDepthwiseConv):
+    """The causal depthwise convolution with an input buffer for incremental decoding: a step
+    convolves the new inputs with the last k - 1 (fewer at the start: the zeros of the full pass)."""
+
+    def forward(self, x, padding_mask=None, incremental_state=None):
+        if incremental_state is None:
+            return super().forward(x, padding_mask)
+        state = self.get_incremental_state(incremental_state, "conv_state")
+        window = x if state is None else torch.cat([state["inputs"], x], dim=0)
+        if self.kernel_size > 1:
+            kept = window[-(self.kernel_size - 1) :]
+            self.set_incremental_state(incremental_state, "conv_state", {"inputs": kept})
+        return causal_conv_tbc(window, self.weight, self.bias)[-x.shape[0] :]
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        state = self.get_incremental_state(incremental_state, "conv_state")
+        if state is not None:
+            state = {"inputs": state["inputs"].index_select(1, new_order)}
+            self.set_incremental_state(incremental_state, "conv_state", state)
+
+
+class IncrementalCausalSelfAttention(FairseqCausalSelfAttention):
+    """The language model's causal attention; a decoding step attends to the cached keys/values."""
+
+    def forward(self, x, padding_mask=None, incremental_state=None):
+        if incremental_state is None:
+            return super().forward(x, padding_mask)
+        out, _ = self.attn(
+            query=x, key=x, value=x, incremental_state=incremental_state, need_weights=False
+        )
+        return out
+
+
 def fairseq_candidates(cfg):
-    """The candidate factory of the fairseq model: fairseq's modules where fairseq has them."""
+    """The candidate factory of the fairseq model: fairseq's modules where fairseq has them; every
+    token mixer decodes incrementally (attention and the lightweight convolution through fairseq's
+    incremental state, the depthwise convolution with :class:`IncrementalDepthwiseConv`), the
+    channel mixers are position-wise."""
     dim, heads = cfg.decoder_embed_dim, cfg.decoder_attention_heads
     future_mask = FutureMask()  # one causal mask for all the attention modules of the model
 
     def build(name: str) -> nn.Module:
+        if name.startswith("dwconv_"):
+            return IncrementalDepthwiseConv(dim, kernel_of(name, "dwconv_"))
         module = build_common_candidate(
             name, dim, cfg.decoder_ffn_embed_dim, cfg.activation_dropout
         )
         if module is not None:
             return module
         if name == "attention":
-            return FairseqCausalSelfAttention(dim, heads, cfg.attention_dropout, future_mask)
+            return IncrementalCausalSelfAttention(dim, heads, cfg.attention_dropout, future_mask)
         if name.startswith("lightconv_"):
             k = kernel_of(name, "lightconv_")
             conv = LightweightConv1dTBC(

@@ -10,8 +10,14 @@ or ``--eval-domain de`` loads one, e.g. for ``fairseq-eval-lm --gen-subset test 
 
 ``--extend-from``: extend a trained search or multimodel to more domains, the old ones untouched
 (:mod:`.extension`, ``docs/extend.md``).
+
+Generation (``fairseq-generate``, ``fairseq-interactive``): fairseq's ``SequenceGenerator`` calls
+the decoder without the batch's ``net_input``, so :meth:`MultiDomainNASTask.inference_step` gives
+the models' decoders the batch's domain for the generation (``fairseq-interactive``'s batches have
+none: ``--eval-domain``'s; ``docs/language-models.md``, "Sampling").
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -45,7 +51,10 @@ class MultiDomainNASConfig(ExtensionConfig, BilevelSearchConfig, LanguageModelin
     )
     eval_domain: str = field(
         default="",
-        metadata={"help": "load only this domain for evaluation subsets (fairseq-eval-lm)"},
+        metadata={
+            "help": "load only this domain for evaluation subsets (fairseq-eval-lm, "
+            "fairseq-generate); the domain fairseq-interactive samples in"
+        },
     )
 
 
@@ -208,6 +217,35 @@ class MultiDomainNASTask(BilevelSearchMixin, LanguageModelingTask):
         if extender is not None:
             extender.apply(model)
         return model
+
+    # ------------------------------------------------------------------ generation
+    def generation_domain(self, sample) -> int:
+        """The domain a batch is generated in: the batch's own (``net_input["batch_domain"]``),
+        else ``--eval-domain``'s (``fairseq-interactive`` rebuilds its batches without theirs),
+        else the only domain."""
+        batch_domain = sample["net_input"].get("batch_domain")
+        if batch_domain is not None:
+            return int(batch_domain)
+        if self.cfg.eval_domain:
+            return self.domain_names.index(self.cfg.eval_domain)
+        if len(self.domain_names) == 1:
+            return 0
+        raise ValueError(
+            f"give the domain to generate in with --eval-domain (one of {self.domain_names})"
+        )
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """fairseq's language-model generation (a prefix, then sampling or beam search), with every
+        model's decoder set to the batch's domain (:meth:`generation_domain`) meanwhile."""
+        domain = self.generation_domain(sample)
+        with contextlib.ExitStack() as stack:
+            for model in models:
+                decoder = getattr(model, "decoder", None)
+                if hasattr(decoder, "decoding_domain"):
+                    stack.enter_context(decoder.decoding_domain(domain))
+            return super().inference_step(
+                generator, models, sample, prefix_tokens=prefix_tokens, constraints=constraints
+            )
 
     def require_parallel_data(self) -> None:
         """A data-bin whose ``mdnas_data.json`` says ``"parallel": false`` (domains from a column,
