@@ -45,7 +45,9 @@ def references(data_bin, split, domain, meta):
 
 
 def translate(task, models, generator, subset, batch_size, cuda):
-    """{sentence id: detokenised best hypothesis} of a loaded subset."""
+    """{line of the domain's split: detokenised best hypothesis} of a loaded subset (our task
+    numbers a domain's lines by ``local_ids``, fairseq's translation task a one-domain subset's by
+    ``id``)."""
     import torch
     from fairseq import utils
 
@@ -62,7 +64,7 @@ def translate(task, models, generator, subset, batch_size, cuda):
             sample = utils.move_to_cuda(sample)
         with torch.no_grad():
             hypos = task.inference_step(generator, models, sample)
-        for i, sid in enumerate(sample["local_ids"].tolist()):  # line of the domain's split
+        for i, sid in enumerate(sample.get("local_ids", sample["id"]).tolist()):
             tokens = hypos[i][0]["tokens"].int().cpu()
             out[sid] = task.target_dictionary.string(tokens, "sentencepiece")
     return out

@@ -179,7 +179,7 @@ def score_checkpoint(args, checkpoint, domains, hyp_dir):
         subset = f"{args.split}.{d}"
         task.load_dataset(subset)
         refs = scorer.references(args.data, args.split, d, args.meta)
-        found = translate(task, models, generator, subset, args.score_batch_size, cuda)
+        found = scorer.translate(task, models, generator, subset, args.score_batch_size, cuda)
         if sorted(found) != list(range(len(refs))):
             raise SystemExit(f"{checkpoint} {subset}: {len(found)} translations, {len(refs)} refs")
         hyps = [found[i] for i in range(len(refs))]
@@ -191,33 +191,6 @@ def score_checkpoint(args, checkpoint, domains, hyp_dir):
         out["hypotheses"][d] = display_path(path)
         out["signatures"] = {"bleu": bleu_sig, "chrf": chrf_sig}
     out["params"] = sum(p.numel() for p in models[0].parameters())
-    return out
-
-
-def translate(task, models, generator, subset, batch_size, cuda):
-    """{line of the domain's split: detokenised best hypothesis} (scripts/score_translation.py's
-    loop; fairseq's translation task numbers a one-domain subset's lines by ``id``, ours by
-    ``local_ids``)."""
-    import torch
-    from fairseq import utils
-
-    itr = task.get_batch_iterator(
-        dataset=task.dataset(subset),
-        max_sentences=batch_size,
-        max_positions=utils.resolve_max_positions(
-            task.max_positions(), *[m.max_positions() for m in models]
-        ),
-    ).next_epoch_itr(shuffle=False)
-    out = {}
-    for sample in itr:
-        if cuda:
-            sample = utils.move_to_cuda(sample)
-        with torch.no_grad():
-            hypos = task.inference_step(generator, models, sample)
-        ids = sample.get("local_ids", sample["id"]).tolist()
-        for i, sid in enumerate(ids):
-            tokens = hypos[i][0]["tokens"].int().cpu()
-            out[sid] = task.target_dictionary.string(tokens, "sentencepiece")
     return out
 
 
