@@ -17,10 +17,25 @@ mean accuracy over domains and the retrained model's parameter count (``sum(p.nu
 against the genotype's count). Writes ``table.md``, ``table.json`` and ``accuracy_vs_params.png``
 into ``--out``; the MNIST source used is recorded in both.
 
+Protocols (``--protocol``, :data:`PROTOCOLS`): named settings applied as the defaults of the flags
+(explicit flags still override them) and recorded in table.json ("protocol": name, the protocol's
+settings, those in effect, those changed by flags) and table.md. ``demo`` is the parser's own
+defaults (the seed's sizes: 128 training and 128 held-out images per rotation, search 5 / retrain
+200 epochs; the committed tables); ``real`` is the real-scale protocol of issue 26: 5,000 training
+and 5,000 held-out images per rotation, search 5 / retrain 20 epochs, rows single, struct, contr,
+param and 4 random multimodels, estimated at 83 minutes for one seed at D = 4 and 42 at D = 2 on
+one core (:func:`estimated_seconds`, from the short runs measured in :data:`COSTS`).
+
 Example (the committed results)::
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/rotated_mnist_table.py --mnist-root ../shared/data/mnist \\
         --domains 1,2,3,4 --seeds 0,1,2 --out results/rotated_mnist
+
+The real protocol, one seed and one D per table (two tables side by side on two cores)::
+
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/rotated_mnist_table.py --mnist-root ../shared/data/mnist \\
+        --protocol real --domains 4 --seeds 0 --work-dir build/vision_real/D4/seed0 \\
+        --out build/vision_real/D4/seed0
 """
 
 import argparse
@@ -28,6 +43,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -61,6 +77,106 @@ MODEL_LABEL = {
     "random": "random multimodels",
 }
 
+# The named protocols (--protocol): the defaults of the table's flags (keys are the parser's dests),
+# recorded in table.json ("protocol") and table.md. ``demo`` is the parser's defaults (the seed's
+# protocol: the committed tables stay reproducible); every key of any protocol is recorded.
+PROTOCOLS = {
+    "demo": {},
+    # Issue 26's real-scale vision tables: 39x the seed's images per rotation, sized so that one
+    # table of one seed and one D (D = 2 or 4; every D of a table has the same images per rotation,
+    # as in the seed's table) fits 100 minutes on one core. Estimated by estimated_seconds from
+    # COSTS: 83 minutes at D = 4 (searches 41: contr 17 of them, its triplet term doubles the cost;
+    # 8 retrains 42, 5 minutes each) and 42 at D = 2; 92 and 46 if every retrain cost the dearest
+    # genotype measured (0.92 ms). 6,000 images would take 99 minutes at D = 4, too close to the
+    # budget. Every setting but the sizes is the demo's (alpha lr 0.3 was tuned at the seed's 40-80
+    # search steps; a D = 4 search is 3,125 steps here).
+    "real": {
+        "train_images_per_domain": 5000,
+        "heldout_images_per_domain": 5000,
+        "search_epochs": 5,
+        "retrain_epochs": 20,
+        "batch_size": 32,
+        "lr": 0.01,
+        "weight_decay": 5e-4,
+        "alpha_lr": 0.3,
+        "alpha_order": 1,
+        "channels": 8,
+        "num_nodes": 4,
+        "stem_stride": 2,
+        "stem_pool": 2,
+        "augment_shift": 2,
+        "struct_coef": 5.0,
+        "contrastive_coef": 0.1,
+        "param_coef": 1.0,
+        "models": "single,struct,contr,param,random",
+        "random_count": 4,
+        "random_reference": "struct",
+    },
+}
+RECORDED = tuple(dict.fromkeys(k for entry in PROTOCOLS.values() for k in entry))
+
+# CPU seconds of the table's runs, measured with short runs of this script's own commands
+# (train_argv, fairseq_train, evaluate, each in a forked child as the table runs them; CPU time of
+# the child from getrusage) on the 2-core machine while two other one-thread jobs ran (load 2-3),
+# nice 10, OMP_NUM_THREADS=1, commit cee0be0, channels 8, 4 nodes, batch 32, first
+# order, D = 4 (D = 2 checked: the same per image): searches of 1 epoch at 256, 1,024, 2,048 and
+# 4,096 images per rotation and of 2 epochs at 1,024; retrains of 1 epoch at 256, 1,024 and 2,048
+# and of 2-3 epochs at 1,024 and 4,096, of genotypes from 1-epoch searches and of the committed
+# tables' genotypes (results/rotated_mnist, results/rotated_mnist_random: 3,466-9,434 parameters,
+# searched and random); the test of a retrained model. Costs are per training image (every
+# domain's images count) and epoch, the slopes between the image counts; what is left is fixed.
+# Search, 1 epoch with its validation: struct 5.2-5.9 ms per image, param 5.6, single 5.1, contr
+# 10.2-11.1; each further epoch 4.5 (struct), so the validation (held-out images) is about 1 ms.
+# Retrain: 0.36-0.92 ms per image and epoch (0.6-0.7 for most genotypes; 0.75 taken), the same
+# from a third epoch; a few tenths of a second per epoch besides (the seed-size tables' 200
+# epochs of 128 images: 0.6-1.3 ms per image with it). Test: 3.4-3.8 s at D = 4, 2.3 at D = 2.
+# Wall time was within 3% of the CPU time. Check, a whole table (``--protocol real --domains 2
+# --seeds 0 --train-images-per-domain 500 --heldout-images-per-domain 500``, same machine and load):
+# 4.1 minutes against the estimate's 5.6; searches 27-51 s, within 11% of theirs; retrains 10-15 s
+# against 22.5 (0.5 ms per image and epoch): the estimate leans long.
+COSTS = {
+    "search_ms": {"single": 4.05, "struct": 4.9, "param": 4.6, "contr": 10.1},  # image x epoch
+    "search_heldout_ms": 1.0,  # per held-out image, once: the search's one validation
+    "search_fixed_s": 3.0,  # process, MNIST, model
+    "retrain_ms": 0.75,  # image x epoch
+    "retrain_epoch_s": 0.3,
+    "retrain_fixed_s": 1.5,
+    "test_per_domain_s": 1.2,  # the full test set (10,000 images) of one domain
+}
+
+
+def estimated_seconds(a, D):
+    """One table's CPU seconds for one seed and D domains with the settings ``a`` (searches, the
+    candidates' selection retrains, retrains and tests), from :data:`COSTS`. Other cells (channels,
+    nodes), batch sizes or a second-order search are outside what was measured."""
+    models = ["single"] if D == 1 else [m.strip() for m in a.models.split(",") if m.strip()]
+    searched = [m for m in models if m != "random"]
+    candidates = len([k for k in a.search_seeds.split(",") if k.strip()]) or 1
+    images, heldout = D * a.train_images_per_domain, D * a.heldout_images_per_domain
+
+    def retrain(epochs):
+        return COSTS["retrain_fixed_s"] + epochs * (
+            COSTS["retrain_epoch_s"] + images * COSTS["retrain_ms"] / 1000
+        )
+
+    test = D * COSTS["test_per_domain_s"]
+    total = 0.0
+    for m in searched:
+        search = (
+            COSTS["search_fixed_s"]
+            + (
+                images * a.search_epochs * COSTS["search_ms"].get(m, COSTS["search_ms"]["struct"])
+                + heldout * COSTS["search_heldout_ms"]
+            )
+            / 1000
+        )
+        total += candidates * search + retrain(a.retrain_epochs) + test
+        if candidates > 1 and a.select_by_retrain_epochs > 0:
+            total += candidates * (retrain(a.select_by_retrain_epochs) + test)
+    if "random" in models:
+        total += a.random_count * (retrain(a.retrain_epochs) + test)
+    return total
+
 
 def parse_int_list(text, name):
     try:
@@ -88,6 +204,15 @@ def build_parser():
     p.add_argument("--seeds", default="0,1,2", help="seeds (each also picks the training images)")
     p.add_argument(
         "--out", required=True, help="output directory for table.md, table.json and the plot"
+    )
+    p.add_argument(
+        "--protocol",
+        default="demo",
+        choices=tuple(PROTOCOLS),
+        help="named settings used as the defaults of these flags (explicit flags override them) "
+        "and recorded in the results; real: issue 26's real-scale table, 5000 images per "
+        "rotation, estimated 83 (D=4) and 42 (D=2) minutes per seed on one core; see PROTOCOLS "
+        "in this script and docs/vision.md (default: %(default)s, the defaults shown here)",
     )
     p.add_argument(
         "--models",
@@ -161,10 +286,44 @@ def build_parser():
 
 
 def get_args(argv=None):
-    return build_parser().parse_args(argv)
+    """The table's settings: ``--protocol``'s entry as the defaults (parsed twice: first to know the
+    protocol), the flags given over them; ``a.protocol_record`` is what the results record of it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    plain = {k: parser.get_default(k) for k in RECORDED}
+    name = parser.parse_args(argv).protocol
+    entry = dict(PROTOCOLS[name])
+    parser.set_defaults(**entry)
+    a = parser.parse_args(argv)
+    a.protocol_record = protocol_record(name, {**plain, **entry}, a)
+    return a
+
+
+def protocol_record(name, defaults, a):
+    """What table.json records of the protocol: its name, its settings (``defaults``: the entry over
+    the parser's defaults, every key of any protocol), the settings in effect (``settings``) and
+    those that explicit flags changed (``overridden``)."""
+    settings = {k: getattr(a, k) for k in RECORDED}
+    return {
+        "name": name,
+        "defaults": dict(defaults),
+        "settings": settings,
+        "overridden": {k: v for k, v in settings.items() if v != defaults[k]},
+    }
+
+
+def require_protocol(a):
+    """A protocol other than ``demo`` is applied by :func:`get_args`: a namespace parsed by
+    :func:`build_parser` alone (scripts/sweep.py's) would run with the demo's defaults."""
+    if getattr(a, "protocol", "demo") != "demo" and not hasattr(a, "protocol_record"):
+        raise SystemExit(
+            f"--protocol {a.protocol}: only scripts/rotated_mnist_table.py's get_args applies a "
+            "protocol"
+        )
 
 
 def train_argv(a, run_dir, D, seed, model, stage, genotype=None, epochs=None):
+    require_protocol(a)
     rotations = ",".join(str(90 * k) for k in range(D))
     epochs = epochs or (a.search_epochs if stage == "search" else a.retrain_epochs)
     steps = D * math.ceil(a.train_images_per_domain / a.batch_size) * epochs
@@ -446,7 +605,11 @@ def call_in_child(fn, result_path, what):
 
 
 # options that choose which runs are made or where outputs go, not what a run computes
-NOT_PROTOCOL = ("domains", "seeds", "models", "out", "work_dir", "keep_work", "resume")
+# (and the protocol's name and record: a run depends on the settings, not on how they were chosen)
+NOT_PROTOCOL = ("domains", "seeds", "models", "out", "work_dir", "keep_work", "resume") + (
+    "protocol",
+    "protocol_record",
+)
 
 
 def protocol(a, model):
@@ -520,14 +683,40 @@ def summarize(results, a, wall):
     return rows
 
 
-def write_outputs(a, results, rows, wall, out):
+def format_protocol(record):
+    """table.md's line of the protocol: its name, the settings every run had, those flags changed."""
+    changed = ", ".join(record["overridden"]) or "none"
+    return (
+        f"Protocol `{record['name']}`: "
+        + "; ".join(f"{k} `{v}`" for k, v in record["settings"].items())
+        + f". Changed by flags: {changed}."
+    )
+
+
+def estimated_minutes(a):
+    """:func:`estimated_seconds` in minutes, per D of the table, for all its seeds."""
+    seeds = len(parse_int_list(a.seeds, "--seeds"))
+    return {
+        str(D): round(seeds * estimated_seconds(a, D) / 60, 1)
+        for D in parse_int_list(a.domains, "--domains")
+    }
+
+
+def write_outputs(a, results, rows, wall, out, command=None):
     os.makedirs(out, exist_ok=True)
     sources = sorted({r["mnist_source"] for r in results})
-    settings = {k: v for k, v in vars(a).items() if k not in ("work_dir", "keep_work")}
+    skip = ("work_dir", "keep_work", "protocol_record")
+    settings = {k: v for k, v in vars(a).items() if k not in skip}
     settings.update({k: display_path(settings[k]) for k in ("mnist_root", "out")})
+    record = getattr(a, "protocol_record", None) or protocol_record(
+        a.protocol, {k: getattr(a, k) for k in RECORDED}, a
+    )
     with open(os.path.join(out, "table.json"), "w") as f:
         json.dump(
             {
+                "command": command,
+                "protocol": record,
+                "estimated_minutes": estimated_minutes(a),
                 "settings": settings,
                 "commit": git_commit(ROOT),
                 "mnist_source": sources,
@@ -549,7 +738,10 @@ def write_outputs(a, results, rows, wall, out):
         f"{a.retrain_epochs} epochs; batch {a.batch_size}, Adam lr {a.lr}, weight decay {a.weight_decay}; cell: "
         f"{a.num_nodes} nodes, {a.channels} channels, stem stride {a.stem_stride}, stem pool {a.stem_pool}; "
         f"training-image shifts up to {a.augment_shift} px; "
-        f"struct coef {a.struct_coef}, contrastive coef {a.contrastive_coef}. Wall time {wall / 60:.1f} min.",
+        f"struct coef {a.struct_coef}, contrastive coef {a.contrastive_coef}. Wall time {wall / 60:.1f} min "
+        f"(estimated: {', '.join(f'D={D} {m} min' for D, m in estimated_minutes(a).items())}).",
+        "",
+        format_protocol(record),
         "",
         "Accuracy: mean test accuracy over domains (%), mean ± std over seeds. Params: parameter count of the "
         "retrained (derived) model, mean ± std over seeds (= the genotype's count); cell params: those of them "
@@ -649,7 +841,9 @@ def plot(rows, path):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = get_args(argv)
+    command = "python scripts/rotated_mnist_table.py " + shlex.join(argv)
     domains = parse_int_list(a.domains, "--domains")
     seeds = parse_int_list(a.seeds, "--seeds")
     models = [m.strip() for m in a.models.split(",") if m.strip()]
@@ -665,6 +859,8 @@ def main(argv=None):
 
     if a.resume and not a.work_dir:
         raise SystemExit("--resume needs --work-dir (the folder of the runs to reuse)")
+    estimate = ", ".join(f"D={D} {m} min" for D, m in estimated_minutes(a).items())
+    print(f"protocol {a.protocol}; estimated on one core: {estimate}", flush=True)
     work = a.work_dir or tempfile.mkdtemp(prefix="rotated_mnist_")
     os.makedirs(work, exist_ok=True)
     results = []
@@ -684,13 +880,13 @@ def main(argv=None):
                             flush=True,
                         )
                     rows = summarize(results, a, time.time() - start)
-                    write_outputs(a, results, rows, time.time() - start, a.out)
+                    write_outputs(a, results, rows, time.time() - start, a.out, command)
     finally:
         if not a.work_dir and not a.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     wall = time.time() - start
     rows = summarize(results, a, wall)
-    print(write_outputs(a, results, rows, wall, a.out))
+    print(write_outputs(a, results, rows, wall, a.out, command))
 
 
 if __name__ == "__main__":
