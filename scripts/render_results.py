@@ -324,6 +324,121 @@ def extend_summary(pattern="results/extend/*/seed*/table.json"):
     return md_table(header, body) + "\n\n" + sources_line(sources)
 
 
+# ---------------------------------------------------------------- real-scale tables (issue 26)
+
+REAL_PATTERN = "results/real/*/*/seed*/table.json"
+SEARCHED = ("multi", "multi_struct", "multi_contr", "perturbation")
+
+
+def real_paths(pattern=REAL_PATTERN):
+    return sorted(
+        os.path.relpath(p, ROOT).replace(os.sep, "/")
+        for p in glob.glob(os.path.join(ROOT, pattern))
+    )
+
+
+def real_key(path):
+    """(table, space, seed folder) of results/real/TABLE/SPACE/seedN/table.json."""
+    return tuple(path.split("/")[-4:-1])
+
+
+def real_domains(data):
+    """The table's domains, in the order of its first row with every domain."""
+    return max((r["domains"] for r in data["rows"]), key=len)
+
+
+def real_minutes(r):
+    search = r.get("search_seconds") or 0.0
+    return (search + (r.get("retrain_seconds") or 0.0)) / 60
+
+
+def real_table_of(path):
+    """One scripts/lm_pipeline.py --protocol real table.json: per row the test perplexity per
+    domain (random: mean ± std over its genotypes, best), parameters and minutes."""
+    data = load(path)
+    domains = real_domains(data)
+    body = []
+    for r in data["rows"]:
+        minutes = "-" if r["model"] == "union" else f"{real_minutes(r):.0f}"
+        body.append([lm_label(r)] + [lm_ppl(r, d) for d in domains] + [count(r["params"]), minutes])
+    header = ["model"] + [f"{d} ppl" for d in domains] + ["params", "minutes"]
+    table, space, seed = real_key(path)
+    head = f"Table {table}, {space} space, {seed}: domains {', '.join(domains)}."
+    return head + "\n\n" + md_table(header, body) + "\n\n" + sources_line([(path, data)])
+
+
+def real_tables(pattern=REAL_PATTERN):
+    """Every committed real-scale table, or a line saying there is none yet."""
+    paths = real_paths(pattern)
+    if not paths:
+        return (
+            f"No real-scale results are committed yet (`{pattern}`, written by "
+            "`scripts/real_table.sh`); this table appears when they are."
+        )
+    return "\n\n".join(real_table_of(p) for p in paths)
+
+
+def average_ppl(ppl, domains):
+    return sum(ppl[d] for d in domains) / len(domains)
+
+
+def real_verdict(pattern=REAL_PATTERN):
+    """Does the search pay? Per real table: each searched row's perplexity averaged over the
+    domains against the random multimodels' (mean, standard deviation over genotypes of the same
+    average), the margin in those standard deviations (positive: the searched row is better), and
+    the union's and the size-matched fairseq baseline's averages, with parameters and minutes."""
+    paths = real_paths(pattern)
+    if not paths:
+        return real_tables(pattern)
+    body, sources = [], []
+    for path in paths:
+        data = load(path)
+        domains = real_domains(data)
+        by = {r["model"]: r for r in data["rows"]}
+        rnd = by.get("random")
+        runs = [average_ppl(run["test_ppl"], domains) for run in (rnd or {}).get("runs", [])]
+        if len(runs) < 2:
+            raise SystemExit(f"{path}: fewer than two random genotypes; no verdict")
+        mean = sum(runs) / len(runs)
+        std = (sum((x - mean) ** 2 for x in runs) / (len(runs) - 1)) ** 0.5
+        union, base = by.get("union"), by.get("baseline")
+        table, space, seed = real_key(path)
+        for model in SEARCHED:
+            r = by.get(model)
+            if r is None:
+                continue
+            avg = average_ppl(r["test_ppl"], domains)
+            body.append(
+                [
+                    f"{table}, {space}, {seed}",
+                    model,
+                    f"{num(avg)} ({count(r['params'])})",
+                    f"{num(mean)} ± {num(std)} ({count(rnd['params'])})",
+                    f"{(mean - avg) / std:+.2f}" if std > 0 else "-",
+                    "-"
+                    if union is None
+                    else f"{num(average_ppl(union['test_ppl'], domains))} "
+                    f"({count(union['params'])})",
+                    "-"
+                    if base is None
+                    else f"{num(average_ppl(base['test_ppl'], domains))} ({count(base['params'])})",
+                    f"{real_minutes(r):.0f}",
+                ]
+            )
+        sources.append((path, data))
+    header = [
+        "table, space, seed",
+        "searched row",
+        "avg ppl (params)",
+        "random: mean ± std (params)",
+        "margin in std",
+        "union (params)",
+        "fairseq baseline (params)",
+        "minutes",
+    ]
+    return md_table(header, body) + "\n\n" + sources_line(sources)
+
+
 # ---------------------------------------------------------------- benchmark text outputs
 
 
@@ -487,6 +602,8 @@ TABLES = {
     # extending a multimodel (issue 24)
     "extend": extend_tables,
     "extend-summary": extend_summary,
+    "real": real_tables,
+    "real-verdict": real_verdict,
     # speed and memory (benchmarks/)
     "speed-cpu": lambda: step_tables("results/speed/lm_search_speed.txt", 2),
     "speed-fairseq-train": fairseq_train_speed,

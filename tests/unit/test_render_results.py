@@ -14,6 +14,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from tests.helpers.fairseq_runs import ROOT, load_script
@@ -169,3 +170,91 @@ def test_extend_summary_holds_the_tables_new_language_figures(tmp_path, monkeypa
     joint_min = (by["joint"]["search_seconds"] + by["joint"]["retrain_seconds"]) / 60
     assert row[3] == f"{ext_min:.0f} / {joint_min:.0f}"
     assert row[4] == ("yes" if data["old_equal"] else "NO")
+
+
+def real_table_fixture():
+    """A small table.json in scripts/lm_pipeline.py --protocol real's format (figures invented)."""
+    domains = ["en", "de"]
+    runs = [{"en": 210.0, "de": 250.0}, {"en": 200.0, "de": 262.0}, {"en": 221.0, "de": 247.0}]
+    mean = {d: float(np.mean([r[d] for r in runs])) for d in domains}
+    rows = [
+        {
+            "model": "single_en",
+            "domains": ["en"],
+            "test_ppl": {"en": 230.5},
+            "params": 1000,
+            "search_seconds": 60.0,
+            "retrain_seconds": 30.0,
+        },
+        {
+            "model": "union",
+            "domains": domains,
+            "test_ppl": {"en": 230.5, "de": 270.25},
+            "params": 2000,
+        },
+        {
+            "model": "multi_struct",
+            "domains": domains,
+            "test_ppl": {"en": 199.5, "de": 240.75},
+            "params": 1500,
+            "search_seconds": 600.0,
+            "retrain_seconds": 120.0,
+        },
+        {
+            "model": "random",
+            "domains": domains,
+            "test_ppl": mean,
+            "params": 1500,
+            "test_ppl_std": {d: float(np.std([r[d] for r in runs], ddof=1)) for d in domains},
+            "test_ppl_best": {d: min(r[d] for r in runs) for d in domains},
+            "runs": [{"test_ppl": r, "params": 1500} for r in runs],
+            "retrain_seconds": 360.0,
+        },
+        {
+            "model": "baseline",
+            "arch": "lstm_lm",
+            "domains": domains,
+            "test_ppl": {"en": 205.0, "de": 251.0},
+            "params": 1490,
+            "retrain_seconds": 100.0,
+        },
+    ]
+    protocol = {"name": "real", "space": "rnn"}
+    return {
+        "command": "x",
+        "commit": "abc1234",
+        "date": "2026-12-05",
+        "protocol": protocol,
+        "settings": {"seed": 1},
+        "rows": rows,
+    }, runs
+
+
+def test_real_verdict_margin_is_the_random_averages_z(tmp_path, monkeypatch):
+    """The verdict's margin: (mean - searched) / std of the random genotypes' perplexity averaged
+    over the domains (numpy here, over the runs of the file), the union's and baseline's averages."""
+    data, runs = real_table_fixture()
+    target = tmp_path / "results" / "real" / "L" / "rnn" / "seed1"
+    target.mkdir(parents=True)
+    (target / "table.json").write_text(json.dumps(data), encoding="utf-8")
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    averages = [np.mean(list(r.values())) for r in runs]
+    searched = np.mean([199.5, 240.75])
+    z = (np.mean(averages) - searched) / np.std(averages, ddof=1)
+    (row,) = table_rows(render.TABLES["real-verdict"]())
+    assert row[0] == "L, rnn, seed1" and row[1] == "multi_struct"
+    assert row[2] == f"{searched:,.2f} (1,500)"
+    assert row[3].startswith(f"{np.mean(averages):,.2f} ± {np.std(averages, ddof=1):,.2f}")
+    assert row[4] == f"{z:+.2f}"
+    assert row[5] == f"{np.mean([230.5, 270.25]):,.2f} (2,000)"
+    assert row[6] == f"{np.mean([205.0, 251.0]):,.2f} (1,490)"
+    assert row[7] == "12"  # (600 + 120) s
+    full = table_rows(render.TABLES["real"]())
+    assert [r[0] for r in full][:3] == ["single_en", "union", "multi_struct"]
+
+
+def test_real_renderers_without_results_say_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    for name in ("real", "real-verdict"):
+        text = render.TABLES[name]()
+        assert "No real-scale results" in text and "|" not in text
