@@ -347,9 +347,17 @@ def real_domains(data):
     return max((r["domains"] for r in data["rows"]), key=len)
 
 
-def real_minutes(r):
-    search = r.get("search_seconds") or 0.0
-    return (search + (r.get("retrain_seconds") or 0.0)) / 60
+def real_minutes(r, rows):
+    """A row's minutes from nothing to its retrained model: search, selection and retrain; a
+    selection that reuses another row's search (``reference``: perturbation) counts that search."""
+    seconds = sum(
+        r.get(k) or 0.0 for k in ("search_seconds", "selection_seconds", "retrain_seconds")
+    )
+    if r.get("reference"):
+        seconds += (
+            next(x for x in rows if x["model"] == r["reference"]).get("search_seconds") or 0.0
+        )
+    return seconds / 60
 
 
 def real_table_of(path):
@@ -359,7 +367,7 @@ def real_table_of(path):
     domains = real_domains(data)
     body = []
     for r in data["rows"]:
-        minutes = "-" if r["model"] == "union" else f"{real_minutes(r):.0f}"
+        minutes = f"{real_minutes(r, data['rows']):.0f}"
         body.append([lm_label(r)] + [lm_ppl(r, d) for d in domains] + [count(r["params"]), minutes])
     header = ["model"] + [f"{d} ppl" for d in domains] + ["params", "minutes"]
     table, space, seed = real_key(path)
@@ -422,7 +430,7 @@ def real_verdict(pattern=REAL_PATTERN):
                     "-"
                     if base is None
                     else f"{num(average_ppl(base['test_ppl'], domains))} ({count(base['params'])})",
-                    f"{real_minutes(r):.0f}",
+                    f"{real_minutes(r, data['rows']):.0f}",
                 ]
             )
         sources.append((path, data))

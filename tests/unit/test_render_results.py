@@ -191,6 +191,8 @@ def real_table_fixture():
             "domains": domains,
             "test_ppl": {"en": 230.5, "de": 270.25},
             "params": 2000,
+            "search_seconds": 240.0,
+            "retrain_seconds": 60.0,
         },
         {
             "model": "multi_struct",
@@ -218,6 +220,15 @@ def real_table_fixture():
             "params": 1490,
             "retrain_seconds": 100.0,
         },
+        {
+            "model": "perturbation",
+            "domains": domains,
+            "test_ppl": {"en": 210.0, "de": 250.0},
+            "params": 1500,
+            "reference": "multi_struct",
+            "selection_seconds": 90.0,
+            "retrain_seconds": 150.0,
+        },
     ]
     protocol = {"name": "real", "space": "rnn"}
     return {
@@ -241,7 +252,7 @@ def test_real_verdict_margin_is_the_random_averages_z(tmp_path, monkeypatch):
     averages = [np.mean(list(r.values())) for r in runs]
     searched = np.mean([199.5, 240.75])
     z = (np.mean(averages) - searched) / np.std(averages, ddof=1)
-    (row,) = table_rows(render.TABLES["real-verdict"]())
+    row, perturbation = table_rows(render.TABLES["real-verdict"]())
     assert row[0] == "L, rnn, seed1" and row[1] == "multi_struct"
     assert row[2] == f"{searched:,.2f} (1,500)"
     assert row[3].startswith(f"{np.mean(averages):,.2f} ± {np.std(averages, ddof=1):,.2f}")
@@ -249,8 +260,11 @@ def test_real_verdict_margin_is_the_random_averages_z(tmp_path, monkeypatch):
     assert row[5] == f"{np.mean([230.5, 270.25]):,.2f} (2,000)"
     assert row[6] == f"{np.mean([205.0, 251.0]):,.2f} (1,490)"
     assert row[7] == "12"  # (600 + 120) s
+    # the perturbation selection reuses multi_struct's search: (600 + 90 + 150) s
+    assert perturbation[1] == "perturbation" and perturbation[7] == "14"
     full = table_rows(render.TABLES["real"]())
     assert [r[0] for r in full][:3] == ["single_en", "union", "multi_struct"]
+    assert [r[-1] for r in full] == ["2", "5", "12", "6", "2", "14"]
 
 
 def test_real_renderers_without_results_say_so(tmp_path, monkeypatch):
