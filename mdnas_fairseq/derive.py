@@ -51,7 +51,7 @@ from .search.params import DerivationError, ParamTable
 from .search.random_genotypes import (
     MATCH_MAX_DRAWS,
     MATCH_TOLERANCE,
-    random_genotype,
+    SHARING,
     random_matched_genotype,
 )
 from .search.selection import ORDERS, SelectionError, mixing_override, perturbation_select
@@ -146,9 +146,11 @@ def derive_random(
     match: bool,
     tolerance: float = MATCH_TOLERANCE,
     max_draws: int = MATCH_MAX_DRAWS,
+    sharing: str = "independent",
 ):
-    """Every domain's genotype drawn at random (``seed``) in the search's space; with ``match``,
-    redrawn until the multimodel's cell parameters are within ``tolerance`` below the search's
+    """Every domain's genotype drawn at random (``seed``) in the search's space, the domains' cells
+    related as ``sharing`` says (independent or copied); with ``match``, redrawn until the
+    multimodel's cell parameters are within ``tolerance`` below the search's
     (:func:`~mdnas_fairseq.search.random_genotypes.random_matched_genotype`)."""
     data, searched, table = load_search(path)
     rng = np.random.default_rng(seed)
@@ -159,16 +161,19 @@ def derive_random(
         "source": display_path(path),
         "seed": seed,
         "match_params": match,
+        "sharing": sharing,
     }
     if match:
         genotype, draws = random_matched_genotype(
-            space, names, table, target, rng, tolerance, max_draws
+            space, names, table, target, rng, tolerance, max_draws, sharing
         )
         record.update(
             {"target_cell_params": target, "tolerance": tolerance, "max_draws": max_draws}
         )
     else:
-        genotype, draws = random_genotype(space, names, rng), 1
+        if sharing not in SHARING:
+            raise DerivationError(f"sharing {sharing!r}: unknown (known: {', '.join(SHARING)})")
+        genotype, draws = SHARING[sharing](space, names, rng), 1
     record["draws"] = draws
     return genotype, table, record
 
@@ -459,6 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
         "on the genotype) are within --tolerance below the searched multimodel's, never above",
     )
     parser.add_argument(
+        "--random-sharing",
+        choices=tuple(SHARING),
+        default=None,
+        help="with --random-seed: independent (default): every domain's cell drawn on its own; "
+        "copied: a copy rate q uniform in [0, 1], each later domain's node copied with probability q "
+        "from an earlier domain, so that the draws cover multimodels whose domains agree (a search "
+        "that shares every edge can only be matched this way)",
+    )
+    parser.add_argument(
         "--tolerance",
         type=float,
         default=None,
@@ -544,6 +558,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("give one of --random-seed, --param-budget or --select")
     if args.match_params and args.random_seed is None:
         parser.error("--match-params needs --random-seed")
+    if args.random_sharing is not None and args.random_seed is None:
+        parser.error("--random-sharing needs --random-seed")
     if (args.tolerance is not None or args.max_draws is not None) and not args.match_params:
         parser.error("--tolerance and --max-draws need --match-params")
     given = [o for o in PERTURB_OPTIONS if getattr(args, o) not in (None, False)]
@@ -557,7 +573,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.random_seed is not None:
             path = resolve_search_out(args.search_out)
             genotype, table, record = derive_random(
-                path, args.random_seed, args.match_params, tolerance, max_draws
+                path,
+                args.random_seed,
+                args.match_params,
+                tolerance,
+                max_draws,
+                args.random_sharing or "independent",
             )
             how = f"random genotype, seed {args.random_seed}, {record['draws']} draw(s)"
         elif args.param_budget is not None:

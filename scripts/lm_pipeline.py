@@ -116,7 +116,9 @@ PROTOCOLS = {
         # translations are trained too), retrains 0.071, lstm_lm 0.050, the perturbation selection
         # 3.8 min on L. DARTS' 8 nodes cost 0.64 ms per token in the search and L about 113
         # minutes, hence 6 nodes. The baseline has 156,960 parameters on L, the multimodel 150,264
-        # (every edge shared) to 162,552 (none).
+        # (every edge shared) to 162,552 (none). The random genotypes copy nodes between domains at a
+        # random rate (random_sharing): independent cells cannot match a search that shares every
+        # edge, as the genre table's struct search did (table G, seed 1).
         "rnn": {
             "arch": "mdnas_rnn_tiny",
             "model_flags": "--embed-dim 32 --hidden-dim 32 --num-nodes 6",
@@ -133,6 +135,7 @@ PROTOCOLS = {
             "models": REAL_MODELS,
             "random_count": 4,
             "random_reference": "multi_struct",
+            "random_sharing": "copied",
             "perturb_flags": "--perturb-batches 8 --perturb-finetune-steps 5",
             "baseline_arch": "lstm_lm",
             "baseline_flags": "--decoder-embed-dim 32 --decoder-hidden-size 64 "
@@ -159,6 +162,7 @@ PROTOCOLS = {
             "models": REAL_MODELS,
             "random_count": 4,
             "random_reference": "multi_struct",
+            "random_sharing": "copied",
             "perturb_flags": "--perturb-batches 8 --perturb-finetune-steps 5",
             "baseline_arch": "transformer_lm",
             "baseline_flags": "--decoder-layers 2 --decoder-embed-dim 64 --decoder-ffn-embed-dim 256 "
@@ -483,7 +487,9 @@ def run_random(domains, args, base):
         )
     runs = []
     for k in range(args.random_count):
-        genotype, table, record = derive_random(reference, args.seed * 1000 + k, match=True)
+        genotype, table, record = derive_random(
+            reference, args.seed * 1000 + k, match=True, sharing=args.random_sharing
+        )
         path = os.path.join(base, f"random{k}", "genotype.json")
         write_derived(path, genotype, table, record)
         target = record["target_cell_params"]
@@ -515,6 +521,7 @@ def run_random(domains, args, base):
         "params_range": [min(r["params"] for r in runs), max(r["params"] for r in runs)],
         "cell_params": int(round(float(np.mean([r["cell_params"] for r in runs])))),
         "cell_params_target": target,
+        "sharing": args.random_sharing,
         "agreement_edges": None,
         "runs": runs,
         "retrain_seconds": sum(r["seconds"] for r in runs),
@@ -786,6 +793,14 @@ def build_parser():
     )
     p.add_argument(
         "--random-count", type=int, default=5, help="random genotypes of the random model"
+    )
+    p.add_argument(
+        "--random-sharing",
+        default="independent",
+        choices=("independent", "copied"),
+        help="how the random genotypes' domains relate (mdnas-derive --random-sharing): independent "
+        "cells, or nodes copied between domains at a random rate, which can match a search whose "
+        "domains agree on every edge",
     )
     p.add_argument(
         "--random-reference",

@@ -13,7 +13,7 @@ Public API:
     save_genotype, load_genotype, GenotypeError,
     check_extension                                          -- genotypes and their files
     ParamTable, ParamPenalty, DerivationError                -- parameter counts without the model
-    random_genotype, random_matched_genotype                 -- the chance baseline
+    random_genotype, random_copied_genotype, random_matched_genotype -- the chance baseline
     derive_with_budget, budget_sequence, BUDGET_RULE         -- a parameter budget from one search
     edge_entropy, edge_margin, decisiveness                  -- how decided a search is
 """
@@ -51,7 +51,13 @@ from .genotype import (
     save_genotype,
 )
 from .params import DerivationError, ParamPenalty, ParamTable, param_penalty, uniform_param_table
-from .random_genotypes import random_cell, random_genotype, random_matched_genotype
+from .random_genotypes import (
+    SHARING,
+    random_cell,
+    random_copied_genotype,
+    random_genotype,
+    random_matched_genotype,
+)
 from .regularizers import batch_hard_triplet_loss, js_structural_loss, pairwise_euclidean
 from .space import (
     CNN_OPERATIONS,

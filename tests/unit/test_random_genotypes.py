@@ -16,6 +16,7 @@ from mdnas_fairseq.search import (
     darts_cnn_space,
     darts_rnn_space,
     random_cell,
+    random_copied_genotype,
     random_genotype,
     random_matched_genotype,
     uniform_param_table,
@@ -111,3 +112,53 @@ def test_unmatched_target_names_target_tolerance_and_range():
     message = str(info.value)
     assert "target 100" in message and "2%" in message and "20 draw(s)" in message
     assert f"{min(counts)}..{max(counts)}" in message
+
+
+def test_copied_sharing_reaches_a_search_that_shares_every_edge():
+    """A search whose domains agree on every edge (the genre table's struct multimodel, seed 1)
+    holds one node matrix per node (modules are (node, operation) here); independent draws for
+    three domains never get there (the error says so and names the way out), copied draws do."""
+    space = darts_rnn_space(6)
+    names = ("gcc", "libreoffice", "wesnoth")
+    unit = 2 * 4 * 4
+    table = uniform_param_table(
+        space, {op: (0 if op == "none" else unit) for op in space.operations}, "node", 10_000
+    )
+    one_cell = len(space.node_ids) * unit
+    with pytest.raises(DerivationError, match="--random-sharing copied"):
+        random_matched_genotype(space, names, table, one_cell, np.random.default_rng(0), 0.0, 2000)
+    for seed in range(3):
+        genotype, _ = random_matched_genotype(
+            space, names, table, one_cell, np.random.default_rng(seed), 0.0, 2000, "copied"
+        )
+        MultiDomainGenotype(space, genotype.domains, genotype.cells)  # valid, by the validator
+        assert table.multimodel_cell_count(genotype) == one_cell
+        # by hand: at every node the three domains chose the same operation
+        for j in space.node_ids:
+            assert len({e.op for d in names for e in genotype.cells[d] if e.node == j}) == 1
+    with pytest.raises(DerivationError, match="sharing 'shared': unknown"):
+        random_matched_genotype(
+            space, names, table, one_cell, np.random.default_rng(0), 0.0, 1, "shared"
+        )
+
+
+def test_copied_sharing_spans_independent_to_identical_cells():
+    """The copy rate q is uniform in [0, 1] per draw: over many draws of two domains the fraction
+    of nodes the second domain holds exactly as the first averages 1/2 plus the chance that a node
+    drawn anew is equal (node j: 1/(4j), four operations; 0.102 over six nodes), and draws range
+    from no node equal to all equal."""
+    space = darts_rnn_space(6)
+    names = ("en", "de")
+    rng = np.random.default_rng(11)
+    same = []
+    for _ in range(400):
+        g = random_copied_genotype(space, names, rng)
+        equal = [
+            sorted((e.input, e.op) for e in g.cells["en"] if e.node == j)
+            == sorted((e.input, e.op) for e in g.cells["de"] if e.node == j)
+            for j in space.node_ids
+        ]
+        same.append(np.mean(equal))
+    chance = np.mean([1 / (4 * j) for j in space.node_ids])
+    assert abs(float(np.mean(same)) - (0.5 + 0.5 * chance)) < 0.05
+    assert min(same) == 0.0 and max(same) == 1.0
