@@ -53,6 +53,7 @@ from .search.random_genotypes import (
     MATCH_TOLERANCE,
     SHARING,
     random_matched_genotype,
+    sharing_draw,
 )
 from .search.selection import ORDERS, SelectionError, mixing_override, perturbation_select
 
@@ -171,9 +172,7 @@ def derive_random(
             {"target_cell_params": target, "tolerance": tolerance, "max_draws": max_draws}
         )
     else:
-        if sharing not in SHARING:
-            raise DerivationError(f"sharing {sharing!r}: unknown (known: {', '.join(SHARING)})")
-        genotype, draws = SHARING[sharing](space, names, rng), 1
+        genotype, draws = sharing_draw(sharing)(space, names, rng), 1
     record["draws"] = draws
     return genotype, table, record
 

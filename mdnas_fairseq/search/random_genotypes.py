@@ -78,6 +78,14 @@ def random_copied_genotype(
 # How the names' cells of a random genotype relate (mdnas-derive --random-sharing).
 SHARING = {"independent": random_genotype, "copied": random_copied_genotype}
 
+
+def sharing_draw(sharing: str):
+    """The drawing function of ``sharing`` (a key of :data:`SHARING`), else a DerivationError."""
+    if sharing not in SHARING:
+        raise DerivationError(f"sharing {sharing!r}: unknown (known: {', '.join(SHARING)})")
+    return SHARING[sharing]
+
+
 MATCH_TOLERANCE = 0.02  # relative, below the target only
 MATCH_MAX_DRAWS = 200_000
 
@@ -104,9 +112,7 @@ def random_matched_genotype(
     :class:`DerivationError` naming the target, the tolerance and the range of counts seen when none
     of ``max_draws`` draws matches.
     """
-    if sharing not in SHARING:
-        raise DerivationError(f"sharing {sharing!r}: unknown (known: {', '.join(SHARING)})")
-    draw_genotype = SHARING[sharing]
+    draw_genotype = sharing_draw(sharing)
     if not 0 <= within < 1 or max_draws < 1:
         raise DerivationError(
             f"need 0 <= within < 1 and max_draws >= 1, got within={within}, max_draws={max_draws}"
