@@ -10,9 +10,10 @@ multi_struct  ``--task multidomain_nas_translation`` search with the struct term
               (``--struct-coef``), its genotype retrained from scratch (``--genotype``)
 multi         the same without the struct term (``--struct-coef 0``)
 random_K      for each K of ``--random-seeds``: ``mdnas-derive SEARCH --random-seed K
-              --match-params`` on multi_struct's search (every domain's cell drawn at random,
-              redrawn until the multimodel's cell parameters are within ``--match-tolerance``
-              below the searched one's), retrained with the same protocol
+              --match-params --random-sharing copied`` on multi_struct's search (every domain's
+              cell drawn at random, nodes copied between domains at a random rate, redrawn until
+              the multimodel's cell parameters are within ``--match-tolerance`` below the
+              searched one's), retrained with the same protocol
 union         one model per domain: a search on that domain alone (``--domains D``), retrained on
               it; the row gives each domain its own model's scores, the parameters of all of them
 baseline      fairseq's own ``--arch transformer`` (pre-LayerNorm, ``--share-all-embeddings``, the
@@ -249,7 +250,8 @@ def random_row(args, k, reference):
     fresh(base)
     genotype = os.path.join(base, "genotype.json")
     argv = [reference, "--random-seed", str(k), "--match-params"]
-    argv += ["--tolerance", str(args.match_tolerance), "--out", genotype]
+    argv += ["--tolerance", str(args.match_tolerance), "--random-sharing", args.random_sharing]
+    argv += ["--out", genotype]
     if derive.main(argv) != 0:
         raise SystemExit(f"mdnas-derive {shlex.join(argv)} failed")
     row = {"row": f"random_{k}", "domains": args.domains, "derive": "mdnas-derive " + shlex.join(
@@ -461,6 +463,14 @@ def build_parser():
         type=float,
         default=MATCH_TOLERANCE,
         help="random rows' cell parameters within this (relative) below multi_struct's",
+    )
+    p.add_argument(
+        "--random-sharing",
+        choices=("independent", "copied"),
+        default="copied",
+        help="how the random rows' domains relate (mdnas-derive --random-sharing): copied (nodes "
+        "copied between domains at a random rate) can match a search that shares most edges, "
+        "which independent cells cannot (the gettext genres' struct search, seed 1)",
     )
     p.add_argument(
         "--baseline-flags", default="", help="more fairseq-train flags for the baseline only"

@@ -118,6 +118,10 @@ def test_random_rows_are_size_matched(table):
             struct["params"] - TOLERANCE * struct["cell_params"] <= r["params"] <= struct["params"]
         )
         assert r["derive"].startswith("mdnas-derive ") and "--match-params" in r["derive"]
+        # drawn as the LM tables draw (independent cells never matched the gettext genres'
+        # struct search, which shared most edges): the genotype file says how it was drawn
+        with open(table["out"] / name / "genotype.json", encoding="utf-8") as f:
+            assert json.load(f)["derived_by"]["sharing"] == "copied"
 
 
 def test_baseline_is_fairseqs_transformer_near_the_target(table):
