@@ -450,6 +450,9 @@ def real_verdict(pattern=REAL_PATTERN):
 # ---------------------------------------------------------------- benchmark text outputs
 
 
+MT_SEED1 = "results/translation/gettext/seed1-partial/table.md"
+
+
 def text_lines(path, start, stop=None, nth=0, before=0):
     """The lines of a text results file from the ``nth`` line matching ``start`` (a regex; with
     ``before`` lines above it) up to the first later line matching ``stop`` (excluded; default:
@@ -612,6 +615,10 @@ TABLES = {
     "extend-summary": extend_summary,
     "real": real_tables,
     "real-verdict": real_verdict,
+    # the translation table (issue 27): scripts/translation_table.py's own markdown table
+    "translation-gettext-seed1": lambda: "\n".join(
+        text_lines(MT_SEED1, r"^\| row \|") + ["", f"Copied from `{MT_SEED1}`."]
+    ),
     # speed and memory (benchmarks/)
     "speed-cpu": lambda: step_tables("results/speed/lm_search_speed.txt", 2),
     "speed-fairseq-train": fairseq_train_speed,
