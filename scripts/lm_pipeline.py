@@ -100,6 +100,8 @@ def run(cmd, log_path, env_extra=None):
     return text, time.time() - start
 
 
+# mdnas_fairseq.search.random_genotypes.SHARING's names (importing it would load torch at start-up)
+RANDOM_SHARING = ("independent", "copied")
 SEARCHED = ("union", "multi", "multi_struct", "multi_contr", "multi_param")
 
 # The named protocols (--protocol): per search space, the defaults of the pipeline's flags (keys are
@@ -797,7 +799,7 @@ def build_parser():
     p.add_argument(
         "--random-sharing",
         default="independent",
-        choices=("independent", "copied"),
+        choices=RANDOM_SHARING,
         help="how the random genotypes' domains relate (mdnas-derive --random-sharing): independent "
         "cells, or nodes copied between domains at a random rate, which can match a search whose "
         "domains agree on every edge",

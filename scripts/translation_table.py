@@ -466,7 +466,7 @@ def build_parser():
     )
     p.add_argument(
         "--random-sharing",
-        choices=("independent", "copied"),
+        choices=lm.RANDOM_SHARING,
         default="copied",
         help="how the random rows' domains relate (mdnas-derive --random-sharing): copied (nodes "
         "copied between domains at a random rate) can match a search that shares most edges, "

@@ -208,3 +208,11 @@ def test_models_expand_per_domain_and_leave_contrastive_out_of_non_parallel_data
     assert "not parallel" in skipped["multi_contr"]
     rows, skipped = lm.table_models("single_*,multi_contr", ["en", "de"], True)
     assert rows == ["single_en", "single_de", "multi_contr"] and skipped == {}
+
+
+def test_sharing_choices_are_the_derive_names():
+    """lm_pipeline (and translation_table through it) offers exactly mdnas-derive's
+    --random-sharing names, kept apart only so that the scripts start without torch."""
+    from mdnas_fairseq.search.random_genotypes import SHARING
+
+    assert load_script("lm_pipeline").RANDOM_SHARING == tuple(SHARING)
