@@ -447,6 +447,48 @@ def real_verdict(pattern=REAL_PATTERN):
     return md_table(header, body) + "\n\n" + sources_line(sources)
 
 
+# ---------------------------------------------------------------- translation (translation_table)
+
+
+def translation_verdict(path):
+    """Issue 27's goals on one translation table: per domain the struct multimodel's BLEU and,
+    for each other row, its BLEU with the struct row's lead (struct minus it); the random rows
+    as their mean; then each row's parameters and minutes (search + training)."""
+    data = load(path)
+    domains = data["domains"]
+    by = {r["row"]: r for r in data["rows"]}
+    if "multi_struct" not in by:
+        raise SystemExit(f"{path}: no multi_struct row; no verdict")
+    randoms = [r for r in data["rows"] if r["row"].startswith("random_")]
+    columns = [("multi_struct", by["multi_struct"])]
+    columns += [(name, by[name]) for name in ("baseline", "union", "multi") if name in by]
+    if randoms:
+        bleu = {d: sum(r["bleu"][d] for r in randoms) / len(randoms) for d in domains}
+        columns.append((f"random (mean of {len(randoms)})", {
+            "bleu": bleu,
+            "params": sum(r["params"] for r in randoms) / len(randoms),
+            "search_minutes": None,
+            "train_minutes": sum(r["train_minutes"] for r in randoms) / len(randoms),
+        }))  # fmt: skip
+    names = {"baseline": "fairseq transformer", "union": "union (one model per genre)"}
+    header = ["BLEU"] + [names.get(n, n) for n, _ in columns]
+    struct = by["multi_struct"]
+    body = []
+    for d in domains:
+        cells = [num(struct["bleu"][d])]
+        for _, r in columns[1:]:
+            cells.append(f"{num(r['bleu'][d])} ({struct['bleu'][d] - r['bleu'][d]:+.2f})")
+        body.append([d, *cells])
+    body.append(["params", *(count(r["params"]) for _, r in columns)])
+    body.append(
+        [
+            "minutes (search + train)",
+            *(f"{(r.get('search_minutes') or 0) + r['train_minutes']:.0f}" for _, r in columns),
+        ]
+    )
+    return md_table(header, body) + "\n\n" + sources_line([(path, data)])
+
+
 # ---------------------------------------------------------------- benchmark text outputs
 
 

@@ -37,6 +37,11 @@ Example (the gettext genres; defaults sized for a 2-core CPU, hours):
       --domain-column source --vocab-size 8000 --out build/gettext-mt
   python scripts/translation_table.py --data build/gettext-mt/data-bin --out build/mt-table
 
+On two cores, the same table as two processes side by side, then one table of their rows:
+  python scripts/translation_table.py --data D --out T-a --rows multi_struct,random,baseline &
+  python scripts/translation_table.py --data D --out T-b --rows multi,union
+  python scripts/translation_table.py --merge T-a T-b --out T
+
 Flags after ``--`` go to every mdnas fairseq-train (searches and retrains; e.g. the model's sizes
 ``-- --embed-dim 32``), never to the baseline (``--baseline-flags``).
 """
@@ -393,12 +398,18 @@ def write_results(args, result):
         json.dump(result, f, indent=1)
         f.write("\n")
     sig = result.get("signatures", {})
+    commands = [f"Command: `{result['command']}`"]
+    for part in result.get("parts", ()):
+        commands.append(
+            f"- rows {', '.join(part['rows'])}: `{part['command']}` (commit {part['commit']}, "
+            f"{part['date']})"
+        )
     text = "\n".join(
         [
             f"Translation table, {args.arch}, seed {args.seed}, commit {result['commit']}, "
             f"{result['date']}",
             "",
-            f"Command: `{result['command']}`",
+            *commands,
             "",
             f"BLEU and chrF (sacrebleu, detokenised) on split {args.split!r}, beam {args.beam}; "
             f"minutes are fairseq-train wall time.",
@@ -412,6 +423,73 @@ def write_results(args, result):
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
     return text
+
+
+# ---------------------------------------------------------------------------- merge
+SAME_IN_PARTS = ("rows", "out")  # the settings that may differ between the parts of one table
+
+
+def merge(out, folders, argv):
+    """One table from runs of this script that made different rows of it with the same settings
+    (``--rows`` split across processes, e.g. one per core): their rows in the table's order,
+    every part's command, commit and date under ``parts``."""
+    parts = []
+    for folder in folders:
+        path = os.path.join(folder, "table.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                parts.append((display_path(path), json.load(f)))
+        except FileNotFoundError:
+            raise SystemExit(
+                f"--merge {folder}: no table.json (not a translation_table run)"
+            ) from None
+    first_path, first = parts[0]
+    seen = {}
+    for path, part in parts:
+        for key in sorted(set(first["settings"]) | set(part["settings"])):
+            a, b = first["settings"].get(key), part["settings"].get(key)
+            if key not in SAME_IN_PARTS and a != b:
+                raise SystemExit(
+                    f"--merge: setting {key!r} differs: {a!r} in {first_path}, {b!r} in {path}"
+                )
+        if part.get("signatures") != first.get("signatures"):
+            raise SystemExit(f"--merge: sacrebleu signatures differ in {first_path} and {path}")
+        for row in part["rows"]:
+            if row["row"] in seen:
+                raise SystemExit(f"--merge: row {row['row']!r} is in {seen[row['row']]} and {path}")
+            seen[row["row"]] = path
+
+    def order(row):
+        kind = "random" if row["row"].startswith("random_") else row["row"]
+        return ROWS.index(kind)
+
+    rows = sorted((r for _, p in parts for r in p["rows"]), key=order)  # stable: random_K kept
+    settings = dict(first["settings"], out=display_path(out), rows=",".join(r["row"] for r in rows))
+    result = {
+        "command": "python scripts/translation_table.py " + shlex.join(argv),
+        "commit": git_commit(ROOT),
+        "seed": first["seed"],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": settings,
+        "domains": first["domains"],
+        "parts": [
+            {
+                "table": path,
+                "command": p["command"],
+                "commit": p["commit"],
+                "date": p["date"],
+                "rows": [r["row"] for r in p["rows"]],
+            }
+            for path, p in parts
+        ],
+        "rows": rows,
+        "signatures": first.get("signatures", {}),
+    }
+    os.makedirs(out, exist_ok=True)
+    args = Namespace(out=out, arch=settings["arch"], seed=first["seed"], split=settings["split"])
+    args.beam, args.domains = settings["beam"], first["domains"]
+    print(write_results(args, result))
+    return result
 
 
 # ---------------------------------------------------------------------------- main
@@ -438,7 +516,14 @@ def build_parser():
         "  fairseq logs, hyp/ hypotheses), --out/single_<domain>/ (the union's models),\n"
         "  --out/baseline-data/ (the concatenated data-bin)",
     )
-    p.add_argument("--data", required=True, help="input: data-bin of mdnas-prepare --translation")
+    p.add_argument("--data", help="input: data-bin of mdnas-prepare --translation (required)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="FOLDER",
+        help="instead of running rows: write --out's table from the table.json of these runs "
+        "(the same settings, different --rows; e.g. two processes side by side)",
+    )
     p.add_argument("--out", required=True, help="output folder (one sub-folder per row)")
     p.add_argument(
         "--rows",
@@ -502,6 +587,10 @@ def build_parser():
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.merge:
+        return merge(os.path.abspath(args.out), args.merge, argv)
+    if not args.data:
+        raise SystemExit("--data is required (or --merge)")
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in wanted if r not in ROWS]
     rows_wanted = [r for r in ROWS if r in wanted]  # multi_struct first: it sizes two others

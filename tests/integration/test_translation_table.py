@@ -151,3 +151,72 @@ def test_baseline_data_bin_concatenates_the_domains(table):
             expected = [p[i].tolist() for p in parts for i in range(len(p))]
             assert [joined[i].tolist() for i in range(len(joined))] == expected
     assert (merged / "dict.en.txt").read_bytes() == (src / "dict.en.txt").read_bytes()
+
+
+def split_into_parts(table, tmp_path, parts):
+    """The fixture's one-run table written as the runs of ``--rows`` that ``parts`` names would
+    have written it (each a table.json of its own rows), in ``tmp_path/part_I``."""
+    folders = []
+    for i, names in enumerate(parts):
+        part = json.loads(json.dumps(table["json"]))
+        part["rows"] = [r for r in part["rows"] if r["row"] in names]
+        part["settings"]["rows"] = ",".join(names)
+        part["settings"]["out"] = f"part_{i}"
+        part["command"] += f" --rows {','.join(names)}"
+        folder = tmp_path / f"part_{i}"
+        folder.mkdir()
+        (folder / "table.json").write_text(json.dumps(part), encoding="utf-8")
+        folders.append(str(folder))
+    return folders
+
+
+def test_merged_parts_are_the_one_run_table(table, tmp_path):
+    """Rows made by two processes side by side (--rows) and merged (--merge) give the table one
+    run gives: the same rows in the same order, the same markdown rows, each part's command."""
+    parts = [["multi", "union"], ["multi_struct", "random_1", "random_2", "baseline"]]
+    folders = split_into_parts(table, tmp_path, parts)
+    out = tmp_path / "merged"
+    merged = load_script("translation_table").main(["--merge", *folders, "--out", str(out)])
+    written = json.loads((out / "table.json").read_text(encoding="utf-8"))
+    assert written == merged
+    assert written["rows"] == table["json"]["rows"]
+    assert written["settings"]["rows"] == ",".join(r["row"] for r in table["json"]["rows"])
+    assert [p["rows"] for p in written["parts"]] == parts
+    assert written["signatures"] == table["json"]["signatures"]
+    one_run = [x for x in lines(table["out"] / "table.md") if x.startswith("|")]
+    assert [x for x in lines(out / "table.md") if x.startswith("|")] == one_run
+    md = (out / "table.md").read_text(encoding="utf-8")
+    for p in written["parts"]:
+        assert f"`{p['command']}`" in md
+
+
+def duplicate_multi(part, one_run):
+    part["rows"].append(next(r for r in one_run["rows"] if r["row"] == "multi"))
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda part, _: part["settings"].update(retrain_epochs=7), "setting 'retrain_epochs'"),
+        (duplicate_multi, "row 'multi' is in"),
+        (lambda part, _: part.update(signatures={"bleu": "other"}), "signatures differ"),
+    ],
+)
+def test_merge_refuses_parts_of_different_tables(table, tmp_path, spoil, message):
+    folders = split_into_parts(table, tmp_path, [["multi", "union"], ["multi_struct"]])
+    path = os.path.join(folders[1], "table.json")
+    with open(path, encoding="utf-8") as f:
+        part = json.load(f)
+    spoil(part, table["json"])
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(part, f)
+    with pytest.raises(SystemExit, match=message):
+        load_script("translation_table").main(["--merge", *folders, "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()  # nothing written
+
+
+def test_merge_names_a_folder_without_a_table(tmp_path):
+    with pytest.raises(SystemExit, match=r"--merge .*nothing: no table.json"):
+        load_script("translation_table").main(
+            ["--merge", str(tmp_path / "nothing"), "--out", str(tmp_path / "m")]
+        )

@@ -272,3 +272,50 @@ def test_real_renderers_without_results_say_so(tmp_path, monkeypatch):
     for name in ("real", "real-verdict"):
         text = render.TABLES[name]()
         assert "No real-scale results" in text and "|" not in text
+
+
+def test_translation_verdict_leads_are_struct_minus_each_row(tmp_path, monkeypatch):
+    """Issue 27's goal table: per domain the struct row's BLEU, every other row's BLEU with the
+    struct row's lead over it, the random rows as their mean (numpy here); parameters; minutes."""
+    bleu = {
+        "multi_struct": [30.0, 10.5],
+        "baseline": [29.25, 11.0],
+        "union": [31.5, 9.0],
+        "multi": [30.5, 10.0],
+        "random_1": [28.0, 9.5],
+        "random_2": [27.0, 10.25],
+    }
+    params = {"multi_struct": 600, "baseline": 610, "union": 900, "multi": 800}
+    params.update(random_1=590, random_2=596)
+    rows = [
+        {
+            "row": name,
+            "bleu": dict(zip(("gcc", "wesnoth"), b)),
+            "params": params[name],
+            "search_minutes": None if name.startswith(("random", "baseline")) else 3.5,
+            "train_minutes": 6.0,
+        }
+        for name, b in bleu.items()
+    ]
+    path = "results/translation/x/table.json"
+    (tmp_path / "results" / "translation" / "x").mkdir(parents=True)
+    data = {"domains": ["gcc", "wesnoth"], "rows": rows, "commit": "abc", "seed": 1}
+    (tmp_path / path).write_text(json.dumps(data), encoding="utf-8")
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    text = render.translation_verdict(path)
+    head = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    assert head == [
+        "BLEU", "multi_struct", "fairseq transformer", "union (one model per genre)", "multi",
+        "random (mean of 2)",
+    ]  # fmt: skip
+    body = table_rows(text)
+    random_mean = np.mean([bleu["random_1"], bleu["random_2"]], axis=0)
+    for i, domain in enumerate(("gcc", "wesnoth")):
+        struct = bleu["multi_struct"][i]
+        others = [bleu[n][i] for n in ("baseline", "union", "multi")] + [random_mean[i]]
+        assert body[i] == [domain, f"{struct:.2f}"] + [
+            f"{o:.2f} ({struct - o:+.2f})" for o in others
+        ]
+    assert body[2] == ["params", "600", "610", "900", "800", "593"]
+    assert body[3] == ["minutes (search + train)", "10", "6", "10", "10", "6"]
+    assert "`results/translation/x/table.json`" in text
