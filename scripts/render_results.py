@@ -492,7 +492,7 @@ def translation_verdict(path):
 # ---------------------------------------------------------------- benchmark text outputs
 
 
-MT_SEED1 = "results/translation/gettext/seed1-partial/table.md"
+MT_TABLE = "results/translation/gettext/seed{}/table.{}"
 
 
 def text_lines(path, start, stop=None, nth=0, before=0):
@@ -657,10 +657,19 @@ TABLES = {
     "extend-summary": extend_summary,
     "real": real_tables,
     "real-verdict": real_verdict,
-    # the translation table (issue 27): scripts/translation_table.py's own markdown table
-    "translation-gettext-seed1": lambda: "\n".join(
-        text_lines(MT_SEED1, r"^\| row \|") + ["", f"Copied from `{MT_SEED1}`."]
-    ),
+    # the translation tables (issue 27): scripts/translation_table.py's own markdown table, and
+    # the goals' view of it
+    **{
+        f"translation-gettext-seed{s}": lambda s=s: "\n".join(
+            text_lines(MT_TABLE.format(s, "md"), r"^\| row \|")
+            + ["", f"Copied from `{MT_TABLE.format(s, 'md')}`."]
+        )
+        for s in (1, 2)
+    },
+    **{
+        f"translation-verdict-seed{s}": lambda s=s: translation_verdict(MT_TABLE.format(s, "json"))
+        for s in (1, 2)
+    },
     # speed and memory (benchmarks/)
     "speed-cpu": lambda: step_tables("results/speed/lm_search_speed.txt", 2),
     "speed-fairseq-train": fairseq_train_speed,
