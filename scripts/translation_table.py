@@ -425,6 +425,19 @@ def write_results(args, result):
     return text
 
 
+def new_result(argv, seed, settings, domains):
+    """A table's record of its making (this script's command line, commit, date) and no rows."""
+    return {
+        "command": "python scripts/translation_table.py " + shlex.join(argv),
+        "commit": git_commit(ROOT),
+        "seed": seed,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": settings,
+        "domains": domains,
+        "rows": [],
+    }
+
+
 # ---------------------------------------------------------------------------- merge
 SAME_IN_PARTS = ("rows", "out")  # the settings that may differ between the parts of one table
 
@@ -465,14 +478,9 @@ def merge(out, folders, argv):
 
     rows = sorted((r for _, p in parts for r in p["rows"]), key=order)  # stable: random_K kept
     settings = dict(first["settings"], out=display_path(out), rows=",".join(r["row"] for r in rows))
-    result = {
-        "command": "python scripts/translation_table.py " + shlex.join(argv),
-        "commit": git_commit(ROOT),
-        "seed": first["seed"],
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "settings": settings,
-        "domains": first["domains"],
-        "parts": [
+    result = new_result(argv, first["seed"], settings, first["domains"])
+    result.update(
+        parts=[
             {
                 "table": path,
                 "command": p["command"],
@@ -482,9 +490,9 @@ def merge(out, folders, argv):
             }
             for path, p in parts
         ],
-        "rows": rows,
-        "signatures": first.get("signatures", {}),
-    }
+        rows=rows,
+        signatures=first.get("signatures", {}),
+    )
     os.makedirs(out, exist_ok=True)
     args = Namespace(out=out, arch=settings["arch"], seed=first["seed"], split=settings["split"])
     args.beam, args.domains = settings["beam"], first["domains"]
@@ -610,15 +618,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "meta"}
     settings.update(data=display_path(args.data), out=display_path(args.out))
-    result = {
-        "command": "python scripts/translation_table.py " + shlex.join(argv),
-        "commit": git_commit(ROOT),
-        "seed": args.seed,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "settings": settings,
-        "domains": args.domains,
-        "rows": [],
-    }
+    result = new_result(argv, args.seed, settings, args.domains)
 
     def add(row):
         result["rows"].append(row)
