@@ -8,6 +8,12 @@ label smoothing, epochs and seed for every row), these rows:
 
 multi_struct  ``--task multidomain_nas_translation`` search with the struct term
               (``--struct-coef``), its genotype retrained from scratch (``--genotype``)
+multi_struct_selected
+              the struct search at ``--selection-searches`` seeds (``--seed + 1000 k``; k = 0
+              is multi_struct's own search), each genotype retrained for ``--selection-epochs``
+              (seed ``--seed + 500``, not the final retrain's) and translated on the valid split:
+              the genotype of the best mean valid BLEU is retrained from scratch as multi_struct's
+              (selection (c) of the real-scale issue; the test split never chooses)
 multi         the same without the struct term (``--struct-coef 0``)
 random_K      for each K of ``--random-seeds``: ``mdnas-derive SEARCH --random-seed K
               --match-params --random-sharing copied`` on multi_struct's search (every domain's
@@ -64,14 +70,20 @@ import score_translation as scorer  # noqa: E402
 
 from mdnas_fairseq.provenance import display_path, git_commit  # noqa: E402
 
-ROWS = ("multi_struct", "multi", "random", "union", "baseline")
+ROWS = ("multi_struct", "multi_struct_selected", "multi", "random", "union", "baseline")
+SEARCH_SEED_STEP = 1000  # the selected row's candidate k searches at --seed + 1000 * k
+SELECTION_RETRAIN_SEED = 500  # its short retrains at --seed + 500: not the final retrain's seed
+# the settings only the rows named use: parts of one table that did not run a row may differ in
+# them (a row added to an existing table, --merge)
+ROW_SETTINGS = {"multi_struct_selected": ("selection_searches", "selection_epochs")}
 MATCH_TOLERANCE = 0.02
 NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # torch.load's switch, read at every call
 
 
 # ---------------------------------------------------------------------------- command lines
-def common_flags(args, save_dir, epochs):
-    """The training protocol every row shares (optimizer, batches, epochs, seed, logging)."""
+def common_flags(args, save_dir, epochs, seed=None):
+    """The training protocol every row shares (optimizer, batches, epochs, seed, logging); the
+    seed is ``--seed`` unless given (the selection's candidate searches and short retrains)."""
     flags = [
         "--optimizer",
         "adam",
@@ -90,7 +102,7 @@ def common_flags(args, save_dir, epochs):
         "--max-epoch",
         str(epochs),
         "--seed",
-        str(args.seed),
+        str(args.seed if seed is None else seed),
         "--save-dir",
         save_dir,
         "--no-epoch-checkpoints",
@@ -115,13 +127,13 @@ def common_flags(args, save_dir, epochs):
     return flags
 
 
-def mdnas_command(args, domains, save_dir, epochs, extra=()):
+def mdnas_command(args, domains, save_dir, epochs, extra=(), seed=None):
     """fairseq-train of the searchable encoder-decoder (a search, or a retrain with --genotype)."""
     return (
         [lm.fairseq_cmd("fairseq-train"), args.data, "--user-dir", lm.USER_DIR,
          "--task", "multidomain_nas_translation", "--domains", ",".join(domains),
          "--arch", args.arch, "--criterion", "multidomain_nas_loss"]
-        + common_flags(args, save_dir, epochs)
+        + common_flags(args, save_dir, epochs, seed)
         + list(args.extra)
         + list(extra)
     )  # fmt: skip
@@ -147,10 +159,11 @@ def baseline_command(args, data, save_dir, ffn):
 
 
 # ---------------------------------------------------------------------------- scoring
-def score_checkpoint(args, checkpoint, domains, hyp_dir):
+def score_checkpoint(args, checkpoint, domains, hyp_dir, split=None):
     """BLEU, chrF (sacrebleu, detokenised), sentences per domain, the signatures and the model's
     parameters, for a checkpoint of ``multidomain_nas_translation`` or fairseq's ``translation``
-    (both read the data-bin's per-domain split ``{split}.{domain}``)."""
+    (both read the data-bin's per-domain split ``{split}.{domain}``; ``--split`` unless given)."""
+    split = args.split if split is None else split
     import torch
     from fairseq import checkpoint_utils
 
@@ -182,9 +195,9 @@ def score_checkpoint(args, checkpoint, domains, hyp_dir):
     os.makedirs(hyp_dir, exist_ok=True)
     out = {"bleu": {}, "chrf": {}, "sentences": {}, "hypotheses": {}}
     for d in domains:
-        subset = f"{args.split}.{d}"
+        subset = f"{split}.{d}"
         task.load_dataset(subset)
-        refs = scorer.references(args.data, args.split, d, args.meta)
+        refs = scorer.references(args.data, split, d, args.meta)
         found = scorer.translate(task, models, generator, subset, args.score_batch_size, cuda)
         if sorted(found) != list(range(len(refs))):
             raise SystemExit(f"{checkpoint} {subset}: {len(found)} translations, {len(refs)} refs")
@@ -211,11 +224,12 @@ def minutes(seconds):
     return round(seconds / 60, 2)
 
 
-def search(args, domains, base, extra):
+def search(args, domains, base, extra, seed=None, tag="search"):
     """One architecture search; returns its genotype.json and its minutes."""
-    save = os.path.join(base, "search")
-    cmd = mdnas_command(args, domains, save, args.search_epochs, args.search_flags.split() + extra)
-    _, seconds = lm.run(cmd, os.path.join(base, "search.log"))
+    save = os.path.join(base, tag)
+    flags = args.search_flags.split() + extra
+    cmd = mdnas_command(args, domains, save, args.search_epochs, flags, seed)
+    _, seconds = lm.run(cmd, os.path.join(base, f"{tag}.log"))
     return os.path.join(save, "genotype.json"), minutes(seconds)
 
 
@@ -244,6 +258,66 @@ def searched_row(args, name, domains, struct_coef):
     genotype, search_minutes = search(args, domains, base, ["--struct-coef", str(struct_coef)])
     row = {"row": name, "domains": domains, "struct_coef": struct_coef}
     row.update(retrain_and_score(args, domains, genotype, base), search_minutes=search_minutes)
+    return row
+
+
+def selection_candidate(args, domains, base, struct_coef, k):
+    """Candidate ``k`` of the selected row: a search at seed ``--seed + SEARCH_SEED_STEP * k``,
+    its genotype retrained for ``--selection-epochs`` at seed ``--seed + SELECTION_RETRAIN_SEED``
+    and scored (BLEU per domain) on the valid split."""
+    seed = args.seed + SEARCH_SEED_STEP * k
+    tag = f"search_seed{seed}"
+    genotype, search_minutes = search(
+        args, domains, base, ["--struct-coef", str(struct_coef)], seed=seed, tag=tag
+    )
+    save = os.path.join(base, f"select_seed{seed}")
+    cmd = mdnas_command(
+        args, domains, save, args.selection_epochs, ["--genotype", genotype],
+        seed=args.seed + SELECTION_RETRAIN_SEED,
+    )  # fmt: skip
+    _, seconds = lm.run(cmd, os.path.join(base, f"select_seed{seed}.log"))
+    start = time.perf_counter()
+    valid = score_checkpoint(
+        args, os.path.join(save, "checkpoint_best.pt"), domains, os.path.join(save, "hyp"), "valid"
+    )
+    seconds += time.perf_counter() - start
+    return {
+        "search_seed": seed,
+        "genotype": genotype,
+        "search_minutes": search_minutes,
+        "selection_minutes": minutes(seconds),
+        "valid_bleu": valid["bleu"],
+        "valid_bleu_mean": sum(valid["bleu"].values()) / len(domains),
+    }
+
+
+def selected_row(args, name, domains, struct_coef):
+    """The struct search run at ``--selection-searches`` seeds (the first: multi_struct's own),
+    the genotype whose short retrain has the best mean valid BLEU retrained and scored as every
+    searched row's (selection on the valid split; the test split never chooses)."""
+    base = os.path.join(args.out, name)
+    fresh(base)
+    candidates = []
+    for k in range(args.selection_searches):
+        candidates.append(selection_candidate(args, domains, base, struct_coef, k))
+        c = candidates[-1]
+        print(
+            f"   search seed {c['search_seed']}: valid BLEU {c['valid_bleu_mean']:.2f}", flush=True
+        )
+    chosen = max(candidates, key=lambda c: c["valid_bleu_mean"])  # the first of equals
+    genotype = os.path.join(base, "genotype.json")
+    shutil.copyfile(chosen["genotype"], genotype)
+    for c in candidates:
+        c["genotype"] = display_path(c["genotype"])
+    row = {"row": name, "domains": domains, "struct_coef": struct_coef}
+    row.update(retrain_and_score(args, domains, genotype, base))
+    row.update(
+        search_seed=chosen["search_seed"],
+        candidates=candidates,
+        search_minutes=round(
+            sum(c["search_minutes"] + c["selection_minutes"] for c in candidates), 2
+        ),
+    )
     return row
 
 
@@ -371,7 +445,7 @@ def model_sizes(checkpoint):
 
 
 # ---------------------------------------------------------------------------- table
-ORDER = ("baseline", "union", "multi", "multi_struct")
+ORDER = ("baseline", "union", "multi", "multi_struct", "multi_struct_selected")
 
 
 def format_table(rows, domains):
@@ -457,11 +531,12 @@ def merge(out, folders, argv):
                 f"--merge {folder}: no table.json (not a translation_table run)"
             ) from None
     first_path, first = parts[0]
+    row_keys = {key for keys in ROW_SETTINGS.values() for key in keys}
     seen = {}
     for path, part in parts:
         for key in sorted(set(first["settings"]) | set(part["settings"])):
             a, b = first["settings"].get(key), part["settings"].get(key)
-            if key not in SAME_IN_PARTS and a != b:
+            if key not in SAME_IN_PARTS and key not in row_keys and a != b:
                 raise SystemExit(
                     f"--merge: setting {key!r} differs: {a!r} in {first_path}, {b!r} in {path}"
                 )
@@ -477,18 +552,27 @@ def merge(out, folders, argv):
         return ROWS.index(kind)
 
     rows = sorted((r for _, p in parts for r in p["rows"]), key=order)  # stable: random_K kept
-    settings = dict(first["settings"], out=display_path(out), rows=",".join(r["row"] for r in rows))
+    settings = {k: v for k, v in first["settings"].items() if k not in row_keys}
+    for row, keys in ROW_SETTINGS.items():  # a row's own settings: those of the part that ran it
+        if row in seen:
+            ran = next(p for path, p in parts if path == seen[row])
+            settings.update({k: ran["settings"][k] for k in keys})
+    settings.update(out=display_path(out), rows=",".join(r["row"] for r in rows))
     result = new_result(argv, first["seed"], settings, first["domains"])
     result.update(
         parts=[
-            {
-                "table": path,
-                "command": p["command"],
-                "commit": p["commit"],
-                "date": p["date"],
-                "rows": [r["row"] for r in p["rows"]],
-            }
+            made
             for path, p in parts
+            for made in p.get("parts")  # a merged table: the runs that made it
+            or [
+                {
+                    "table": path,
+                    "command": p["command"],
+                    "commit": p["commit"],
+                    "date": p["date"],
+                    "rows": [r["row"] for r in p["rows"]],
+                }
+            ]
         ],
         rows=rows,
         signatures=first.get("signatures", {}),
@@ -547,6 +631,19 @@ def build_parser():
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (every row)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout (every row)")
     p.add_argument("--struct-coef", type=float, default=0.1, help="the multi_struct row's term")
+    p.add_argument(
+        "--selection-searches",
+        type=int,
+        default=3,
+        help="multi_struct_selected: struct searches at seeds --seed + 1000 k, k < this",
+    )
+    p.add_argument(
+        "--selection-epochs",
+        type=int,
+        default=3,
+        help="multi_struct_selected: epochs of each candidate's short retrain (seed --seed + "
+        "500) whose mean valid BLEU chooses the genotype",
+    )
     p.add_argument(
         "--search-flags", default="", help="more fairseq-train flags for the searches only"
     )
@@ -630,7 +727,9 @@ def main(argv=None):
     struct = None
     for name in rows_wanted:
         print(f"== {name}", flush=True)
-        if name in ("multi_struct", "multi"):
+        if name == "multi_struct_selected":
+            add(selected_row(args, name, args.domains, args.struct_coef))
+        elif name in ("multi_struct", "multi"):
             coef = args.struct_coef if name == "multi_struct" else 0.0
             row = searched_row(args, name, args.domains, coef)
             if name == "multi_struct":

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+from argparse import Namespace
 
 import pytest
 
@@ -20,7 +21,15 @@ SIZES = [
     "--ffn-embed-dim", "64", "--attention-heads", "2", "--conv-kernel-sizes", "3",
 ]  # fmt: skip
 TOLERANCE = 0.02
-ROWS = {"multi_struct", "multi", "random_1", "random_2", "union", "baseline"}
+ROWS = {
+    "multi_struct",
+    "multi_struct_selected",
+    "multi",
+    "random_1",
+    "random_2",
+    "union",
+    "baseline",
+}
 FAIRSEQ_PARAMS = re.compile(r"num\. shared model params: ([0-9,]+)")
 
 
@@ -39,7 +48,8 @@ def table(tmp_path_factory):
         "--data", str(data / "data-bin"), "--out", str(out), "--search-epochs", "1",
         "--retrain-epochs", "6", "--lr", "0.01", "--dropout", "0", "--max-tokens", "512",
         "--beam", "2", "--max-len-a", "0", "--max-len-b", "12", "--random-seeds", "1,2",
-        "--match-tolerance", str(TOLERANCE), "--search-flags=--no-alpha-heatmaps", "--", *SIZES,
+        "--match-tolerance", str(TOLERANCE), "--search-flags=--no-alpha-heatmaps",
+        "--selection-searches", "2", "--selection-epochs", "2", "--", *SIZES,
     ]  # fmt: skip
     result = load_script("translation_table").main(argv)
     with open(out / "table.json", encoding="utf-8") as f:
@@ -153,6 +163,77 @@ def test_baseline_data_bin_concatenates_the_domains(table):
     assert (merged / "dict.en.txt").read_bytes() == (src / "dict.en.txt").read_bytes()
 
 
+def test_selected_row_is_chosen_by_valid_bleu(table):
+    """multi_struct_selected: candidate k searched at seed 1 + 1000 k (k = 0 is multi_struct's
+    own search), each retrained briefly at seed 501 and scored on the valid split (recomputed
+    here with sacrebleu from the written hypotheses); the best mean valid BLEU's genotype (the
+    first of equals) is the row's, retrained and scored on test as every row."""
+    import sacrebleu
+
+    rows = {r["row"]: r for r in table["json"]["rows"]}
+    row, out = rows["multi_struct_selected"], table["out"] / "multi_struct_selected"
+    assert [c["search_seed"] for c in row["candidates"]] == [1, 1001]
+    means = []
+    for c in row["candidates"]:
+        seed = c["search_seed"]
+        with open(out / f"search_seed{seed}.log", encoding="utf-8") as f:
+            assert f" --seed {seed} " in f.readline() + " "
+        with open(out / f"select_seed{seed}.log", encoding="utf-8") as f:
+            command = f.readline()
+        assert " --seed 501 " in command and " --max-epoch 2 " in command
+        hyp_dir = out / f"select_seed{seed}" / "hyp"
+        assert sorted(os.listdir(hyp_dir)) == ["valid.gcc.hyp", "valid.libre.hyp"]  # never test
+        bleu = {}
+        for d in ("gcc", "libre"):
+            refs = lines(table["data"] / "raw" / f"valid.{d}.en-de.de")
+            bleu[d] = sacrebleu.corpus_bleu(lines(hyp_dir / f"valid.{d}.hyp"), [refs]).score
+            assert c["valid_bleu"][d] == pytest.approx(bleu[d])
+        means.append(sum(bleu.values()) / 2)
+        assert c["valid_bleu_mean"] == pytest.approx(means[-1])
+    chosen = row["candidates"][means.index(max(means))]
+    assert row["search_seed"] == chosen["search_seed"]
+    genotype = (out / "genotype.json").read_text(encoding="utf-8")
+    assert genotype == open(chosen["genotype"], encoding="utf-8").read()
+    with open(out / "retrain.log", encoding="utf-8") as f:
+        assert f" --genotype {out / 'genotype.json'} " in f.readline().rstrip() + " "
+    # candidate 0 is multi_struct's search: the same seed and flags give the same genotype
+    first = json.loads(open(row["candidates"][0]["genotype"], encoding="utf-8").read())
+    struct = json.loads((table["out"] / "multi_struct" / "search" / "genotype.json").read_text())
+    assert (first["cells"], first["alpha"]) == (struct["cells"], struct["alpha"])
+    spent = sum(c["search_minutes"] + c["selection_minutes"] for c in row["candidates"])
+    assert row["search_minutes"] == pytest.approx(spent, abs=0.01)
+    assert row["params"] == row["params_from_genotype"] == logged_params(out / "retrain.log")
+
+
+def test_selection_takes_the_best_mean_valid_bleu(monkeypatch, tmp_path):
+    """The choice alone, on made-up candidates: the highest mean valid BLEU, the first of equals,
+    its genotype file the one retrained."""
+    tt = load_script("translation_table")
+    scores = {0: {"a": 10.0, "b": 2.0}, 1: {"a": 3.0, "b": 12.0}, 2: {"a": 12.0, "b": 3.0}}
+
+    def candidate(args, domains, base, coef, k):
+        path = os.path.join(base, f"g{k}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"k": k}, f)
+        mean = sum(scores[k].values()) / 2
+        return {"search_seed": k, "genotype": path, "search_minutes": 1.0,
+                "selection_minutes": 0.5, "valid_bleu": scores[k], "valid_bleu_mean": mean}  # fmt: skip
+
+    retrained = []
+
+    def retrain(args, domains, genotype, base):
+        with open(genotype, encoding="utf-8") as f:
+            retrained.append(json.load(f)["k"])
+        return {"params": 1}
+
+    monkeypatch.setattr(tt, "selection_candidate", candidate)
+    monkeypatch.setattr(tt, "retrain_and_score", retrain)
+    args = Namespace(out=str(tmp_path), selection_searches=3)
+    row = tt.selected_row(args, "multi_struct_selected", ["a", "b"], 0.1)
+    assert retrained == [1] and row["search_seed"] == 1  # 7.5 (k=1 and k=2): the first
+    assert row["search_minutes"] == pytest.approx(4.5)
+
+
 def split_into_parts(table, tmp_path, parts):
     """The fixture's one-run table written as the runs of ``--rows`` that ``parts`` names would
     have written it (each a table.json of its own rows), in ``tmp_path/part_I``."""
@@ -173,7 +254,10 @@ def split_into_parts(table, tmp_path, parts):
 def test_merged_parts_are_the_one_run_table(table, tmp_path):
     """Rows made by two processes side by side (--rows) and merged (--merge) give the table one
     run gives: the same rows in the same order, the same markdown rows, each part's command."""
-    parts = [["multi", "union"], ["multi_struct", "random_1", "random_2", "baseline"]]
+    parts = [
+        ["multi", "union"],
+        ["multi_struct", "multi_struct_selected", "random_1", "random_2", "baseline"],
+    ]
     folders = split_into_parts(table, tmp_path, parts)
     out = tmp_path / "merged"
     merged = load_script("translation_table").main(["--merge", *folders, "--out", str(out)])
@@ -188,6 +272,31 @@ def test_merged_parts_are_the_one_run_table(table, tmp_path):
     md = (out / "table.md").read_text(encoding="utf-8")
     for p in written["parts"]:
         assert f"`{p['command']}`" in md
+
+
+def test_merge_adds_a_row_run_later_with_its_own_settings(table, tmp_path):
+    """A row added to an existing table (multi_struct_selected, after the rest was merged): the
+    older parts lack its settings or differ in them, which only the part that ran it decides."""
+    rest = [r["row"] for r in table["json"]["rows"] if r["row"] != "multi_struct_selected"]
+    folders = split_into_parts(table, tmp_path, [rest, ["multi_struct_selected"]])
+    paths = [os.path.join(f, "table.json") for f in folders]
+    older, added = (json.loads(open(p, encoding="utf-8").read()) for p in paths)
+    del older["settings"]["selection_searches"], older["settings"]["selection_epochs"]
+    added["settings"]["selection_epochs"] = 5
+    for path, part in zip(paths, (older, added)):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(part, f)
+    script = load_script("translation_table")
+    existing = script.main(["--merge", folders[0], "--out", str(tmp_path / "existing")])
+    assert "selection_epochs" not in existing["settings"]  # none of a row's settings without it
+    merged = script.main(
+        ["--merge", str(tmp_path / "existing"), folders[1], "--out", str(tmp_path / "m")]
+    )
+    assert merged["rows"] == table["json"]["rows"]
+    assert merged["settings"]["selection_epochs"] == 5
+    assert merged["settings"]["selection_searches"] == 2
+    # the merged table's parts are the runs that made it: the existing table's, then the new one
+    assert [p["command"] for p in merged["parts"]] == [older["command"], added["command"]]
 
 
 def duplicate_multi(part, one_run):
