@@ -450,18 +450,21 @@ def real_verdict(pattern=REAL_PATTERN):
 # ---------------------------------------------------------------- translation (translation_table)
 
 
-def translation_verdict(path):
-    """Issue 27's goals on one translation table: per domain the struct multimodel's BLEU and,
-    for each other row, its BLEU with the struct row's lead (struct minus it); the random rows
-    as their mean; then each row's parameters and minutes (search + training)."""
+def translation_verdict(path, struct_row="multi_struct"):
+    """Issue 27's goals on one translation table: per domain the struct multimodel's BLEU
+    (``struct_row``: multi_struct, the argmax genotype of one search, or multi_struct_selected,
+    chosen among searches on valid) and, for each other row, its BLEU with the struct row's lead
+    (struct minus it); the random rows as their mean; the mean over domains; then each row's
+    parameters and minutes (search + training)."""
     data = load(path)
     domains = data["domains"]
     by = {r["row"]: r for r in data["rows"]}
-    if "multi_struct" not in by:
-        raise SystemExit(f"{path}: no multi_struct row; no verdict")
+    if struct_row not in by:
+        raise SystemExit(f"{path}: no {struct_row} row; no verdict")
     randoms = [r for r in data["rows"] if r["row"].startswith("random_")]
-    columns = [("multi_struct", by["multi_struct"])]
-    columns += [(name, by[name]) for name in ("baseline", "union", "multi") if name in by]
+    others = ("baseline", "union", "multi", "multi_struct")
+    columns = [(struct_row, by[struct_row])]
+    columns += [(name, by[name]) for name in others if name in by and name != struct_row]
     if randoms:
         bleu = {d: sum(r["bleu"][d] for r in randoms) / len(randoms) for d in domains}
         columns.append((f"random (mean of {len(randoms)})", {
@@ -472,13 +475,15 @@ def translation_verdict(path):
         }))  # fmt: skip
     names = {"baseline": "fairseq transformer", "union": "union (one model per genre)"}
     header = ["BLEU"] + [names.get(n, n) for n, _ in columns]
-    struct = by["multi_struct"]
-    body = []
-    for d in domains:
-        cells = [num(struct["bleu"][d])]
-        for _, r in columns[1:]:
-            cells.append(f"{num(r['bleu'][d])} ({struct['bleu'][d] - r['bleu'][d]:+.2f})")
-        body.append([d, *cells])
+    struct = by[struct_row]
+
+    def line(label, value):
+        cells = [num(value(struct))]
+        cells += [f"{num(value(r))} ({value(struct) - value(r):+.2f})" for _, r in columns[1:]]
+        return [label, *cells]
+
+    body = [line(d, lambda r, d=d: r["bleu"][d]) for d in domains]
+    body.append(line("mean", lambda r: sum(r["bleu"][d] for d in domains) / len(domains)))
     body.append(["params", *(count(r["params"]) for _, r in columns)])
     body.append(
         [

@@ -316,6 +316,19 @@ def test_translation_verdict_leads_are_struct_minus_each_row(tmp_path, monkeypat
         assert body[i] == [domain, f"{struct:.2f}"] + [
             f"{o:.2f} ({struct - o:+.2f})" for o in others
         ]
-    assert body[2] == ["params", "600", "610", "900", "800", "593"]
-    assert body[3] == ["minutes (search + train)", "10", "6", "10", "10", "6"]
+    means = {n: np.mean(b) for n, b in bleu.items()}
+    means["random"] = np.mean(random_mean)
+    lead = [f"{means[n]:.2f} ({means['multi_struct'] - means[n]:+.2f})" for n in
+            ("baseline", "union", "multi", "random")]  # fmt: skip
+    assert body[2] == ["mean", f"{means['multi_struct']:.2f}", *lead]
+    assert body[3] == ["params", "600", "610", "900", "800", "593"]
+    assert body[4] == ["minutes (search + train)", "10", "6", "10", "10", "6"]
     assert "`results/translation/x/table.json`" in text
+    # the selected struct row (chosen among searches): compared with every row, multi_struct too
+    rows.append(dict(rows[0], row="multi_struct_selected", bleu={"gcc": 33.0, "wesnoth": 9.0}))
+    (tmp_path / path).write_text(json.dumps(data), encoding="utf-8")
+    text = render.translation_verdict(path, "multi_struct_selected")
+    head = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    assert head[1] == "multi_struct_selected" and head[5] == "multi_struct"
+    assert table_rows(text)[0][5] == f"30.00 ({33.0 - 30.0:+.2f})"
+    assert "multi_struct_selected" not in render.translation_verdict(path)
