@@ -494,6 +494,27 @@ def translation_verdict(path, struct_row="multi_struct"):
     return md_table(header, body) + "\n\n" + sources_line([(path, data)])
 
 
+def translation_candidates(paths):
+    """The multi_struct_selected rows' choice: per table its seed, each candidate search's seed
+    and mean valid BLEU after the short retrain, and the search seed chosen."""
+    body, sources = [], []
+    for path in paths:
+        data = load(path)
+        row = next(r for r in data["rows"] if r["row"] == "multi_struct_selected")
+        cands = row["candidates"]
+        body.append(
+            [
+                str(data["seed"]),
+                ", ".join(str(c["search_seed"]) for c in cands),
+                ", ".join(num(c["valid_bleu_mean"]) for c in cands),
+                str(row["search_seed"]),
+            ]
+        )
+        sources.append((path, data))
+    header = ["seed", "candidate search seeds", "mean valid BLEU (short retrain)", "chosen"]
+    return md_table(header, body) + "\n\n" + sources_line(sources)
+
+
 # ---------------------------------------------------------------- benchmark text outputs
 
 
@@ -673,6 +694,15 @@ TABLES = {
     },
     **{
         f"translation-verdict-seed{s}": lambda s=s: translation_verdict(MT_TABLE.format(s, "json"))
+        for s in (1, 2)
+    },
+    "translation-candidates": lambda: translation_candidates(
+        [MT_TABLE.format(s, "json") for s in (1, 2)]
+    ),
+    **{
+        f"translation-selected-seed{s}": lambda s=s: translation_verdict(
+            MT_TABLE.format(s, "json"), "multi_struct_selected"
+        )
         for s in (1, 2)
     },
     # speed and memory (benchmarks/)

@@ -49,7 +49,8 @@ def table(tmp_path_factory):
         "--retrain-epochs", "6", "--lr", "0.01", "--dropout", "0", "--max-tokens", "512",
         "--beam", "2", "--max-len-a", "0", "--max-len-b", "12", "--random-seeds", "1,2",
         "--match-tolerance", str(TOLERANCE), "--search-flags=--no-alpha-heatmaps",
-        "--selection-searches", "2", "--selection-epochs", "2", "--", *SIZES,
+        "--selection-searches", "2", "--selection-epochs", "2",
+        "--rows", "multi_struct,multi_struct_selected,multi,random,union,baseline", "--", *SIZES,
     ]  # fmt: skip
     result = load_script("translation_table").main(argv)
     with open(out / "table.json", encoding="utf-8") as f:

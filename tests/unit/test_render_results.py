@@ -332,3 +332,25 @@ def test_translation_verdict_leads_are_struct_minus_each_row(tmp_path, monkeypat
     assert head[1] == "multi_struct_selected" and head[5] == "multi_struct"
     assert table_rows(text)[0][5] == f"30.00 ({33.0 - 30.0:+.2f})"
     assert "multi_struct_selected" not in render.translation_verdict(path)
+
+
+def test_translation_candidates_lists_each_tables_choice(tmp_path, monkeypatch):
+    """The selected row's candidates per table: their search seeds and mean valid BLEU in the
+    order searched, and the seed the row recorded as chosen."""
+    paths = []
+    for seed, means, chosen in ((1, [4.581, 4.2], 1), (2, [3.0, 4.57, 4.05], 1002)):
+        cands = [
+            {"search_seed": seed + 1000 * k, "valid_bleu_mean": m} for k, m in enumerate(means)
+        ]
+        row = {"row": "multi_struct_selected", "candidates": cands, "search_seed": chosen}
+        path = f"results/translation/x/seed{seed}.json"
+        (tmp_path / "results" / "translation" / "x").mkdir(parents=True, exist_ok=True)
+        data = {"rows": [{"row": "multi"}, row], "commit": "abc", "seed": seed}
+        (tmp_path / path).write_text(json.dumps(data), encoding="utf-8")
+        paths.append(path)
+    monkeypatch.setattr(render, "ROOT", str(tmp_path))
+    body = table_rows(render.translation_candidates(paths))
+    assert body == [
+        ["1", "1, 1001", "4.58, 4.20", "1"],
+        ["2", "2, 1002, 2002", "3.00, 4.57, 4.05", "1002"],
+    ]
