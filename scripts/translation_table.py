@@ -76,6 +76,9 @@ SELECTION_RETRAIN_SEED = 500  # its short retrains at --seed + 500: not the fina
 # the settings only the rows named use: parts of one table that did not run a row may differ in
 # them (a row added to an existing table, --merge)
 ROW_SETTINGS = {"multi_struct_selected": ("selection_searches", "selection_epochs")}
+# the random rows' settings: parts may differ in them (more random rows added to a table), the
+# merged table's random_seeds are its random rows', and every random row must match one size
+RANDOM_SETTINGS = ("random_seeds", "random_reference")
 MATCH_TOLERANCE = 0.02
 NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # torch.load's switch, read at every call
 
@@ -531,8 +534,8 @@ def merge(out, folders, argv):
                 f"--merge {folder}: no table.json (not a translation_table run)"
             ) from None
     first_path, first = parts[0]
-    row_keys = {key for keys in ROW_SETTINGS.values() for key in keys}
-    seen = {}
+    row_keys = {key for keys in ROW_SETTINGS.values() for key in keys} | set(RANDOM_SETTINGS)
+    seen, target = {}, None
     for path, part in parts:
         for key in sorted(set(first["settings"]) | set(part["settings"])):
             a, b = first["settings"].get(key), part["settings"].get(key)
@@ -546,6 +549,14 @@ def merge(out, folders, argv):
             if row["row"] in seen:
                 raise SystemExit(f"--merge: row {row['row']!r} is in {seen[row['row']]} and {path}")
             seen[row["row"]] = path
+            if row["row"].startswith("random_"):  # matched to the same search's cell parameters
+                if target and row["target_cell_params"] != target[0]:
+                    raise SystemExit(
+                        f"--merge: random rows matched to different sizes: {target[1]} "
+                        f"{target[0]} cell parameters in {target[2]}, {row['row']} "
+                        f"{row['target_cell_params']} in {path}"
+                    )
+                target = target or (row["target_cell_params"], row["row"], path)
 
     def order(row):
         kind = "random" if row["row"].startswith("random_") else row["row"]
@@ -558,6 +569,9 @@ def merge(out, folders, argv):
             ran = next(p for path, p in parts if path == seen[row])
             settings.update({k: ran["settings"][k] for k in keys})
     settings.update(out=display_path(out), rows=",".join(r["row"] for r in rows))
+    settings["random_seeds"] = ",".join(
+        r["row"][7:] for r in rows if r["row"].startswith("random_")
+    )
     result = new_result(argv, first["seed"], settings, first["domains"])
     result.update(
         parts=[
@@ -665,6 +679,12 @@ def build_parser():
         "which independent cells cannot (the gettext genres' struct search, seed 1)",
     )
     p.add_argument(
+        "--random-reference",
+        metavar="GENOTYPE",
+        help="the search genotype.json the random rows are matched to (default: this run's "
+        "multi_struct search); e.g. more random rows for an existing table, then --merge",
+    )
+    p.add_argument(
         "--baseline-flags", default="", help="more fairseq-train flags for the baseline only"
     )
     p.add_argument("--seed", type=int, default=1, help="seed of every search and training")
@@ -703,9 +723,15 @@ def main(argv=None):
     rows_wanted = [r for r in ROWS if r in wanted]  # multi_struct first: it sizes two others
     if unknown:
         raise SystemExit(f"--rows {unknown}: not rows of this table ({', '.join(ROWS)})")
-    if {"random", "baseline"} & set(rows_wanted) and "multi_struct" not in rows_wanted:
-        raise SystemExit("--rows random and baseline are sized from multi_struct: add it")
+    if "baseline" in rows_wanted and "multi_struct" not in rows_wanted:
+        raise SystemExit("--rows baseline is sized from multi_struct: add it")
+    if "random" in rows_wanted and "multi_struct" not in rows_wanted and not args.random_reference:
+        raise SystemExit("--rows random is sized from multi_struct: add it or --random-reference")
     args.data, args.out = os.path.abspath(args.data), os.path.abspath(args.out)
+    if args.random_reference:
+        args.random_reference = os.path.abspath(args.random_reference)
+        if not os.path.isfile(args.random_reference):
+            raise SystemExit(f"--random-reference {args.random_reference}: no such genotype file")
     import mdnas_fairseq  # noqa: F401  (registers the task and the model)
     from mdnas_fairseq.tasks.multidomain_nas_translation import translation_metadata
 
@@ -717,6 +743,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "meta"}
     settings.update(data=display_path(args.data), out=display_path(args.out))
+    settings.update(random_reference=display_path(args.random_reference))
     result = new_result(argv, args.seed, settings, args.domains)
 
     def add(row):
@@ -741,7 +768,9 @@ def main(argv=None):
                 )
             add(row)
         elif name == "random":
-            reference = os.path.join(args.out, "multi_struct", "search", "genotype.json")
+            reference = args.random_reference or os.path.join(
+                args.out, "multi_struct", "search", "genotype.json"
+            )
             for k in [int(x) for x in args.random_seeds.split(",") if x.strip()]:
                 add(random_row(args, k, reference))
         elif name == "union":
